@@ -1,0 +1,57 @@
+"""Attention modules by name, so a model can place any of them at the same spot.
+
+Every factory takes (channels, feat_size, **options) and returns a module mapping
+(B, C, H, W) -> (B, C, H, W). Options a module does not use are ignored, so one set of model
+keyword arguments can sweep all of them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+from timm.layers import get_attn
+from torch import nn
+
+from .baselines import FlatSynthesizer, SelfAttention2d
+from .stt import STT
+
+STT_OPTIONS = ("modes", "synth", "heads", "reduction", "min_channels", "hidden", "pool_size", "rank",
+               "temperature", "resize", "fixed")
+
+
+def _stt(channels, feat_size, **options):
+    return STT(channels, feat_size=feat_size, **{k: v for k, v in options.items() if k in STT_OPTIONS})
+
+
+def _self_attn(channels, feat_size, reduction=2, min_channels=16, device=None, dtype=None, **_):
+    return SelfAttention2d(channels, reduction=reduction, min_channels=min_channels,
+                           device=device, dtype=dtype)
+
+
+def _flat_synth(kind, channels, feat_size, reduction=2, min_channels=16, hidden=32, device=None,
+                dtype=None, **_):
+    return FlatSynthesizer(channels, synth=kind, feat_size=feat_size, reduction=reduction,
+                           min_channels=min_channels, hidden=hidden, device=device, dtype=dtype)
+
+
+def _timm_attn(name, channels, feat_size, device=None, dtype=None, **_):
+    return get_attn(name)(channels, device=device, dtype=dtype)
+
+
+ATTN_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "stt": _stt,
+    "self_attn": _self_attn,
+    "flat_dense": partial(_flat_synth, "dense"),
+    "flat_random": partial(_flat_synth, "random"),
+    **{name: partial(_timm_attn, name) for name in ("se", "eca", "cbam", "gc")},
+}
+# Modules whose parameters are tied to the spatial size they were built for.
+FIXED_SIZE_ATTN = ("flat_dense", "flat_random")
+
+
+def create_attn(name: str, channels: int, feat_size: tuple[int, int], **options) -> nn.Module:
+    """Build the attention module `name` for a (channels, *feat_size) feature map."""
+    if name not in ATTN_FACTORIES:
+        raise ValueError(f"attn_layer must be one of {sorted(ATTN_FACTORIES)}, got {name!r}")
+    return ATTN_FACTORIES[name](channels, feat_size, **options)

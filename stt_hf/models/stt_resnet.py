@@ -1,0 +1,272 @@
+"""STT ResNets: timm's ResNet with an attention module placed in chosen stages.
+
+The trunk *is* timm's `ResNet` (same module names, same weights), so every timm API works and
+ImageNet ResNet weights load into it; the attention modules are added after construction:
+
+- `block`: inside each residual block of the selected stages, on the residual branch after the last
+  conv+BN and before the shortcut add (the block's `se` slot, as in timm's seresnet50);
+- `stage`: once after the last block of each selected stage;
+- `final`: once after the last stage, before global pooling.
+
+The `_s` family is for 28-32 px images: a 3x3 stride-1 stem and no max-pool (total stride 8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
+
+from ..layers import FIXED_SIZE_ATTN, create_attn
+
+PLACEMENTS = ("block", "stage", "final")
+
+# Architectures of the registered depths: (block, layers).
+ARCHS = {
+    10: (BasicBlock, (1, 1, 1, 1)),
+    18: (BasicBlock, (2, 2, 2, 2)),
+    26: (Bottleneck, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class SttResNet(ResNet):
+    """timm ResNet + attention modules at `attn_placement` in `attn_stages`.
+
+    Args (besides timm ResNet's):
+        img_size: input size the attention modules are built for (their reference feature size).
+        small_input: 3x3 stride-1 stem without max-pool, for 28-32 px images.
+        attn_layer: "stt" or a baseline ("self_attn", "flat_dense", "flat_random", "se", "eca",
+            "cbam", "gc"); None for a plain ResNet.
+        attn_placement: "block", "stage" or "final".
+        attn_stages: 1-based stage numbers (1..4) that get attention.
+        stt_*: options of the STT block (see `stt_hf.layers.STT`); baselines use what applies.
+    """
+
+    def __init__(
+        self,
+        block=BasicBlock,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        *,
+        img_size: int | Sequence[int] = 224,
+        small_input: bool = False,
+        attn_layer: str | None = "stt",
+        attn_placement: str = "block",
+        attn_stages: Sequence[int] = (3, 4),
+        stt_modes: str = "chw",
+        stt_synth: str = "dense",
+        stt_heads: int = 2,
+        stt_reduction: int = 4,
+        stt_min_channels: int = 16,
+        stt_hidden: int = 32,
+        stt_pool_size: int = 4,
+        stt_rank: int = 8,
+        stt_temperature: float = 1.0,
+        stt_resize: bool = True,
+        stt_fixed: bool = False,
+        in_chans: int = 3,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(block, layers, in_chans=in_chans, device=device, dtype=dtype, **kwargs)
+        if attn_placement not in PLACEMENTS:
+            raise ValueError(f"attn_placement must be one of {PLACEMENTS}, got {attn_placement!r}")
+        attn_stages = tuple(attn_stages)
+        if any(s not in (1, 2, 3, 4) for s in attn_stages):
+            raise ValueError(f"attn_stages must be stage numbers in 1..4, got {attn_stages}")
+        if attn_placement == "final":
+            attn_stages = (4,)
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+        if small_input:
+            # 3x3 stride-1 stem, no max-pool: keeps 28-32 px inputs at 28-32 px into layer1.
+            stem_chs = self.conv1.out_channels if isinstance(self.conv1, nn.Conv2d) else self.bn1.num_features
+            self.conv1 = nn.Conv2d(in_chans, stem_chs, 3, stride=1, padding=1, bias=False,
+                                   device=device, dtype=dtype)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+            for info in self.feature_info:
+                info["reduction"] //= 4
+
+        options = dict(modes=stt_modes, synth=stt_synth, heads=stt_heads, reduction=stt_reduction,
+                       min_channels=stt_min_channels, hidden=stt_hidden, pool_size=stt_pool_size,
+                       rank=stt_rank, temperature=stt_temperature, resize=stt_resize, fixed=stt_fixed,
+                       device=device, dtype=dtype)
+        self.attn_layer = attn_layer
+        self.attn_names: list[str] = []  # where the attention modules sit, in forward order
+        if attn_layer is not None:
+            for stage in attn_stages:
+                info = self.feature_info[stage]  # feature_info[0] is the stem
+                feat_size = tuple(math.ceil(s / info["reduction"]) for s in self.img_size)
+                layer = getattr(self, f"layer{stage}")
+                if attn_placement == "block":
+                    for i, blk in enumerate(layer):
+                        blk.se = create_attn(attn_layer, info["num_chs"], feat_size, **options)
+                        self.attn_names.append(f"layer{stage}.{i}.se")
+                else:
+                    self.attn_names.append(f"layer{stage}.{len(layer)}")
+                    layer.add_module(str(len(layer)),
+                                     create_attn(attn_layer, info["num_chs"], feat_size, **options))
+
+    @torch.jit.ignore
+    def attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every placed attention module, in forward order."""
+        return [(name, self.get_submodule(name)) for name in self.attn_names]
+
+
+def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
+    """Load a plain timm ResNet checkpoint: attention weights it lacks keep the model's own values.
+
+    Those values are the identity-at-init ones, so the loaded model computes exactly what the
+    plain ResNet computes until it is trained. Any other mismatch is still an error.
+    """
+    state_dict = state_dict.get("state_dict", state_dict)
+    attn_names = tuple(f"{name}." for name in model.attn_names)
+    own = model.state_dict()
+    out = dict(state_dict)
+    for key, value in own.items():
+        if key not in out and key.startswith(attn_names):
+            out[key] = value
+    return out
+
+
+def _create(variant: str, depth: int, pretrained: bool = False, **kwargs) -> SttResNet:
+    block, layers = ARCHS[depth]
+    if kwargs.get("attn_layer", "stt") in FIXED_SIZE_ATTN:
+        kwargs.setdefault("pretrained_cfg_overlay", {})["fixed_input_size"] = True
+    return build_model_with_cfg(SttResNet, variant, pretrained, block=block, layers=layers,
+                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1", "classifier": "fc", "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def _small_cfg(**kwargs) -> dict:
+    # For 28-32 px images (Fashion-MNIST, MNIST, CIFAR-size data): resize, no crop.
+    return _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0, **kwargs)
+
+
+def _in1k(timm_name: str) -> dict:
+    # ImageNet weights of the matching plain ResNet; STT blocks start at identity.
+    return _cfg(hf_hub_id=f"timm/{timm_name}")
+
+
+default_cfgs = generate_default_cfgs({
+    "stt_resnet18.tv_in1k": _in1k("resnet18.tv_in1k"),
+    "stt_resnet26.bt_in1k": _in1k("resnet26.bt_in1k"),
+    "stt_resnet34.tv_in1k": _in1k("resnet34.tv_in1k"),
+    "stt_resnet50.a1_in1k": _in1k("resnet50.a1_in1k"),
+    "stt_resnet50_random.a1_in1k": _in1k("resnet50.a1_in1k"),
+    "stt_resnet50_mixture.a1_in1k": _in1k("resnet50.a1_in1k"),
+    "stt_resnet101.a1h_in1k": _in1k("resnet101.a1h_in1k"),
+    "stt_resnet152.a1h_in1k": _in1k("resnet152.a1h_in1k"),
+    "stt_resnet10_s": _small_cfg(),
+    "stt_resnet18_s": _small_cfg(),
+    "stt_resnet18_s_random": _small_cfg(),
+    "stt_resnet18_s_mixture": _small_cfg(),
+    "stt_resnet34_s": _small_cfg(),
+    "stt_resnet50_s": _small_cfg(),
+})
+
+SMALL = dict(small_input=True, img_size=32)
+NARROW = dict(channels=(32, 64, 128, 256))
+
+
+@register_model
+def stt_resnet18(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-18 with STT in the blocks of stages 3 and 4."""
+    return _create("stt_resnet18", 18, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet26(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-26 (bottleneck) with STT."""
+    return _create("stt_resnet26", 26, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet34(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-34 with STT."""
+    return _create("stt_resnet34", 34, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet50(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-50 with STT."""
+    return _create("stt_resnet50", 50, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet50_random(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-50 with input-independent (random synthesizer) STT."""
+    return _create("stt_resnet50_random", 50, pretrained, **{"stt_synth": "random", **kwargs})
+
+
+@register_model
+def stt_resnet50_mixture(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-50 with STT mixing dense and random synthesizers."""
+    return _create("stt_resnet50_mixture", 50, pretrained, **{"stt_synth": "mixture", **kwargs})
+
+
+@register_model
+def stt_resnet101(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-101 with STT."""
+    return _create("stt_resnet101", 101, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet152(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-152 with STT."""
+    return _create("stt_resnet152", 152, pretrained, **kwargs)
+
+
+@register_model
+def stt_resnet10_s(pretrained=False, **kwargs) -> SttResNet:
+    """Half-width ResNet-10 for 28-32 px images, with STT: small and fast on a CPU."""
+    return _create("stt_resnet10_s", 10, pretrained, **{**SMALL, **NARROW, **kwargs})
+
+
+@register_model
+def stt_resnet18_s(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-18 for 28-32 px images, with STT."""
+    return _create("stt_resnet18_s", 18, pretrained, **{**SMALL, **kwargs})
+
+
+@register_model
+def stt_resnet18_s_random(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-18 for 28-32 px images, with random-synthesizer STT."""
+    return _create("stt_resnet18_s_random", 18, pretrained, **{**SMALL, "stt_synth": "random", **kwargs})
+
+
+@register_model
+def stt_resnet18_s_mixture(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-18 for 28-32 px images, with mixture STT."""
+    return _create("stt_resnet18_s_mixture", 18, pretrained, **{**SMALL, "stt_synth": "mixture", **kwargs})
+
+
+@register_model
+def stt_resnet34_s(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-34 for 28-32 px images, with STT."""
+    return _create("stt_resnet34_s", 34, pretrained, **{**SMALL, **kwargs})
+
+
+@register_model
+def stt_resnet50_s(pretrained=False, **kwargs) -> SttResNet:
+    """ResNet-50 for 28-32 px images, with STT."""
+    return _create("stt_resnet50_s", 50, pretrained, **{**SMALL, **kwargs})

@@ -10,7 +10,7 @@ Both share STT's value/output convention, Z = X + BN(conv1x1(Y)) with BN's weigh
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

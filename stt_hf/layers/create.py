@@ -7,8 +7,8 @@ keyword arguments can sweep all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from timm.layers import get_attn
 from torch import nn

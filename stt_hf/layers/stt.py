@@ -10,7 +10,7 @@ described in README.md ("The operator").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

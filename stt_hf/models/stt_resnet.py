@@ -14,7 +14,7 @@ The `_s` family is for 28-32 px images: a 3x3 stride-1 stem and no max-pool (tot
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -64,7 +64,7 @@ class SttResNet(ResNet):
         stt_modes: str = "chw",
         stt_synth: str = "dense",
         stt_heads: int = 2,
-        stt_reduction: int = 4,
+        stt_reduction: int = 16,
         stt_min_channels: int = 16,
         stt_hidden: int = 32,
         stt_pool_size: int = 4,
@@ -95,7 +95,7 @@ class SttResNet(ResNet):
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
             for info in self.feature_info:
-                info["reduction"] //= 4
+                info["reduction"] = max(info["reduction"] // 4, 1)
 
         options = dict(modes=stt_modes, synth=stt_synth, heads=stt_heads, reduction=stt_reduction,
                        min_channels=stt_min_channels, hidden=stt_hidden, pool_size=stt_pool_size,

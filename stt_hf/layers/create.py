@@ -17,7 +17,7 @@ from .baselines import FlatSynthesizer, SelfAttention2d
 from .stt import STT
 
 STT_OPTIONS = ("modes", "synth", "heads", "reduction", "min_channels", "hidden", "pool_size", "rank",
-               "temperature", "resize", "fixed")
+               "temperature", "resize", "fixed", "device", "dtype")
 
 
 def _stt(channels, feat_size, **options):

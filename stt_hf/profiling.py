@@ -1,0 +1,30 @@
+"""Parameter and multiply-accumulate counts, computed without running real arithmetic."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
+    """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), per batch."""
+    device = next(model.parameters()).device
+    x = torch.empty(batch_size, *input_size, device=device)
+    # (no torch.no_grad: the counter's module tracker needs autograd to see parameter outputs)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def model_complexity(name: str, **kwargs) -> dict:
+    """Params and GMACs of a timm model at its default input size, built on the meta device."""
+    model = timm.create_model(name, device="meta", **kwargs).eval()
+    input_size = model.pretrained_cfg["input_size"]
+    return dict(model=name, input_size=input_size, params_m=count_params(model) / 1e6,
+                gmacs=count_macs(model, input_size) / 1e9)

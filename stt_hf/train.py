@@ -1,0 +1,205 @@
+"""`stt-hf train`: train or fine-tune an STT image classifier with the Hugging Face Trainer.
+
+Every TrainingArguments flag works, plus the model and data arguments below; `--config FILE`
+(YAML or JSON) supplies defaults that flags override. With no arguments it runs the project's main
+job: the small-input STT ResNet on Fashion-MNIST, ending in `outputs/<run>/` with safetensors
+weights, config, processor, model card, metrics JSON and a plot of the training curves.
+
+Runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch` (DDP): only the main
+process writes the final model, card and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import load_image_dataset, validate_dataset
+from .metrics import compute_classification_metrics
+
+# Defaults of the main job (used unless a flag or --config says otherwise).
+MAIN_JOB_DEFAULTS = dict(
+    num_train_epochs=1.0,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=256,
+    learning_rate=3e-3,
+    weight_decay=0.05,
+    warmup_steps=50,
+    lr_scheduler_type="cosine",
+    eval_strategy="steps",
+    eval_steps=200,
+    save_strategy="steps",
+    save_steps=200,
+    save_total_limit=2,
+    load_best_model_at_end=True,
+    metric_for_best_model="accuracy",
+    logging_steps=20,
+    report_to="none",
+    dataloader_num_workers=0,
+    seed=42,
+)
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="stt_resnet10_s", metadata={
+        "help": "A registered timm model name (e.g. stt_resnet18_s), or a checkpoint directory / Hub id "
+                "to fine-tune."})
+    img_size: int | None = field(default=None, metadata={
+        "help": "Input size in pixels; default: the model's own input size."})
+    model_kwargs: str | None = field(default=None, metadata={
+        "help": 'JSON of extra model options, e.g. \'{"stt_synth": "random", "attn_placement": "stage"}\'.'})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="fashion_mnist", metadata={
+        "help": "Built-in offline dataset (fashion_mnist, mnist_5k), a local imagefolder directory, "
+                "or a Hub dataset id."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the integer labels."})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "Fraction of train held out (seeded) when the dataset has no validation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval splits."})
+    train_crop_scale: float = field(default=0.7, metadata={
+        "help": "Smallest area fraction of the random-resized-crop training augmentation."})
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+
+
+def parse_args(argv: list[str] | None = None):
+    """Dataclasses from flags, with `--config FILE` and the main-job defaults underneath."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
+    defaults = dict(MAIN_JOB_DEFAULTS)
+    if "--config" in argv:
+        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
+    parser.set_defaults(**defaults)
+    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(argv)
+    if training_args.output_dir in (None, "trainer_output"):
+        run = f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+        training_args.output_dir = str(Path("outputs") / run)
+    return model_args, data_args, training_args
+
+
+def load_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of argument names to values")
+    return values
+
+
+def build_model(model_args: ModelArguments, labels: list[str]):
+    """A fresh STT model from a timm name, or a checkpoint with its head resized to `labels`."""
+    from .configuration_stt import SttConfig
+    from .modeling_stt import SttForImageClassification
+
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    if model_args.img_size:
+        extra["img_size"] = model_args.img_size
+    if Path(model_args.model).is_dir() or "/" in model_args.model:
+        return SttForImageClassification.from_pretrained(
+            model_args.model, num_labels=len(labels), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, **extra)
+    config = SttConfig.from_timm_name(model_args.model, num_labels=len(labels), id2label=id2label,
+                                      label2id=label2id, **extra)
+    return SttForImageClassification(config)
+
+
+def build_transforms(model, data_args: DataArguments):
+    """timm's train/eval transforms for the model's data config, applied lazily per batch."""
+    from timm.data import create_transform
+
+    data_cfg = model.data_config()
+    train_tf = create_transform(**data_cfg, is_training=True, scale=(data_args.train_crop_scale, 1.0),
+                                hflip=data_args.hflip, color_jitter=None)
+    eval_tf = create_transform(**data_cfg, is_training=False)
+
+    def to_batch(transform):
+        def apply(batch):
+            return {"pixel_values": [transform(img.convert("RGB")) for img in batch["image"]],
+                    "labels": batch["label"]}
+        return apply
+
+    return to_batch(train_tf), to_batch(eval_tf)
+
+
+def collate(examples: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    started = time.time()
+    dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
+                             label_column=data_args.label_column, val_fraction=data_args.val_fraction,
+                             seed=training_args.seed, max_train_samples=data_args.max_train_samples,
+                             max_eval_samples=data_args.max_eval_samples)
+    labels = dsd["train"].features["label"].names
+    validate_dataset(dsd, num_labels=len(labels))  # fail before any training
+
+    model = build_model(model_args, labels)
+    train_tf, eval_tf = build_transforms(model, data_args)
+    train_ds = dsd["train"].with_transform(train_tf)
+    val_ds = dsd["validation"].with_transform(eval_tf)
+    training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                      data_collator=collate, compute_metrics=compute_classification_metrics)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "last", "true", "True"):
+        resume = get_last_checkpoint(training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+
+    eval_split = "test" if "test" in dsd else "validation"
+    eval_metrics = trainer.evaluate(dsd[eval_split].with_transform(eval_tf), metric_key_prefix=eval_split)
+    results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
+                   wall_time_s=round(time.time() - started, 1))
+    if trainer.is_world_process_zero():
+        from .publish import write_run_outputs
+
+        results["paths"] = write_run_outputs(
+            trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
+            results=results, command="stt-hf train " + shlex.join(argv if argv is not None else sys.argv[1:]))
+        print_summary(results)
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        from .publish import push_folder
+
+        push_folder(training_args.output_dir, training_args.hub_model_id
+                    or Path(training_args.output_dir).name, token=training_args.hub_token)
+    return results
+
+
+def print_summary(results: dict) -> None:
+    split = results["eval_split"]
+    metrics = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
+               if k.endswith(("accuracy", "macro_f1"))}
+    print(f"\n== done in {results['wall_time_s']:.0f} s; {split} split: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for name, path in results["paths"].items():
+        print(f"   {name:16s} {path}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -70,3 +70,77 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, results: dict, command: str) -> dict:
+    """Final model (safetensors + config + code + processor), card, metrics JSON and curves PNG."""
+    from .model_card import render_model_card
+    from .profiling import count_macs, count_params
+
+    out = Path(trainer.args.output_dir)
+    model, config = trainer.model, trainer.model.config
+    atomic_save(out, model.save_pretrained)  # config.save_pretrained adds code + processor config
+    split = results["eval_split"]
+    metrics = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
+               if k.removeprefix(f"{split}_") in ("accuracy", "top5_accuracy", "macro_f1")}
+    args = trainer.args
+    hyperparameters = {
+        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
+        "batch size (per device x devices x accumulation)":
+            f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
+        "optimizer": args.optim, "learning rate": args.learning_rate, "schedule": args.lr_scheduler_type,
+        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay,
+        "label smoothing": args.label_smoothing_factor, "seed": args.seed,
+        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "train crop scale": data_args["train_crop_scale"], "hflip": data_args["hflip"],
+        "wall time (s)": results["wall_time_s"],
+    }
+    macs = count_macs(model, config.input_size())
+    data = config.data_config
+    card = render_model_card(
+        model_id=out.name, dataset_name=data_args["dataset"], dataset_id=data_args["dataset"],
+        metrics=metrics, eval_split=split,
+        context=dict(
+            description=f"`{config.timm_architecture()}` trained with `stt-hf train`.",
+            architecture=config.timm_architecture(), params_m=f"{count_params(model) / 1e6:.2f}",
+            gmacs=f"{macs / 1e9:.3f}", img_size=config.input_size()[-1], placement=config.attn_placement,
+            stages=", ".join(str(s) for s in config.attn_stages), synth=config.stt_synth,
+            modes=config.stt_modes, mean=tuple(round(m, 4) for m in data["mean"]),
+            std=tuple(round(s, 4) for s in data["std"]), eval_samples=len(dsd[split]),
+            train_samples=len(dsd["train"]), val_samples=len(dsd["validation"]),
+            hyperparameters=hyperparameters, command=command, repo_or_path=str(out)),
+    )
+    card_path = out / "README.md"
+    card.save(card_path)
+    return {
+        "weights": str(out / "model.safetensors"),
+        "config": str(out / "config.json"),
+        "processor": str(out / "preprocessor_config.json"),
+        "model card": str(card_path),
+        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics})),
+        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png")),
+    }
+
+
+def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload STT model") -> str:
+    """Upload a saved model folder (weights, config, code, processor, card) to the Hub.
+
+    The endpoint and token come from the usual environment (HF_ENDPOINT, HF_TOKEN) or `hf auth
+    login`. Local files are only read, so a failed push leaves them intact and can be retried.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no model.safetensors + config.json to publish")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=PUBLISHED_PATTERNS,
+                                 commit_message=commit_message)
+    except Exception as err:  # network errors and HTTP errors both end here
+        raise RuntimeError(f"push of {folder} to {repo_id!r} failed: {err}. Local files are unchanged; "
+                           "run the same push again to retry.") from err
+    print(f"pushed {folder} to {url} ({info.oid if hasattr(info, 'oid') else info})")
+    return str(url)

@@ -45,6 +45,7 @@ MAIN_JOB_DEFAULTS = dict(
     logging_steps=20,
     report_to="none",
     dataloader_num_workers=0,
+    dataloader_pin_memory=False,
     seed=42,
 )
 
@@ -128,7 +129,8 @@ def build_transforms(model, data_args: DataArguments):
     """timm's train/eval transforms for the model's data config, applied lazily per batch."""
     from timm.data import create_transform
 
-    data_cfg = model.data_config()
+    config = model.config
+    data_cfg = dict(input_size=config.input_size(), **config.data_config)
     train_tf = create_transform(**data_cfg, is_training=True, scale=(data_args.train_crop_scale, 1.0),
                                 hflip=data_args.hflip, color_jitter=None)
     eval_tf = create_transform(**data_cfg, is_training=False)

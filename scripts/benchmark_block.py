@@ -1,0 +1,588 @@
+"""Benchmark STT against dot-product self-attention and the flattened Synthesizer.
+
+Two levels, measured in one run on one machine, so the ratios compare like with like:
+
+1. Block level: an STT block against `self_attn` (SelfAttention2d, non-local dot-product attention) and
+   the flattened Synthesizer (`flat_dense`, `flat_random`) on (batch, C, H, W) feature maps. For each
+   module: parameters, FLOPs, median forward latency and peak memory, and each as a ratio to STT.
+2. Model level: `stt_resnet50` against timm's `resnet50`: parameters, GMACs, inference throughput.
+
+Then the project's targets are checked and printed as PASS / MISS with the measured margin.
+
+How each number is measured:
+
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and convolutions
+  (not softmax, normalization or element-wise ops). Blocks are counted on the "meta" device, so even
+  the N x N baselines cost no memory or time to count. GMACs = FLOPs / 2, per image.
+- Latency: forward passes under `torch.inference_mode()`, after --warmup untimed ones; the median of
+  the timed repeats. Repeats come from --repeats, capped so that one row stays within --row-budget-s
+  (never fewer than 3); the table shows how many were used. The modules of one config are timed in
+  alternation, one forward each per round, so load changes on a shared machine hit them alike.
+- Peak memory: every block row runs in its own fresh worker process (this script with --worker), so
+  one row cannot inherit another's allocator state. On CPU the worker takes its resident set size (RSS)
+  as the baseline after building the module and allocating the input, resets the kernel's peak-RSS
+  mark (writing "5" to /proc/self/clear_refs, Linux >= 4.0), runs warm-up and timed forwards, and
+  reports the peak RSS growth over the baseline (VmHWM - baseline). That sees every allocation,
+  PyTorch's or a library's, that the forward really touches. Where clear_refs is unavailable it falls
+  back to the growth of `resource.getrusage().ru_maxrss`, a lower bound. On a CUDA device the peak is
+  `torch.cuda.max_memory_allocated()` growth over the same baseline.
+- Rows whose estimated peak exceeds --max-mem-gb are not run and print "n/a (reason)"; so does a row
+  whose worker fails (for example, killed for memory).
+- Model throughput: the two models are timed in alternation, repeat by repeat, so background load on
+  the machine affects both alike; images/s = batch / median latency.
+
+Usage:
+    python scripts/benchmark_block.py              # full run, writes outputs/benchmark_block/
+    python scripts/benchmark_block.py --quick      # smoke test: batch 2, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import stt_hf
+from stt_hf.layers import STT, create_attn
+
+# ---------------------------------------------------------------------------------------------------
+# What is compared
+# ---------------------------------------------------------------------------------------------------
+
+# Block configurations: "C:HxW". The targets below refer to these.
+DEFAULT_CONFIGS = ("256:28x28", "256:56x56", "128:112x112")
+BASELINES = ("self_attn", "flat_dense", "flat_random")
+MODULES = ("stt", *BASELINES)
+MODELS = ("resnet50", "stt_resnet50")  # (reference, candidate)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal: `metric` of a block row (vs STT) or of the model pair must satisfy `op threshold`."""
+
+    label: str
+    metric: str  # "latency" / "peak_mem" (baseline / STT), or a model-level metric
+    op: str  # ">=" or "<="
+    threshold: float
+    unit: str  # "x" for ratios, "%" for increases
+    config: str | None = None  # block config, None for model-level targets
+    baseline: str | None = None
+
+
+TARGETS = (
+    Target("STT faster than self-attention, 256:56x56", "latency", ">=", 5.0, "x", "256:56x56", "self_attn"),
+    Target("STT less peak memory than self-attention, 256:56x56", "peak_mem", ">=", 5.0, "x", "256:56x56",
+           "self_attn"),
+    Target("STT faster than self-attention, 128:112x112", "latency", ">=", 20.0, "x", "128:112x112",
+           "self_attn"),
+    Target("stt_resnet50 params over resnet50", "params_increase", "<=", 15.0, "%"),
+    Target("stt_resnet50 GMACs over resnet50", "gmacs_increase", "<=", 10.0, "%"),
+    Target("stt_resnet50 throughput relative to resnet50", "throughput_ratio", ">=", 0.9, "x"),
+)
+
+
+def parse_config(text: str) -> tuple[int, int, int]:
+    """'256:56x56' (or '256:56') -> (channels, H, W)."""
+    channels, _, size = text.partition(":")
+    h, _, w = size.partition("x")
+    return int(channels), int(h), int(w or h)
+
+
+def block_options(reduction: int) -> dict:
+    """Options shared by every block: the same value channels Cv = C // reduction for all of them."""
+    return dict(reduction=reduction)
+
+
+def stt_defaults() -> dict:
+    """STT's default options (what the STT rows use, apart from the shared reduction)."""
+    skip = ("self", "channels", "feat_size", "device", "dtype")
+    return {name: p.default for name, p in inspect.signature(STT.__init__).parameters.items()
+            if name not in skip and p.default is not inspect.Parameter.empty}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                   help="block configurations as C:HxW (default: %(default)s)")
+    p.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES,
+                   help="block modules to compare (default: all; ratios need stt)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 8, 2 with --quick)")
+    p.add_argument("--reduction", type=int, default=2,
+                   help="value-channel reduction shared by all blocks (default: STT's, %(default)s)")
+    p.add_argument("--img-size", type=int, default=224, help="model-level input size (default 224)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed forwards per row; the median is reported (default 10, 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards first (default %(default)s)")
+    p.add_argument("--row-budget-s", type=float, default=60.0,
+                   help="cap the repeats of a slow row to about this many seconds (min 3 repeats)")
+    p.add_argument("--max-mem-gb", type=float, default=None,
+                   help="skip block rows whose estimated peak memory exceeds this "
+                        "(default: 80%% of the memory available at start)")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch intra-op threads (default: all cores, %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda also reports torch.cuda.max_memory_allocated as the peak memory")
+    p.add_argument("--skip-models", action="store_true", help="block level only")
+    p.add_argument("--quick", action="store_true", help="smoke test: batch 2, 3 repeats")
+    p.add_argument("--out", type=Path, default=Path("outputs/benchmark_block"),
+                   help="folder for blocks.csv, models.csv, targets.csv, results.json, table.md")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one block row (JSON spec)
+    args = p.parse_args(argv)
+    args.batch = args.batch or (2 if args.quick else 8)
+    args.repeats = args.repeats or (3 if args.quick else 10)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing and memory (shared by both levels)
+# ---------------------------------------------------------------------------------------------------
+
+def timed_forward(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one forward pass (synchronized on CUDA)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def budgeted_repeats(requested: int, seconds_per_forward: float, budget_s: float) -> int:
+    """At most `requested` repeats, fewer if they would exceed the row budget, but at least 3."""
+    return max(3, min(requested, int(budget_s / max(seconds_per_forward, 1e-9))))
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class PeakMemory:
+    """Peak memory growth from the moment of construction (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.method = "torch.cuda.max_memory_allocated growth"
+            self.baseline = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            self.method = "peak RSS growth (VmHWM after /proc/self/clear_refs reset)"
+            self.baseline = _status_kb("VmRSS") * 1024
+        except OSError:
+            import resource
+
+            self.method = "ru_maxrss growth (lower bound)"
+            self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() - self.baseline
+        if self.method.startswith("peak RSS"):
+            return _status_kb("VmHWM") * 1024 - self.baseline
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline
+
+
+# ---------------------------------------------------------------------------------------------------
+# Block level
+# ---------------------------------------------------------------------------------------------------
+
+def block_static(module: str, config: str, batch: int, reduction: int) -> dict:
+    """Parameters and FLOPs per image of one block, counted on the meta device (no memory, no compute)."""
+    c, h, w = parse_config(config)
+    block = create_attn(module, c, (h, w), **block_options(reduction), device="meta").eval()
+    x = torch.empty(batch, c, h, w, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        block(x)
+    return dict(params=sum(p.numel() for p in block.parameters()),
+                gflops=counter.get_total_flops() / batch / 1e9)
+
+
+def estimate_peak_gb(module: str, config: str, batch: int, params: int) -> float:
+    """Rough peak memory of a forward: N x N attention maps dominate the baselines."""
+    c, h, w = parse_config(config)
+    feature_map = batch * c * h * w * 4
+    if module == "stt":
+        activations = 6 * feature_map
+    else:  # logits and softmax output, both (B, heads=1, N, N), alive together
+        activations = 2 * batch * (h * w) ** 2 * 4 + 4 * feature_map
+    return (activations + params * 4) / 2**30
+
+
+def serve_block(spec: dict) -> None:
+    """Worker side: build one block, then answer "forward" (one timed pass) until "memory" (the peak)."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    c, h, w = parse_config(spec["config"])
+    block = create_attn(spec["module"], c, (h, w), **block_options(spec["reduction"]), device=device).eval()
+    x = torch.randn(spec["batch"], c, h, w, device=device)
+    memory = PeakMemory(device)  # baseline: block built, input allocated
+
+    def reply(message: dict) -> None:
+        print(json.dumps(message), flush=True)
+
+    reply({"ready": True})
+    for command in sys.stdin:
+        if command.strip() == "forward":
+            with torch.inference_mode():
+                reply({"seconds": timed_forward(block, x)})
+        else:  # "memory" is the last request
+            reply({"peak_mem_mb": memory.peak_bytes() / 2**20, "mem_method": memory.method})
+            return
+
+
+class BlockWorker:
+    """Parent side: one block row in its own Python process (this script with --worker)."""
+
+    def __init__(self, spec: dict):
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True)
+
+    def request(self, command: str | None = None) -> dict:
+        """Send `command` (None: only wait for the next reply); raise RuntimeError if the worker died."""
+        try:
+            if command:
+                self.proc.stdin.write(command + "\n")
+                self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            while line and not line.startswith("{"):  # skip anything else a library printed
+                line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise RuntimeError(self.failure())
+        return json.loads(line)
+
+    def failure(self) -> str:
+        code = self.proc.wait()
+        if code < 0:
+            return f"worker killed by signal {-code}, likely out of memory"
+        self.stderr.seek(0)
+        last = (self.stderr.read().strip().splitlines() or ["no message"])[-1]
+        return f"worker failed: {last[:120]}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+def measure_config(config: str, args: argparse.Namespace, mem_limit_gb: float) -> list[dict]:
+    """All block rows of one config: forwards interleaved module by module, each in its own worker.
+
+    Interleaving puts every module's repeats in the same time window, so load changes on a shared
+    machine hit them alike and the ratios to STT stay meaningful.
+    """
+    rows, workers = {}, {}
+    for module in args.modules:
+        rows[module] = dict(config=config, module=module, batch=args.batch,
+                            **block_static(module, config, args.batch, args.reduction),
+                            latency_ms=None, repeats=0, peak_mem_mb=None, mem_method="", note="")
+        estimate = estimate_peak_gb(module, config, args.batch, rows[module]["params"])
+        if estimate > mem_limit_gb:
+            rows[module]["note"] = f"est. {estimate:.1f} GB > limit {mem_limit_gb:.1f} GB"
+            continue
+        spec = dict(module=module, config=config, batch=args.batch, reduction=args.reduction,
+                    threads=args.threads, device=args.device)
+        workers[module] = BlockWorker(spec)  # workers start (import, build) in parallel
+
+    def request(module: str, command: str | None = None) -> dict | None:
+        """The worker's reply; None once it has failed (the row's note says why; the worker is dropped)."""
+        if module not in workers:
+            return None
+        try:
+            return workers[module].request(command)
+        except RuntimeError as err:
+            rows[module]["note"] = str(err)
+            workers.pop(module).close()
+            return None
+
+    times: dict[str, list[float]] = {}
+    repeats: dict[str, int] = {}
+    try:
+        for module in list(workers):  # wait until built, then warm up; the first pass sets the repeats
+            request(module)
+            first = request(module, "forward")
+            for _ in range(args.warmup - 1):
+                request(module, "forward")
+            if module in workers:
+                repeats[module] = budgeted_repeats(args.repeats, first["seconds"], args.row_budget_s)
+                times[module] = []
+        rounds = max(repeats.values(), default=0)
+        for i in range(rounds):
+            for module in list(workers):
+                if i < repeats[module] and (reply := request(module, "forward")) is not None:
+                    times[module].append(reply["seconds"])
+            print(f"  {config}: repeat {i + 1}/{rounds}", flush=True)
+        for module in list(workers):
+            if (reply := request(module, "memory")) is not None and times[module]:
+                rows[module].update(latency_ms=statistics.median(times[module]) * 1e3,
+                                    repeats=len(times[module]), **reply)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return list(rows.values())
+
+
+def memory_limit_gb(args: argparse.Namespace) -> tuple[float, str]:
+    if args.max_mem_gb is not None:
+        return args.max_mem_gb, "--max-mem-gb"
+    try:
+        available = _meminfo_kb("MemAvailable") * 1024 / 2**30
+    except (OSError, KeyError):
+        return 8.0, "default"
+    return 0.8 * available, "80% of available memory"
+
+
+def _meminfo_kb(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def run_blocks(args: argparse.Namespace, mem_limit_gb: float) -> list[dict]:
+    rows = []
+    total = len(args.configs) * len(args.modules)
+    for config in args.configs:
+        start = time.perf_counter()
+        print(f"{config}: {', '.join(args.modules)}", flush=True)
+        for row in measure_config(config, args, mem_limit_gb):
+            rows.append(row)
+            print(f"[{len(rows)}/{total}] {config:>12} {row['module']:<12} {describe_block_row(row)}",
+                  flush=True)
+        print(f"  {config}: {time.perf_counter() - start:.0f} s", flush=True)
+    add_ratios_to_stt(rows)
+    return rows
+
+
+def describe_block_row(row: dict) -> str:
+    if row["latency_ms"] is None:
+        return f"n/a ({row['note']})"
+    return f"{row['latency_ms']:.1f} ms (median of {row['repeats']}), peak {row['peak_mem_mb']:.0f} MB"
+
+
+def add_ratios_to_stt(rows: list[dict]) -> None:
+    """For each row: its value / the STT row's value at the same config (STT itself: 1.0)."""
+    stt = {r["config"]: r for r in rows if r["module"] == "stt"}
+    for row in rows:
+        ref = stt.get(row["config"], {})
+        for key, name in (("params", "params"), ("gflops", "flops"), ("latency_ms", "latency"),
+                          ("peak_mem_mb", "peak_mem")):
+            value, base = row.get(key), ref.get(key)
+            row[f"{name}_vs_stt"] = value / base if value and base else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model level
+# ---------------------------------------------------------------------------------------------------
+
+def run_models(args: argparse.Namespace) -> list[dict]:
+    """Params, GMACs/image and throughput of the model pair, timed in alternation."""
+    device = torch.device(args.device)
+    models, rows = {}, []
+    for name in MODELS:
+        kwargs = dict(img_size=args.img_size) if name.startswith("stt_") else {}
+        models[name] = timm.create_model(name, pretrained=False, **kwargs).to(device).eval()
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
+    with torch.inference_mode():
+        for name, model in models.items():
+            with FlopCounterMode(display=False) as counter:
+                model(x[:1])
+            rows.append(dict(model=name, batch=args.batch, img_size=args.img_size,
+                             params=sum(p.numel() for p in model.parameters()),
+                             gmacs=counter.get_total_flops() / 2 / 1e9))
+        firsts = [min(timed_forward(m, x) for _ in range(max(args.warmup, 1))) for m in models.values()]
+        repeats = budgeted_repeats(args.repeats, sum(firsts), args.row_budget_s)
+        times = {name: [] for name in models}
+        for i in range(repeats):
+            for name, model in models.items():
+                times[name].append(timed_forward(model, x))
+            print(f"  models: repeat {i + 1}/{repeats}", flush=True)
+    for row in rows:
+        median = statistics.median(times[row["model"]])
+        row.update(latency_ms=median * 1e3, throughput=args.batch / median, repeats=repeats)
+    ref = rows[0]
+    for row in rows:
+        row.update(params_increase=100 * (row["params"] / ref["params"] - 1),
+                   gmacs_increase=100 * (row["gmacs"] / ref["gmacs"] - 1),
+                   throughput_ratio=row["throughput"] / ref["throughput"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------------
+
+def check_targets(block_rows: list[dict], model_rows: list[dict]) -> list[dict]:
+    results = []
+    for t in TARGETS:
+        if t.config is not None:
+            row = next((r for r in block_rows if r["config"] == t.config and r["module"] == t.baseline), None)
+            value = row.get(f"{t.metric}_vs_stt") if row else None
+        else:
+            value = model_rows[-1][t.metric] if model_rows else None
+        result = dict(target=t.label, required=f"{t.op} {t.threshold:g}{t.unit}", measured=value,
+                      margin=None, status="n/a (not measured)")
+        if value is not None:
+            margin = value - t.threshold if t.op == ">=" else t.threshold - value
+            result.update(margin=margin, status="PASS" if margin >= 0 else "MISS")
+        result["unit"] = t.unit
+        results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------
+
+def fmt(value, spec: str, suffix: str = "", missing: str = "n/a") -> str:
+    return missing if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: list[dict]) -> str:
+    out = [f"## Benchmark ({meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
+           f"timm {meta['timm']})", ""]
+    if block_rows:
+        out += [f"### Blocks, batch {meta['batch']}: ratios are module / STT at the same config", "",
+                f"- STT options: {meta['stt_options']}",
+                f"- baselines: same reduction (value channels C/{meta['reduction']}), heads=1, "
+                f"flat_dense hidden={meta['stt_options_dict']['hidden']}",
+                f"- FLOPs: matmuls and convs per image; latency: median forward; "
+                f"peak memory: {meta['mem_method']}", ""]
+        table = []
+        for r in block_rows:
+            na = f"n/a ({r['note']})" if r["note"] else "n/a"
+            table.append([r["config"], r["module"], f"{r['params'] / 1e6:.3f}M", f"{r['gflops']:.3f}",
+                          fmt(r["latency_ms"], ".1f", missing=na), str(r["repeats"]),
+                          fmt(r["peak_mem_mb"], ".0f", missing=na),
+                          fmt(r["params_vs_stt"], ".2f", "x"), fmt(r["flops_vs_stt"], ".2f", "x"),
+                          fmt(r["latency_vs_stt"], ".2f", "x"), fmt(r["peak_mem_vs_stt"], ".2f", "x")])
+        out += [markdown_table(["C:HxW", "module", "params", "GFLOPs/img", "latency ms", "n", "peak MB",
+                                "params/STT", "FLOPs/STT", "latency/STT", "memory/STT"], table), ""]
+    if model_rows:
+        out += [f"### Models, {meta['img_size']} px, batch {meta['batch']}: ratios vs {MODELS[0]}", "",
+                f"- {MODELS[1]}: {meta['model_options']}", ""]
+        table = [[r["model"], f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.3f}", f"{r['throughput']:.1f}",
+                  str(r["repeats"]), f"{r['params_increase']:+.1f}%", f"{r['gmacs_increase']:+.1f}%",
+                  f"{r['throughput_ratio']:.3f}x"] for r in model_rows]
+        out += [markdown_table(["model", "params", "GMACs/img", "img/s", "n", "params +", "GMACs +",
+                                "throughput ratio"], table), ""]
+    out += ["### Targets", ""]
+    table = [[t["target"], fmt(t["measured"], ".2f", t["unit"]), t["required"],
+              fmt(t["margin"], "+.2f", t["unit"]), t["status"]] for t in targets]
+    out += [markdown_table(["target", "measured", "required", "margin", "result"], table)]
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_outputs(out: Path, meta: dict, block_rows: list[dict], model_rows: list[dict],
+                  targets: list[dict], table: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "blocks.csv", block_rows)
+    write_csv(out / "models.csv", model_rows)
+    write_csv(out / "targets.csv", targets)
+    results = dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "table.md").write_text(table + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.worker:  # internal: one block row in this fresh process
+        serve_block(json.loads(args.worker))
+        return {}
+
+    torch.set_num_threads(args.threads)
+    mem_limit, mem_limit_source = memory_limit_gb(args)
+    options = stt_defaults() | block_options(args.reduction)
+    meta = dict(
+        command=" ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
+        device=torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
+        threads=args.threads, cpu_count=os.cpu_count(), torch=torch.__version__, timm=timm.__version__,
+        stt_hf=stt_hf.__version__, python=platform.python_version(), batch=args.batch,
+        img_size=args.img_size, reduction=args.reduction, repeats=args.repeats, warmup=args.warmup,
+        row_budget_s=args.row_budget_s, max_mem_gb=round(mem_limit, 2), max_mem_source=mem_limit_source,
+        stt_options=", ".join(f"{k}={v}" for k, v in options.items()), stt_options_dict=options,
+        model_options="timm defaults of the registered model (STT in every block of stages 3-4, "
+                      "stt_reduction=16, dense synthesizer)",
+        mem_method="", date=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    print(f"Block rows: {len(args.configs) * len(args.modules)}, batch {args.batch}, {args.threads} threads, "
+          f"memory limit {mem_limit:.1f} GB ({mem_limit_source})", flush=True)
+    block_rows = run_blocks(args, mem_limit)
+    meta["mem_method"] = next((r["mem_method"] for r in block_rows if r["mem_method"]), "n/a")
+    model_rows = [] if args.skip_models else run_models(args)
+    targets = check_targets(block_rows, model_rows)
+
+    table = render(meta, block_rows, model_rows, targets)
+    print("\n" + table, flush=True)
+    write_outputs(args.out, meta, block_rows, model_rows, targets, table)
+    print(f"\nWrote {args.out}/blocks.csv, models.csv, targets.csv, results.json, table.md", flush=True)
+    return dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""One checkpoint, every loader: timm format <-> transformers format, and safe weight reading.
+
+- timm format: a folder with timm's `config.json` (architecture, num_classes, model_args,
+  pretrained_cfg) and `model.safetensors` holding the timm state dict. It loads with
+  `timm.create_model("local-dir:DIR")`, as `hf-hub:` ids once uploaded, and with transformers'
+  TimmWrapper (`AutoModelForImageClassification.from_pretrained(DIR)` after `import stt_hf`).
+- transformers format: what `SttForImageClassification.save_pretrained` writes: the same tensors
+  under `resnet.` (trunk) and `classifier.` (timm's `fc.`).
+
+`save_timm_format` writes its own config.json: timm 1.0.31's `save_for_hf` puts num_classes into
+model_args, and TimmWrapper then fails with "multiple values for keyword argument 'num_classes'".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import safetensors.torch
+import timm
+import torch
+from torch import nn
+
+from .configuration_stt import DATA_KEYS, SttConfig
+from .layers.create import FIXED_SIZE_ATTN
+from .modeling_stt import CheckpointError, SttForImageClassification, SttModel, SttPreTrainedModel
+from .models.stt_resnet import SttResNet
+
+SAFE_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".ckpt")
+PICKLE_NAMES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pth", "model.pt")
+
+
+def load_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in `path`: a .safetensors file, a pickle file, or a folder holding one.
+
+    Pickle files (.bin, .pth, ...) can run code when loaded, so they need allow_pickle=True, and even
+    then are read with torch.load(weights_only=True). A corrupt or truncated safetensors file raises
+    CheckpointError naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _weights_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error type for bad headers and sizes
+            raise CheckpointError(f"{path} is not a valid safetensors file: it is corrupt or truncated "
+                                  f"({e}). Write or download it again.") from e
+    if not allow_pickle:
+        raise CheckpointError(f"{path} is a pickle file, which can run arbitrary code when loaded. "
+                              f"Pass allow_pickle=True (--allow-pickle on the command line) if you trust "
+                              f"it; it is then read with torch.load(weights_only=True).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"Could not read {path} with torch.load(weights_only=True): {e}") from e
+    for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _weights_file(folder: Path) -> Path:
+    if (folder / SAFE_NAME).is_file():
+        return folder / SAFE_NAME
+    found = sorted(folder.glob("*.safetensors"))
+    found = found or [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
+    found = found or sorted(p for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if not found:
+        raise FileNotFoundError(f"No weights (.safetensors, .bin, .pth) in {folder}")
+    return found[0]
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict=True), with an error that names the first mismatched keys and shapes."""
+    own = model.state_dict()
+    problems = [f"{k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+                for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems += [f"{k} {tuple(v.shape)} is missing from the checkpoint"
+                 for k, v in own.items() if k not in state_dict]
+    problems += [f"{k} is in the checkpoint but not in the model" for k in state_dict if k not in own]
+    if problems:
+        shown = "\n  ".join(problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise CheckpointError(f"The checkpoint {source} does not fit {type(model).__name__} "
+                              f"({len(problems)} mismatched keys):\n  {shown}{more}")
+    model.load_state_dict(state_dict)
+
+
+# Key names: timm's `fc` is transformers' `classifier`; everything else sits under `resnet.`.
+def timm_to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {(f"classifier.{k[3:]}" if k.startswith("fc.") else f"resnet.{k}"): v
+            for k, v in state_dict.items()}
+
+
+def hf_to_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("classifier."):
+            out[f"fc.{k.removeprefix('classifier.')}"] = v
+        elif k.startswith("resnet."):
+            out[k.removeprefix("resnet.")] = v
+        else:
+            raise CheckpointError(f"Unexpected key {k!r} in an STT transformers checkpoint")
+    return out
+
+
+def config_from_timm_model(model: SttResNet, **overrides) -> SttConfig:
+    """The SttConfig of a model built by `timm.create_model("stt_...", **kwargs)`."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if name is None or not hasattr(model, "_model_args"):
+        raise ValueError("Build the model with timm.create_model('stt_...', ...) so its architecture and "
+                         "arguments are known, or pass the SttConfig it was built from")
+    args = {k: v for k, v in model._model_args.items() if k not in ("pretrained_cfg_overlay", "cache_dir")}
+    args["num_classes"] = model.num_classes
+    args["data_config"] = {k: cfg[k] for k in DATA_KEYS if k in cfg}
+    return SttConfig.from_timm_name(name, **{**args, **overrides})
+
+
+def timm_config_dict(config: SttConfig, num_features: int) -> dict:
+    """timm's config.json for a model built from `config`; model_args leave out num_classes."""
+    model_args = {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in config.to_timm_kwargs().items() if k != "num_classes"}
+    num_classes = config.num_labels
+    pretrained_cfg = {
+        **config.data_config, "input_size": list(config.input_size()), "num_classes": num_classes,
+        "fixed_input_size": config.attn_layer in FIXED_SIZE_ATTN, "first_conv": "conv1", "classifier": "fc",
+        "license": "apache-2.0",
+    }
+    out = {"architecture": config.timm_architecture(), "num_classes": num_classes,
+           "num_features": num_features, "global_pool": config.global_pool}
+    labels = [config.id2label[i] for i in range(num_classes)] if num_classes and config.id2label else []
+    if labels and labels != [f"LABEL_{i}" for i in range(num_classes)]:  # real names, not defaults
+        out["label_names"] = labels
+    return {**out, "model_args": model_args, "pretrained_cfg": pretrained_cfg}
+
+
+def save_timm_format(model: nn.Module, save_directory: str | os.PathLike, *,
+                     config: SttConfig | None = None) -> Path:
+    """Write `model` as a timm checkpoint folder (config.json + model.safetensors).
+
+    `model` is a timm `SttResNet` (from `timm.create_model`, or any SttResNet with the `config` it was
+    built from) or a transformers Stt model. The folder loads with `timm.create_model("local-dir:...")`,
+    with `hf-hub:` once uploaded, and with transformers' TimmWrapper after `import stt_hf`.
+    """
+    if isinstance(model, SttPreTrainedModel):
+        config = model.config
+        state = hf_to_timm_state_dict(model.state_dict())
+        num_features = model.resnet.num_features
+    else:
+        config = config or config_from_timm_model(model)
+        state = model.state_dict()
+        num_features = model.num_features
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    safetensors.torch.save_file(state, save_directory / SAFE_NAME, metadata={"format": "pt"})
+    with open(save_directory / "config.json", "w") as f:
+        json.dump(timm_config_dict(config, num_features), f, indent=2)
+    return save_directory
+
+
+def _is_hf_format(config_dict: dict) -> bool:
+    return config_dict.get("model_type") == SttConfig.model_type
+
+
+def _read_config(folder: Path) -> dict:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"No config.json in {folder}")
+    with open(file) as f:
+        return json.load(f)
+
+
+def _config_from_timm_dict(cfg: dict) -> SttConfig:
+    pretrained_cfg = cfg.get("pretrained_cfg", {})
+    overrides = dict(cfg.get("model_args") or {})
+    overrides["num_labels"] = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
+    overrides["data_config"] = {k: pretrained_cfg[k] for k in DATA_KEYS if k in pretrained_cfg}
+    config = SttConfig.from_timm_name(cfg["architecture"], **overrides)
+    if cfg.get("label_names"):
+        config.id2label = dict(enumerate(cfg["label_names"]))
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    return config
+
+
+def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: str | None = None,
+               allow_pickle: bool = False, **model_args) -> SttPreTrainedModel:
+    """Convert a timm checkpoint to a transformers checkpoint folder; return the loaded model.
+
+    `src` is a timm-format folder (its config.json names the architecture) or a state dict file or
+    folder, which needs `model_name` (e.g. "stt_resnet18_s") and any non-default `model_args`.
+    num_classes defaults to what the state dict's classifier holds.
+    """
+    src = Path(src)
+    if src.is_dir() and (src / "config.json").is_file() and not model_name:
+        config = _config_from_timm_dict(_read_config(src))
+    elif model_name:
+        state = load_checkpoint(src, allow_pickle=allow_pickle)
+        model_args.setdefault("num_classes", state["fc.weight"].shape[0] if "fc.weight" in state else 0)
+        config = SttConfig.from_timm_name(model_name, **model_args)
+    else:
+        raise ValueError(f"{src} is a bare state dict: pass model_name (the timm model it was built as)")
+    state = timm_to_hf_state_dict(load_checkpoint(src, allow_pickle=allow_pickle))
+    model = SttForImageClassification(config) if config.num_labels > 0 else SttModel(config)
+    load_state_dict_strict(model, state, str(src))
+    model.save_pretrained(dst)
+    return model.eval()
+
+
+def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike) -> SttResNet:
+    """Convert a transformers checkpoint folder to a timm-format folder; return the timm model."""
+    model = timm_from_pretrained(src)
+    save_timm_format(model, dst, config=SttConfig.from_pretrained(src))
+    return model
+
+
+def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False) -> SttResNet:
+    """A timm `SttResNet` with the weights of a local checkpoint folder in either format.
+
+    A transformers-format folder (from `save_pretrained`) is rebuilt with timm from its config, so no
+    one is locked into one library; a timm-format folder goes through `timm.create_model("local-dir:")`.
+    """
+    path = Path(path)
+    config_dict = _read_config(path)
+    if not _is_hf_format(config_dict):
+        return timm.create_model(f"local-dir:{path}", pretrained=True).eval()
+    config = SttConfig.from_dict(config_dict)
+    model = timm.create_model(config.timm_architecture(), **config.to_timm_kwargs())
+    state = hf_to_timm_state_dict(load_checkpoint(path, allow_pickle=allow_pickle))
+    load_state_dict_strict(model, state, str(path))
+    # Preprocessing metadata for timm.data.resolve_data_config(model=model).
+    model.pretrained_cfg = {**model.pretrained_cfg, **config.data_config, "num_classes": config.num_labels,
+                            "input_size": config.input_size()}
+    model.default_cfg = model.pretrained_cfg
+    return model.eval()
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
+            model_name: str | None = None, allow_pickle: bool = False, **model_args) -> Path:
+    """Convert `src` to the other format (or `to`: "hf" / "timm") in `dst`."""
+    src, dst = Path(src), Path(dst)
+    if to is None:
+        is_hf = src.is_dir() and (src / "config.json").is_file() and _is_hf_format(_read_config(src))
+        to = "timm" if is_hf else "hf"
+    if to == "hf":
+        timm_to_hf(src, dst, model_name=model_name, allow_pickle=allow_pickle, **model_args)
+    elif to == "timm":
+        if not src.is_dir():
+            raise ValueError(f"{src}: a transformers checkpoint is a folder written by save_pretrained")
+        hf_to_timm(src, dst)
+    else:
+        raise ValueError(f"to must be 'hf' or 'timm', got {to!r}")
+    return dst
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("src", help="timm-format folder, state dict file, or transformers-format folder")
+    parser.add_argument("dst", help="output folder")
+    parser.add_argument("--to", choices=("hf", "timm"), default=None,
+                        help="target format (default: the other one than src's)")
+    parser.add_argument("--model-name", default=None,
+                        help="timm model a bare state dict was built as, e.g. stt_resnet18_s")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes of a bare state dict")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read .bin/.pth pickle files (with torch.load(weights_only=True))")
+    return parser
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run the parsed `convert` command; 0 on success, 2 (with the reason on stderr) on a bad input."""
+    model_args = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    try:
+        dst = convert(args.src, args.dst, to=args.to, model_name=args.model_name,
+                      allow_pickle=args.allow_pickle, **model_args)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {dst}")
+    return 0
+
+
+def add_convert_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `convert` command to an argparse subparsers object (for `stt-hf convert`)."""
+    parser = subparsers.add_parser("convert", help="convert checkpoints between timm and transformers",
+                                   description=__doc__.split("\n\n")[0])
+    add_convert_arguments(parser).set_defaults(func=run_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="convert_checkpoint", description=__doc__.split("\n\n")[0])
+    return run_convert(add_convert_arguments(parser).parse_args(argv))
+
+
+__all__ = ["add_convert_parser", "config_from_timm_model", "convert", "hf_to_timm", "load_checkpoint",
+           "load_state_dict_strict", "main", "save_timm_format", "timm_from_pretrained", "timm_to_hf"]

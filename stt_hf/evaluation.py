@@ -1,0 +1,56 @@
+"""`stt-hf eval`: score any saved classifier checkpoint on a dataset split and write metrics JSON."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+
+from .data import load_image_dataset, validate_dataset
+from .metrics import compute_classification_metrics
+from .publish import write_json
+from .train import DataArguments, build_transforms, collate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory (transformers format) or Hub id")
+    parser.add_argument("--dataset", default="fashion_mnist", help="as for stt-hf train")
+    parser.add_argument("--split", default=None, help="split to score (default: test, else validation)")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--output", default=None, help="metrics JSON path (default: <model>/eval_<split>.json)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .modeling_stt import SttForImageClassification
+
+    model = SttForImageClassification.from_pretrained(args.model).eval()
+    dsd = load_image_dataset(args.dataset, image_column=args.image_column, label_column=args.label_column,
+                             max_eval_samples=args.max_eval_samples)
+    split = args.split or ("test" if "test" in dsd else "validation")
+    if split not in dsd:
+        raise ValueError(f"--split {split!r} is not in the dataset; it has {sorted(dsd)}")
+    num_labels = validate_dataset(dsd, num_labels=model.config.num_labels)
+    names = dsd[split].features["label"].names
+    if num_labels != model.config.num_labels:
+        raise ValueError(f"the model predicts {model.config.num_labels} classes, the dataset has {len(names)}")
+    _, eval_tf = build_transforms(model, DataArguments(dataset=args.dataset))
+    with tempfile.TemporaryDirectory() as scratch:
+        targs = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=args.batch_size,
+                                  report_to="none", remove_unused_columns=False, dataloader_pin_memory=False)
+        trainer = Trainer(model=model, args=targs, data_collator=collate,
+                          compute_metrics=compute_classification_metrics)
+        metrics = trainer.evaluate(dsd[split].with_transform(eval_tf), metric_key_prefix=split)
+    result = dict(model=str(args.model), dataset=args.dataset, split=split, samples=len(dsd[split]),
+                  metrics={k.removeprefix(f"{split}_"): v for k, v in metrics.items()})
+    default_dir = Path(args.model) if Path(args.model).is_dir() else Path(".")
+    out = Path(args.output) if args.output else default_dir / f"eval_{split}.json"
+    write_json(out, result)
+    print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()
+                                    if k in ("accuracy", "top5_accuracy", "macro_f1")))
+    print(f"metrics written to {out}")
+    return result

@@ -1,0 +1,1 @@
+"""The `accuracy` evaluate metric (script: `accuracy.py`, the name evaluate.load expects)."""

@@ -1,0 +1,211 @@
+"""transformers models around the STT ResNet: SttModel, SttForImageClassification, SttBackbone.
+
+Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from the config with no
+classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
+`classifier`. Nothing of the network is re-implemented here.
+"""
+
+import os
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .configuration_stt import SttConfig
+from .models.stt_resnet import ARCHS, SttResNet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unsafe format, corrupt file or another architecture."""
+
+
+class SttPreTrainedModel(PreTrainedModel):
+    config: SttConfig
+    config_class = SttConfig
+    base_model_prefix = "resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+
+    def _build_resnet(self, config: SttConfig) -> SttResNet:
+        block, layers = ARCHS[config.depth]
+        return SttResNet(block, layers, **{**config.to_timm_kwargs(), "num_classes": 0})
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The network initializes itself when built (timm's ResNet init; STT blocks start as the
+        # identity), and transformers' generic init would undo that. Only a classifier head that is
+        # new or replaced (ignore_mismatched_sizes) needs initializing here.
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        # timm's ResNet checkpoints each stage itself once asked to.
+        self.resnet.set_grad_checkpointing(enable)
+
+    def _check_input(self, pixel_values: torch.Tensor | None) -> None:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.in_chans:
+            raise ValueError(f"pixel_values must have shape (batch, {self.config.in_chans}, height, width), "
+                             f"got {tuple(pixel_values.shape)}")
+
+    def _features(self, pixel_values: torch.Tensor, output_hidden_states: bool):
+        """(last feature map, hidden states: stem and 4 stage outputs, or None)."""
+        self._check_input(pixel_values)
+        if output_hidden_states:
+            last, hidden = self.resnet.forward_intermediates(pixel_values)
+            return last, tuple(hidden)
+        return self.resnet.forward_features(pixel_values), None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' from_pretrained, reading safetensors only unless `use_safetensors=False`.
+
+        Raises CheckpointError for a pickle-only checkpoint (naming the opt-in), a corrupt or truncated
+        safetensors file, and weights of another architecture (naming the first mismatched keys).
+        """
+        path = str(pretrained_model_name_or_path)
+        if kwargs.get("use_safetensors") is None:
+            kwargs["use_safetensors"] = True
+            if os.path.isdir(path):
+                _check_local_weights(os.path.join(path, kwargs.get("subfolder", "")))
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        new_head = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            # Mismatches are judged below, where the error can name them.
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args,
+                                                  output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
+        except Exception as e:
+            if type(e).__name__ == "SafetensorError" or "deserializing header" in str(e):
+                raise CheckpointError(f"The safetensors weights of {path!r} are corrupt or truncated "
+                                      f"({e}). Save or download the checkpoint again.") from e
+            raise
+        _check_architecture(model, info, path, new_head)
+        return (model, info) if output_loading_info else model
+
+
+def _check_local_weights(folder: str) -> None:
+    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    if names & {"model.safetensors", "model.safetensors.index.json"}:
+        return
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pth", ".pt")))
+    if pickles:
+        raise CheckpointError(
+            f"{folder!r} has only pickle weights ({', '.join(pickles)}), which can run code when "
+            f"loaded. Pass use_safetensors=False to load them anyway (read with "
+            f"torch.load(weights_only=True)), or convert them to model.safetensors.")
+
+
+def _check_architecture(model: PreTrainedModel, info: dict, path: str, new_head: bool) -> None:
+    """A checkpoint of another architecture is an error, not a half-initialized model.
+
+    Only the classifier may differ, with ignore_mismatched_sizes=True (a new head for num_labels) or
+    by being absent (a checkpoint of SttModel); the trunk has no initializer to fall back on.
+    """
+    shapes = model.state_dict()
+    problems = [f"{key} has shape {tuple(ckpt)} in the checkpoint, {tuple(own)} in the model"
+                for key, ckpt, own in sorted(info.get("mismatched_keys") or [])
+                if not (new_head and key.startswith("classifier."))]
+    problems += [f"{key} {tuple(shapes[key].shape)} is missing from the checkpoint"
+                 for key in sorted(info.get("missing_keys") or []) if key.startswith("resnet.")]
+    problems += [f"{key} is in the checkpoint but not in the model"
+                 for key in sorted(info.get("unexpected_keys") or []) if key.startswith("resnet.")]
+    if problems:
+        shown = "\n  ".join(problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        hint = ("\nTo replace the classifier, pass num_labels=... and ignore_mismatched_sizes=True."
+                if not new_head and all(p.startswith("classifier.") for p in problems) else "")
+        raise CheckpointError(f"The checkpoint {path!r} does not fit {type(model).__name__} built from "
+                              f"its config ({len(problems)} mismatched keys):\n  {shown}{more}{hint}")
+
+
+class SttModel(SttPreTrainedModel):
+    """The STT ResNet without a head: the last feature map and its pooled vector."""
+
+    def __init__(self, config: SttConfig):
+        super().__init__(config)
+        self.resnet = self._build_resnet(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
+        """last_hidden_state (B, C, H, W); pooler_output (B, C) after global pooling; with
+        output_hidden_states, the stem output and each stage's output."""
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        last, hidden = self._features(pixel_values, output_hidden_states)
+        pooled = self.resnet.forward_head(last, pre_logits=True)
+        if not return_dict:
+            return (last, pooled) + ((hidden,) if hidden is not None else ())
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last, pooler_output=pooled, hidden_states=hidden)
+
+
+class SttForImageClassification(SttPreTrainedModel):
+    """The STT ResNet with a linear classifier on the pooled features (timm's `fc`)."""
+
+    def __init__(self, config: SttConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.resnet = self._build_resnet(config)
+        self.classifier = (nn.Linear(self.resnet.num_features, config.num_labels) if config.num_labels > 0
+                           else nn.Identity())
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> ImageClassifierOutputWithNoAttention:
+        """logits (B, num_labels); with labels, the loss of config.problem_type (single-label
+        cross-entropy, multi-label BCE or regression MSE, inferred from labels when unset)."""
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        last, hidden = self._features(pixel_values, output_hidden_states)
+        logits = self.classifier(self.resnet.forward_head(last, pre_logits=True))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        if not return_dict:
+            output = (logits,) + ((hidden,) if hidden is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden)
+
+
+class SttBackbone(BackboneMixin, SttPreTrainedModel):
+    """Feature maps of the stages named by config.out_features / out_indices (stem, stage1..4)."""
+
+    has_attentions = False
+
+    def __init__(self, config: SttConfig):
+        super().__init__(config)
+        self.resnet = self._build_resnet(config)
+        self.num_features = [info["num_chs"] for info in self.resnet.feature_info]
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> BackboneOutput:
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_input(pixel_values)
+        indices = sorted(self.out_indices) if not output_hidden_states else None
+        hidden = self.resnet.forward_intermediates(
+            pixel_values, indices=indices, intermediates_only=True, stop_early=True)
+        if output_hidden_states:
+            feature_maps = tuple(hidden[i] for i in self.out_indices)
+        else:
+            feature_maps = tuple(hidden)
+        hidden = tuple(hidden) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden,) if hidden is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
+
+
+__all__ = ["CheckpointError", "SttBackbone", "SttForImageClassification", "SttModel", "SttPreTrainedModel"]

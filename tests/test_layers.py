@@ -1,0 +1,493 @@
+"""The STT operator, its baselines and the attention registry."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+import timm
+import torch
+from timm.models.resnet import BasicBlock, ResNet
+
+from stt_hf.layers import ATTN_FACTORIES, MODES, STT, SYNTHS, FlatSynthesizer, SelfAttention2d, create_attn
+
+C, H, W = 32, 6, 5  # channels 32 -> 16 value channels -> 2 heads of 8: every mode has its own size
+MODE_SETS = ["".join(s) for r in (1, 2, 3) for s in itertools.combinations(MODES, r)]
+INPUT_FREE = ("random", "factorized_random")  # synths whose maps do not depend on the input
+
+
+def make_stt(synth="dense", modes="chw", channels=C, feat_size=(H, W), **kwargs) -> STT:
+    return STT(channels, modes=modes, synth=synth, feat_size=feat_size, **kwargs)
+
+
+def values(stt: STT, x: torch.Tensor) -> torch.Tensor:
+    """V of shape (B, G, c, H, W), as the block computes it."""
+    b, _, h, w = x.shape
+    return stt.to_v(x).reshape(b, stt.heads, -1, h, w)
+
+
+def randomize_norm(bn: torch.nn.BatchNorm2d) -> None:
+    """Nonzero affine and running statistics, so eval-mode BN is a real per-channel map."""
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0, 0.5)
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+
+
+def reference_stt(stt: STT, x: torch.Tensor) -> torch.Tensor:
+    """STT written out plainly: 1x1 convs as matmuls and mode-n products as unfold, multiply, fold.
+
+    Uses the module's own attention maps and weights; eval-mode BN from its running statistics.
+    """
+    b, _, h, w = x.shape
+    v = torch.einsum("oc,bchw->bohw", stt.to_v.weight[:, :, 0, 0], x)
+    v = v.reshape(b, stt.heads, -1, h, w)
+    maps = stt.attention_maps(v)
+    y = torch.empty_like(v)
+    for i in range(b):
+        for g in range(stt.heads):
+            t = v[i, g]  # (c, H, W)
+            for mode in stt.modes:
+                n = "chw".index(mode)
+                a = maps[mode][i if maps[mode].shape[0] > 1 else 0, g].to(t.dtype)
+                front = t.movedim(n, 0)  # mode n first
+                unfolded = front.reshape(front.shape[0], -1)  # mode-n unfolding (I_n, prod of the rest)
+                t = (a @ unfolded).reshape(front.shape).movedim(0, n)  # fold back
+            y[i, g] = t
+    y = y.reshape(b, -1, h, w)
+    z = torch.einsum("oc,bchw->bohw", stt.proj.weight[:, :, 0, 0], y)
+    bn = stt.norm
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    z = (z - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
+    return x + z
+
+
+# --------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("modes", MODE_SETS)
+def test_shapes_and_maps(modes, synth):
+    stt = make_stt(synth, modes)
+    x = torch.randn(3, C, H, W)
+    out = stt(x)
+    assert out.shape == x.shape
+    maps = stt.attention_maps(values(stt, x))
+    assert list(maps) == list(modes)
+    sizes = {"c": 16 // stt.heads, "h": H, "w": W}
+    batch = 1 if synth in INPUT_FREE else 3
+    for mode, a in maps.items():
+        assert a.shape == (batch, stt.heads, sizes[mode], sizes[mode]), mode
+        assert a.dtype == torch.float32
+        assert (a >= 0).all()
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_heads_and_reduction_set_value_channels(heads):
+    stt = STT(64, heads=heads, reduction=4, min_channels=8, feat_size=4)
+    assert stt.to_v.out_channels == 16 and stt.proj.in_channels == 16
+    maps = stt.attention_maps(values(stt, torch.randn(2, 64, 4, 4)))
+    assert maps["c"].shape == (2, heads, 16 // heads, 16 // heads)
+    assert STT(8, reduction=4, min_channels=16).to_v.out_channels == 16  # min_channels floor
+
+
+# --------------------------------------------------------------------------------- identity at init
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("train", [True, False])
+def test_identity_at_init(synth, train):
+    stt = make_stt(synth).train(train)
+    x = torch.randn(2, C, H, W)
+    assert torch.equal(stt(x), x)
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_switched_on_is_not_identity(synth, switch_on):
+    """The counterpart of the identity test: once the output BN is nonzero the block changes x."""
+    stt = switch_on(make_stt(synth))
+    x = torch.randn(2, C, H, W)
+    assert (stt(x) - x).abs().mean() > 0.1
+
+
+# ---------------------------------------------------------------------------- the math of the operator
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("modes", ["chw", "whc", "hw", "c", "wc"])
+@pytest.mark.parametrize("size", [(H, W), (8, 3)], ids=["ref_size", "resized"])
+def test_matches_mode_n_unfolding_reference(modes, synth, size):
+    stt = make_stt(synth, modes, dtype=torch.float64).eval()
+    randomize_norm(stt.norm)
+    x = torch.randn(2, C, *size, dtype=torch.float64)
+    with torch.no_grad():
+        out, ref = stt(x), reference_stt(stt, x)
+    assert (ref - x).abs().mean() > 0.1  # the attention path really contributes
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("order", ["".join(p) for p in itertools.permutations("chw")][1:])
+def test_mode_products_commute(order, synth, switch_on):
+    base = switch_on(make_stt(synth, "chw"))
+    permuted = make_stt(synth, order)
+    permuted.load_state_dict(base.state_dict())
+    assert permuted.modes == tuple(order) and base.modes == ("c", "h", "w")
+    x = torch.randn(2, C, H, W)
+    out_base, out_perm = base(x), permuted(x)
+    assert (out_base - x).abs().mean() > 0.1
+    torch.testing.assert_close(out_perm, out_base, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_temperature_sharpens_maps(synth):
+    """A lower temperature is softmax(L / tau) with a smaller tau: the same logits, sharper rows."""
+    warm, cold = make_stt(synth, temperature=1.0), make_stt(synth, temperature=0.25)
+    cold.load_state_dict(warm.state_dict())
+    v = values(warm, torch.randn(2, C, H, W))
+    for mode, a in warm.attention_maps(v).items():
+        b = cold.attention_maps(v)[mode]
+        logits = torch.log(a)
+        torch.testing.assert_close(b, torch.softmax(logits / 0.25, dim=-1), rtol=1e-4, atol=1e-5)
+        assert b.amax(-1).mean() > a.amax(-1).mean()
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_maps_input_dependence(synth):
+    """random / factorized_random maps are the same for any input; dense and mixture ones are not."""
+    stt = make_stt(synth)
+    v1, v2 = values(stt, torch.randn(2, C, H, W)), values(stt, 3 * torch.randn(2, C, H, W) + 1)
+    m1, m2 = stt.attention_maps(v1), stt.attention_maps(v2)
+    for mode in stt.modes:
+        if synth in INPUT_FREE:
+            assert torch.equal(m1[mode], m2[mode]), mode
+        else:
+            assert not torch.allclose(m1[mode], m2[mode], atol=1e-4), mode
+
+
+@pytest.mark.parametrize("synth", ["dense", "mixture"])
+def test_dense_maps_are_per_sample(synth):
+    stt = make_stt(synth)
+    x = torch.randn(2, C, H, W)
+    batched = stt.attention_maps(values(stt, x))
+    single = stt.attention_maps(values(stt, x[1:]))
+    for mode in stt.modes:
+        torch.testing.assert_close(batched[mode][1:], single[mode])
+        assert not torch.allclose(batched[mode][0], batched[mode][1], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("size", [(H, W), (7, 9)], ids=["ref_size", "resized"])
+def test_gradients_reach_every_parameter(synth, size, switch_on):
+    stt = switch_on(make_stt(synth))
+    x = torch.randn(2, C, *size, requires_grad=True)
+    out = stt(x)
+    (out * torch.randn_like(out)).sum().backward()  # a plain sum would see no gradient through BN
+    names = [n for n, p in stt.named_parameters() if p.requires_grad]
+    assert names
+    for name, p in stt.named_parameters():
+        assert p.grad is not None, f"no gradient for {name}"
+        assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_at_init_only_the_output_norm_gets_gradient():
+    """At init (BN weight zero) the block is a true no-op: nothing upstream of the BN gets gradient."""
+    stt = make_stt("mixture")
+    out = stt(torch.randn(2, C, H, W))
+    (out * torch.randn_like(out)).sum().backward()
+    assert stt.norm.weight.grad.abs().sum() > 0
+    assert stt.to_v.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("synth", ["random", "mixture"])
+def test_fixed_random_is_a_frozen_buffer(synth, switch_on):
+    stt = switch_on(make_stt(synth, fixed=True))
+    buffers = {n: b.clone() for n, b in stt.named_buffers() if n.endswith("random.r")}
+    assert sorted(buffers) == sorted(f"synths.{m}.random.r" for m in "chw")
+    param_names = {n for n, _ in stt.named_parameters()}
+    assert not param_names & set(buffers)
+    assert set(buffers) <= set(stt.state_dict())  # saved with the model
+    params = {n: p.detach().clone() for n, p in stt.named_parameters()}
+
+    opt = torch.optim.SGD(stt.parameters(), lr=0.5)
+    out = stt(torch.randn(2, C, H, W))
+    (out * torch.randn_like(out)).sum().backward()
+    opt.step()
+
+    for name, before in buffers.items():
+        assert torch.equal(stt.get_buffer(name), before), name
+    changed = [n for n, p in stt.named_parameters() if not torch.equal(p, params[n])]
+    assert "to_v.weight" in changed and "proj.weight" in changed
+    if synth == "mixture":
+        assert {f"synths.{m}.mix_logit" for m in "chw"} <= set(changed)
+
+
+def test_learned_random_is_a_parameter():
+    stt = make_stt("random")
+    assert {f"synths.{m}.random.r" for m in "chw"} <= {n for n, _ in stt.named_parameters()}
+    assert not [n for n, _ in stt.named_buffers() if "random" in n]
+
+
+# ---------------------------------------------------------------------------------- numerics, layout
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_bf16_autocast_close_to_fp32(synth, switch_on):
+    stt = switch_on(make_stt(synth)).eval()
+    randomize_norm(stt.norm)
+    x = torch.randn(2, C, H, W)
+    with torch.no_grad():
+        ref = stt(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            v = values(stt, x)
+            maps = stt.attention_maps(v)
+            out = stt(x)
+    assert v.dtype == torch.bfloat16  # autocast really ran the projections in bf16
+    for mode, a in maps.items():
+        assert a.dtype == torch.float32, mode
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    branch, ref_branch = out.float() - x, ref - x
+    rel = (branch - ref_branch).norm() / ref_branch.norm()
+    assert ref_branch.norm() > 0 and rel < 3e-2, rel
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_channels_last_same_output(synth, switch_on):
+    stt = switch_on(make_stt(synth))
+    x = torch.randn(2, C, H, W)
+    ref = stt(x)
+    out = stt.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- other sizes
+
+
+@pytest.mark.parametrize("synth", SYNTHS)
+@pytest.mark.parametrize("size", [(12, 10), (3, 4), (1, 1)])
+def test_other_sizes_interpolate(synth, size, switch_on):
+    stt = switch_on(make_stt(synth, feat_size=8))
+    x = torch.randn(2, C, *size)
+    out = stt(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    maps = stt.attention_maps(values(stt, x))
+    assert maps["h"].shape[-2:] == (size[0], size[0])
+    assert maps["w"].shape[-2:] == (size[1], size[1])
+    for a in maps.values():
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+
+
+def test_resize_false_serves_only_feat_size():
+    stt = make_stt(feat_size=(H, W), resize=False)
+    assert stt(torch.randn(1, C, H, W)).shape == (1, C, H, W)
+    with pytest.raises(ValueError, match=r"resize=False.*feat_size=\(6, 5\).*\(5, 6\)"):
+        stt(torch.randn(1, C, W, H))
+
+
+# ------------------------------------------------------------------------------- compile and export
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # Dynamo capture (fullgraph: no graph breaks) and AOTAutograd tracing, in seconds
+    pytest.param("inductor", marks=pytest.mark.slow),  # code generation: over a minute on a small CPU
+])
+def test_torch_compile_fullgraph(backend):
+    """One compile, no graph breaks: mixture covers dense + random, width 7 != 5 covers the resize."""
+    stt = make_stt("mixture").eval()
+    randomize_norm(stt.norm)
+    compiled = torch.compile(stt, fullgraph=True, backend=backend)
+    x = torch.randn(2, C, H, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), stt(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("synth", ["dense", "factorized_random"])
+def test_torch_export(synth):
+    stt = make_stt(synth).eval()
+    randomize_norm(stt.norm)
+    x = torch.randn(2, C, H, W)
+    exported = torch.export.export(stt, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), stt(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ device, dtype
+
+
+@pytest.mark.parametrize("synth,fixed", [(s, False) for s in SYNTHS] + [("random", True)])
+def test_dtype_and_device_kwargs(synth, fixed):
+    stt = make_stt(synth, fixed=fixed, dtype=torch.float64)
+    floats = [t for t in itertools.chain(stt.parameters(), stt.buffers()) if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float64 for t in floats)
+    x = torch.randn(2, C, H, W, dtype=torch.float64)
+    assert stt(x).dtype == torch.float64
+
+    meta = make_stt(synth, fixed=fixed, device="meta")
+    assert all(t.device.type == "meta" for t in itertools.chain(meta.parameters(), meta.buffers()))
+
+
+# ------------------------------------------------------------------------------------ timm plug-in
+
+
+def test_as_timm_block_attn_layer():
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10, channels=(32, 64, 128, 256),
+                   block_args=dict(attn_layer=functools.partial(STT, feat_size=8)))
+    blocks = [model.get_submodule(f"layer{i}.0") for i in range(1, 5)]
+    assert all(isinstance(b.se, STT) for b in blocks)
+    assert [b.se.channels for b in blocks] == [32, 64, 128, 256]
+    assert [b.se.feat_size for b in blocks] == [(8, 8)] * 4
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_timm_create_model_block_args_and_dtype():
+    model = timm.create_model("resnet10t", num_classes=5, block_args=dict(attn_layer=STT),
+                              dtype=torch.float64)
+    stts = [m for m in model.modules() if isinstance(m, STT)]
+    assert len(stts) == 4
+    assert all(p.dtype == torch.float64 for s in stts for p in s.parameters())  # timm passes dtype
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 5)
+
+
+def test_timm_create_attn():
+    stt = timm.layers.create_attn(STT, 64)
+    assert isinstance(stt, STT) and stt.channels == 64
+    x = torch.randn(1, 64, 14, 14)
+    assert torch.equal(stt(x), x)
+    custom = timm.layers.create_attn(STT, 64, synth="random", modes="hw")
+    assert custom.synth == "random" and custom.modes == ("h", "w")
+
+
+# ---------------------------------------------------------------------------------------- baselines
+
+
+BASELINES = {
+    "self_attn": lambda **kw: SelfAttention2d(C, **kw),
+    "flat_dense": lambda **kw: FlatSynthesizer(C, synth="dense", feat_size=(H, W), **kw),
+    "flat_random": lambda **kw: FlatSynthesizer(C, synth="random", feat_size=(H, W), **kw),
+}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("heads", [1, 2])
+def test_baseline_shapes_identity_and_gradients(name, heads, switch_on):
+    block = BASELINES[name](heads=heads)
+    x = torch.randn(2, C, H, W)
+    assert torch.equal(block(x), x)  # identity at init
+    switch_on(block)
+    out = block(x)
+    assert out.shape == x.shape
+    assert (out - x).abs().mean() > 0.1
+    (out * torch.randn_like(out)).sum().backward()
+    for pname, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_self_attention_serves_any_size():
+    block = SelfAttention2d(C)
+    for size in [(3, 3), (H, W), (9, 4)]:
+        assert block(torch.randn(1, C, *size)).shape == (1, C, *size)
+
+
+@pytest.mark.parametrize("synth", ["dense", "random"])
+def test_flat_synthesizer_other_size_raises(synth):
+    block = FlatSynthesizer(C, synth=synth, feat_size=(H, W))
+    with pytest.raises(ValueError, match=r"FlatSynthesizer serves only feat_size=\(6, 5\).*\(5, 6\)"):
+        block(torch.randn(1, C, W, H))
+
+
+def test_self_attention_matches_plain_softmax_attention(switch_on):
+    block = switch_on(SelfAttention2d(C, heads=2)).eval()
+    randomize_norm(block.out.norm)
+    x = torch.randn(2, C, H, W)
+    q, k, v = block.to_qkv(x).flatten(2).chunk(3, dim=1)
+    ys = []
+    for t in range(2):  # two heads of 8 channels, one at a time
+        sl = slice(8 * t, 8 * (t + 1))
+        qh, kh, vh = q[:, sl], k[:, sl], v[:, sl]  # (B, 8, N)
+        attn = torch.softmax(qh.transpose(1, 2) @ kh / 8**0.5, dim=-1)  # (B, N, N)
+        ys.append(vh @ attn.transpose(1, 2))  # (B, 8, N)
+    y = torch.cat(ys, 1).reshape(2, -1, H, W)
+    torch.testing.assert_close(block(x), x + block.out.norm(block.out.proj(y)), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("name", sorted(ATTN_FACTORIES))
+def test_registry_builds_every_attention(name):
+    block = create_attn(name, C, (H, W), heads=2, synth="random", unused_option=1)
+    x = torch.randn(2, C, H, W)
+    out = block(x)
+    assert out.shape == x.shape
+    if name in ("stt", "self_attn", "flat_dense", "flat_random"):
+        assert torch.equal(out, x)
+    if name == "stt":
+        assert isinstance(block, STT) and block.synth == "random" and block.feat_size == (H, W)
+
+
+@pytest.mark.parametrize("name", ["stt", "self_attn", "flat_dense", "se", "gc"])
+def test_registry_passes_dtype(name):
+    block = create_attn(name, C, (H, W), dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in block.parameters())
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(modes="chx"), r"modes must be a non-empty subset.*'x'"),
+    (dict(modes=""), r"modes must be a non-empty subset"),
+    (dict(synth="sparse"), r"synth must be one of .*'sparse'"),
+    (dict(heads=3), r"heads=3 must divide the value channels.*= 16"),
+    (dict(heads=0), r"heads must be a positive int"),
+    (dict(fixed=True), r"fixed=True applies to synth='random' or 'mixture'"),
+    (dict(temperature=0.0), r"temperature must be > 0"),
+    (dict(hidden=0), r"hidden must be a positive int"),
+    (dict(feat_size=(4, 4, 4)), r"feat_size must be an int or an \(H, W\) pair"),
+], ids=["unknown_mode", "no_mode", "unknown_synth", "heads_not_dividing", "zero_heads", "fixed_dense",
+        "zero_temperature", "zero_hidden", "bad_feat_size"])
+def test_stt_bad_construction_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_stt(**kwargs)
+
+
+@pytest.mark.parametrize("block", [
+    lambda: make_stt(),
+    lambda: SelfAttention2d(C),
+    lambda: FlatSynthesizer(C, feat_size=(H, W)),
+], ids=["STT", "SelfAttention2d", "FlatSynthesizer"])
+def test_bad_inputs_raise(block):
+    block = block()
+    name = type(block).__name__
+    with pytest.raises(ValueError, match=
+                       rf"{name} expects a 4-D input \(B, C, H, W\), got shape \(32, 6, 5\)"):
+        block(torch.randn(C, H, W))
+    with pytest.raises(ValueError, match=rf"{name} expects a 4-D input"):
+        block(torch.randn(1, 1, C, H, W))
+    with pytest.raises(ValueError, match=rf"{name} was built for channels=32, got input with 16 channels"):
+        block(torch.randn(1, 16, H, W))
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (SelfAttention2d, dict(heads=3), r"heads=3 must divide the value channels 16"),
+    (FlatSynthesizer, dict(heads=3, feat_size=4), r"heads=3 must divide the value channels 16"),
+    (FlatSynthesizer, dict(synth="mixture"), r"synth must be 'dense' or 'random'.*'mixture'"),
+])
+def test_baseline_bad_construction_raises(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(C, **kwargs)
+
+
+def test_registry_unknown_name_raises():
+    with pytest.raises(ValueError, match=r"attn_layer must be one of .*'stt'.*got 'non_local'"):
+        create_attn("non_local", C, (H, W))

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
 
+    from .convert import add_convert_parser
+
+    add_convert_parser(sub)
+
     push = sub.add_parser("push", help="publish a saved model folder to a Hugging Face Hub")
     push.add_argument("folder", help="folder written by stt-hf train (or save_pretrained)")
     push.add_argument("--repo_id", required=True, help="ORG/NAME on the Hub")

@@ -106,10 +106,9 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
             raise ValueError(f"SttConfig got unknown option(s) {unknown}; the STT options are "
                              f"{[k for k in TIMM_KWARGS if k.startswith(('stt_', 'attn_'))]}")
         # JSON has no tuples: keep sequences as lists so a saved and reloaded config compares equal.
-        if not isinstance(self.img_size, int):
-            self.img_size = list(self.img_size)
-        self.attn_stages = list(self.attn_stages)
-        self.channels = list(self.channels)
+        for name in ("img_size", "attn_stages", "channels"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
         self._validate()
         if self.data_config is None:
             cfg = get_pretrained_cfg(self.timm_architecture()).to_dict()
@@ -129,14 +128,16 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
             return isinstance(v, int) and not isinstance(v, bool)
 
         check(self.depth in ARCHS, "depth", f"one of {sorted(ARCHS)}")
+        def is_list(v, length=None, item=is_int) -> bool:
+            return isinstance(v, list) and len(v) == (length or len(v)) > 0 and all(map(item, v))
+
         size = [self.img_size] * 2 if is_int(self.img_size) else self.img_size
-        check(len(size) == 2 and all(is_int(s) and s > 0 for s in size), "img_size",
-              "a positive int or an (H, W) pair")
-        check(self.attn_layer is None or self.attn_layer in ATTN_FACTORIES, "attn_layer",
-              f"None or one of {sorted(ATTN_FACTORIES)}")
+        check(is_list(size, 2, lambda s: is_int(s) and s > 0), "img_size", "a positive int or an (H, W) pair")
+        check(self.attn_layer in (None, "none") or self.attn_layer in ATTN_FACTORIES, "attn_layer",
+              f"None (or 'none') or one of {sorted(ATTN_FACTORIES)}")
         check(self.attn_placement in PLACEMENTS, "attn_placement", f"one of {PLACEMENTS}")
-        check(len(self.attn_stages) > 0 and all(s in (1, 2, 3, 4) and is_int(s) for s in self.attn_stages),
-              "attn_stages", "a non-empty list of stage numbers in 1..4")
+        check(is_list(self.attn_stages, item=lambda s: is_int(s) and 1 <= s <= 4), "attn_stages",
+              "a non-empty list of stage numbers in 1..4")
         check(isinstance(self.stt_modes, str) and len(self.stt_modes) > 0
               and set(self.stt_modes) <= set(MODES), "stt_modes", f"a non-empty string of {''.join(MODES)}")
         check(self.stt_synth in SYNTHS, "stt_synth", f"one of {SYNTHS}")
@@ -149,7 +150,7 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
             check(isinstance(getattr(self, name), bool), name, "True or False")
         check(not self.stt_fixed or self.stt_synth in ("random", "mixture"), "stt_fixed",
               "False unless stt_synth is 'random' or 'mixture'")
-        check(len(self.channels) == 4 and all(is_int(c) and c > 0 for c in self.channels), "channels",
+        check(is_list(self.channels, 4, lambda c: is_int(c) and c > 0), "channels",
               "four positive ints, one per stage")
         check(self.stem_type in STEM_TYPES, "stem_type", f"one of {STEM_TYPES}")
         check(self.output_stride in (8, 16, 32), "output_stride", "8, 16 or 32")
@@ -199,6 +200,8 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         for k in ("img_size", "attn_stages", "channels"):
             if isinstance(kwargs[k], list):
                 kwargs[k] = tuple(kwargs[k])
+        if kwargs["attn_layer"] is None:  # timm.create_model drops None arguments; "none" survives
+            kwargs["attn_layer"] = "none"
         kwargs["num_classes"] = self.num_labels
         return kwargs
 

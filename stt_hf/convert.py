@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from .configuration_stt import DATA_KEYS, SttConfig
+from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
 from .layers.create import FIXED_SIZE_ATTN
 from .modeling_stt import CheckpointError, SttForImageClassification, SttModel, SttPreTrainedModel
 from .models.stt_resnet import SttResNet
@@ -185,6 +185,9 @@ def _read_config(folder: Path) -> dict:
 def _config_from_timm_dict(cfg: dict) -> SttConfig:
     pretrained_cfg = cfg.get("pretrained_cfg", {})
     overrides = dict(cfg.get("model_args") or {})
+    unknown = sorted(set(overrides) - {*TIMM_KWARGS, "num_classes"})
+    if unknown:  # SttConfig could not carry them: the converted model would differ
+        raise ValueError(f"model_args {unknown} of this timm checkpoint have no SttConfig field")
     overrides["num_labels"] = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
     overrides["data_config"] = {k: pretrained_cfg[k] for k in DATA_KEYS if k in pretrained_cfg}
     config = SttConfig.from_timm_name(cfg["architecture"], **overrides)
@@ -203,17 +206,17 @@ def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: st
     num_classes defaults to what the state dict's classifier holds.
     """
     src = Path(src)
-    if src.is_dir() and (src / "config.json").is_file() and not model_name:
-        config = _config_from_timm_dict(_read_config(src))
-    elif model_name:
-        state = load_checkpoint(src, allow_pickle=allow_pickle)
+    has_config = src.is_dir() and (src / "config.json").is_file()
+    if not (has_config or model_name):
+        raise ValueError(f"{src} is a bare state dict: pass model_name (the timm model it was built as)")
+    state = load_checkpoint(src, allow_pickle=allow_pickle)
+    if model_name:
         model_args.setdefault("num_classes", state["fc.weight"].shape[0] if "fc.weight" in state else 0)
         config = SttConfig.from_timm_name(model_name, **model_args)
     else:
-        raise ValueError(f"{src} is a bare state dict: pass model_name (the timm model it was built as)")
-    state = timm_to_hf_state_dict(load_checkpoint(src, allow_pickle=allow_pickle))
+        config = _config_from_timm_dict(_read_config(src))
     model = SttForImageClassification(config) if config.num_labels > 0 else SttModel(config)
-    load_state_dict_strict(model, state, str(src))
+    load_state_dict_strict(model, timm_to_hf_state_dict(state), str(src))
     model.save_pretrained(dst)
     return model.eval()
 

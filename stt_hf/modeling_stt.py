@@ -195,14 +195,14 @@ class SttBackbone(BackboneMixin, SttPreTrainedModel):
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_input(pixel_values)
-        indices = sorted(self.out_indices) if not output_hidden_states else None
-        hidden = self.resnet.forward_intermediates(
-            pixel_values, indices=indices, intermediates_only=True, stop_early=True)
+        indices = [i % len(self.stage_names) for i in self.out_indices]
         if output_hidden_states:
-            feature_maps = tuple(hidden[i] for i in self.out_indices)
-        else:
-            feature_maps = tuple(hidden)
-        hidden = tuple(hidden) if output_hidden_states else None
+            hidden = tuple(self.resnet.forward_intermediates(pixel_values, intermediates_only=True))
+            feature_maps = tuple(hidden[i] for i in indices)
+        else:  # only what is asked for, stopping after the last stage needed
+            hidden = None
+            feature_maps = tuple(self.resnet.forward_intermediates(
+                pixel_values, indices=indices, intermediates_only=True, stop_early=True))
         if not return_dict:
             return (feature_maps,) + ((hidden,) if hidden is not None else ())
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)

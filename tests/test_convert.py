@@ -112,10 +112,12 @@ def test_timm_to_transformers_and_back(timm_dir, tmp_path, pixels, reference):
     close(timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()(pixels), reference)
 
 
-def test_transformers_model_to_timm_format(tmp_path, pixels):
-    hf = SttForImageClassification(SttConfig.from_timm_name(NAME, num_labels=2, stt_synth="mixture")).eval()
+@pytest.mark.parametrize("options", [{"stt_synth": "mixture"}, {"attn_layer": None}])
+def test_transformers_model_to_timm_format(tmp_path, pixels, options):
+    hf = SttForImageClassification(SttConfig.from_timm_name(NAME, num_labels=2, **options)).eval()
     save_timm_format(hf, tmp_path / "timm")
     timm_model = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert len(timm_model.attn_names) == len(hf.resnet.attn_names)  # None survives timm as "none"
     close(timm_model(pixels), hf(pixels).logits)
 
 
@@ -127,6 +129,13 @@ def test_label_names_travel(tmp_path):
     assert timm_to_hf(tmp_path / "timm", tmp_path / "hf").config.id2label == {0: "no", 1: "yes"}
     wrapper = AutoModelForImageClassification.from_pretrained(tmp_path / "timm")
     assert wrapper.config.id2label == {0: "no", 1: "yes"}
+
+
+def test_folder_from_timms_own_writer(timm_model, tmp_path, pixels, reference):
+    """timm's save_for_hf folders (num_classes inside model_args) convert too."""
+    timm.models.save_for_hf(timm_model, tmp_path / "timm", safe_serialization=True)
+    assert "num_classes" in json.loads((tmp_path / "timm" / "config.json").read_text())["model_args"]
+    close(timm_to_hf(tmp_path / "timm", tmp_path / "hf")(pixels).logits, reference)
 
 
 def test_transformers_checkpoint_into_timm(timm_dir, tmp_path, pixels, reference):

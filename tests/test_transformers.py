@@ -339,7 +339,14 @@ def test_pipeline_takes_any_pil_mode(checkpoint):
 # --- remote code in a fresh process ----------------------------------------------------------------
 
 REMOTE_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import sys
+
+    class HideSttHf:  # however stt_hf is installed, this interpreter cannot import it
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "stt_hf":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, HideSttHf())
     try:
         import stt_hf
     except ModuleNotFoundError:
@@ -364,8 +371,9 @@ REMOTE_SCRIPT = textwrap.dedent("""
 def test_remote_code_loads_without_stt_hf(checkpoint, tmp_path):
     """A fresh interpreter that cannot import stt_hf loads the checkpoint with trust_remote_code=True.
 
-    `-S` skips site-packages' .pth files, and with them the editable install's finder; PYTHONPATH
-    brings back plain site-packages (torch, timm, transformers), and the working directory is empty.
+    `-S` skips site-packages' .pth files, and with them the editable install's path hooks; PYTHONPATH
+    brings back plain site-packages (torch, timm, transformers); the working directory is empty; and
+    an import hook refuses stt_hf in case it is installed as a regular package.
     """
     path, model = checkpoint
     with torch.no_grad():

@@ -46,7 +46,8 @@ class SttResNet(ResNet):
         img_size: input size the attention modules are built for (their reference feature size).
         small_input: 3x3 stride-1 stem without max-pool, for 28-32 px images.
         attn_layer: "stt" or a baseline ("self_attn", "flat_dense", "flat_random", "se", "eca",
-            "cbam", "gc"); None for a plain ResNet.
+            "cbam", "gc"); None or "none" for a plain ResNet ("none" survives timm.create_model,
+            which drops keyword arguments that are None).
         attn_placement: "block", "stage" or "final".
         attn_stages: 1-based stage numbers (1..4) that get attention.
         stt_*: options of the STT block (see `stt_hf.layers.STT`); baselines use what applies.
@@ -102,6 +103,8 @@ class SttResNet(ResNet):
                        min_channels=stt_min_channels, hidden=stt_hidden, pool_size=stt_pool_size,
                        rank=stt_rank, temperature=stt_temperature, resize=stt_resize, fixed=stt_fixed,
                        device=device, dtype=dtype)
+        if attn_layer == "none":
+            attn_layer = None
         self.attn_layer = attn_layer
         self.attn_names: list[str] = []  # where the attention modules sit, in forward order
         if attn_layer is not None:
@@ -145,7 +148,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SttResNet:
     block, layers = ARCHS[args.pop("depth")]
     args.update(kwargs)  # the caller's keyword arguments win
     if args.get("attn_layer", "stt") in FIXED_SIZE_ATTN:
-        args.setdefault("pretrained_cfg_overlay", {})["fixed_input_size"] = True
+        # timm.create_model passes pretrained_cfg_overlay=None when it has none.
+        overlay = args.get("pretrained_cfg_overlay") or {}
+        args["pretrained_cfg_overlay"] = {**overlay, "fixed_input_size": True}
     return build_model_with_cfg(SttResNet, variant, pretrained, block=block, layers=layers,
                                 pretrained_filter_fn=checkpoint_filter_fn, **args)
 

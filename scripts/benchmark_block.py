@@ -19,13 +19,17 @@ How each number is measured:
   (never fewer than 3); the table shows how many were used. The modules of one config are timed in
   alternation, one forward each per round, so load changes on a shared machine hit them alike.
 - Peak memory: every block row runs in its own fresh worker process (this script with --worker), so
-  one row cannot inherit another's allocator state. On CPU the worker takes its resident set size (RSS)
-  as the baseline after building the module and allocating the input, resets the kernel's peak-RSS
-  mark (writing "5" to /proc/self/clear_refs, Linux >= 4.0), runs warm-up and timed forwards, and
-  reports the peak RSS growth over the baseline (VmHWM - baseline). That sees every allocation,
-  PyTorch's or a library's, that the forward really touches. Where clear_refs is unavailable it falls
-  back to the growth of `resource.getrusage().ru_maxrss`, a lower bound. On a CUDA device the peak is
-  `torch.cuda.max_memory_allocated()` growth over the same baseline.
+  one row cannot inherit another's allocator state. Two numbers, both taken from the moment the
+  module is built and its input allocated:
+  * peak MB (used for the ratios and the target): the peak of the bytes held by live tensors during
+    one forward. On CPU it is read from `torch.profiler` (profile_memory=True) by summing its
+    allocation and free events in time order; on CUDA it is `torch.cuda.max_memory_allocated()`
+    growth. It is deterministic: the same module and input give the same number on every run.
+  * RSS MB: the process's peak resident-set growth over all its forwards, read from the kernel
+    (VmHWM after resetting it through /proc/self/clear_refs, Linux >= 4.0; where that is unavailable,
+    `resource.getrusage().ru_maxrss` growth, a lower bound). It is what the process really took,
+    including the C allocator's slack and code paged in on the first call (about 10-15 MB), so it
+    is larger and varies by some 15% from run to run for the small STT rows.
 - Rows whose estimated peak exceeds --max-mem-gb are not run and print "n/a (reason)"; so does a row
   whose worker fails (for example, killed for memory).
 - Model throughput: the two models are timed in alternation, repeat by repeat, so background load on
@@ -44,6 +48,7 @@ import inspect
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,10 +59,12 @@ from pathlib import Path
 
 import timm
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import stt_hf
 from stt_hf.layers import STT, create_attn
+from stt_hf.models import SttResNet
 
 # ---------------------------------------------------------------------------------------------------
 # What is compared
@@ -75,7 +82,7 @@ class Target:
     """One goal: `metric` of a block row (vs STT) or of the model pair must satisfy `op threshold`."""
 
     label: str
-    metric: str  # "latency" / "peak_mem" (baseline / STT), or a model-level metric
+    metric: str  # block: "latency" / "peak_mem" (baseline / STT); models: a key of the stt_resnet50 row
     op: str  # ">=" or "<="
     threshold: float
     unit: str  # "x" for ratios, "%" for increases
@@ -131,7 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=224, help="model-level input size (default 224)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed forwards per row; the median is reported (default 10, 3 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed forwards first (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed forwards first, at least 1; the first also measures memory (default 1)")
     p.add_argument("--row-budget-s", type=float, default=60.0,
                    help="cap the repeats of a slow row to about this many seconds (min 3 repeats)")
     p.add_argument("--max-mem-gb", type=float, default=None,
@@ -149,6 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 8)
     args.repeats = args.repeats or (3 if args.quick else 10)
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     return args
@@ -182,36 +192,43 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-class PeakMemory:
-    """Peak memory growth from the moment of construction (see the module docstring)."""
+class RssPeak:
+    """Peak resident-set growth of this process from the moment of construction."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.method = "torch.cuda.max_memory_allocated growth"
-            self.baseline = torch.cuda.memory_allocated()
-            return
+    def __init__(self):
         try:
             with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-            self.method = "peak RSS growth (VmHWM after /proc/self/clear_refs reset)"
+                f.write("5")  # reset the kernel's peak-RSS mark (VmHWM) to the current RSS
+            self.method = "VmHWM"
             self.baseline = _status_kb("VmRSS") * 1024
         except OSError:
-            import resource
-
-            self.method = "ru_maxrss growth (lower bound)"
+            self.method = "ru_maxrss"
             self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def peak_bytes(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated() - self.baseline
-        if self.method.startswith("peak RSS"):
+        if self.method == "VmHWM":
             return _status_kb("VmHWM") * 1024 - self.baseline
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline
+
+
+def forward_with_tensor_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """One forward; returns (seconds, peak bytes held by tensors allocated during it)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        seconds = timed_forward(model, x)
+        return seconds, torch.cuda.max_memory_allocated() - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        seconds = timed_forward(model, x)
+    # The raw event stream: one "[memory]" event per allocation (+bytes) and free (-bytes).
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return seconds, peak
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,25 +258,32 @@ def estimate_peak_gb(module: str, config: str, batch: int, params: int) -> float
 
 
 def serve_block(spec: dict) -> None:
-    """Worker side: build one block, then answer "forward" (one timed pass) until "memory" (the peak)."""
+    """Worker side: build one block, then answer requests, one JSON line each, until "rss".
+
+    "profile": one forward under the memory profiler -> seconds, tensor peak (the first warm-up pass);
+    "forward": one timed forward -> seconds;  "rss": the process's peak RSS growth, then exit.
+    """
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     c, h, w = parse_config(spec["config"])
     block = create_attn(spec["module"], c, (h, w), **block_options(spec["reduction"]), device=device).eval()
     x = torch.randn(spec["batch"], c, h, w, device=device)
-    memory = PeakMemory(device)  # baseline: block built, input allocated
+    rss = RssPeak()  # baseline: block built, input allocated
 
     def reply(message: dict) -> None:
         print(json.dumps(message), flush=True)
 
     reply({"ready": True})
     for command in sys.stdin:
-        if command.strip() == "forward":
-            with torch.inference_mode():
+        with torch.inference_mode():
+            if command.strip() == "profile":
+                seconds, peak = forward_with_tensor_peak(block, x)
+                reply({"seconds": seconds, "peak_mem_mb": peak / 2**20})
+            elif command.strip() == "forward":
                 reply({"seconds": timed_forward(block, x)})
-        else:  # "memory" is the last request
-            reply({"peak_mem_mb": memory.peak_bytes() / 2**20, "mem_method": memory.method})
-            return
+            else:
+                reply({"rss_mb": rss.peak_bytes() / 2**20, "rss_method": rss.method})
+                return
 
 
 class BlockWorker:
@@ -311,7 +335,8 @@ def measure_config(config: str, args: argparse.Namespace, mem_limit_gb: float) -
     for module in args.modules:
         rows[module] = dict(config=config, module=module, batch=args.batch,
                             **block_static(module, config, args.batch, args.reduction),
-                            latency_ms=None, repeats=0, peak_mem_mb=None, mem_method="", note="")
+                            latency_ms=None, repeats=0, peak_mem_mb=None, rss_mb=None, rss_method="",
+                            note="")
         estimate = estimate_peak_gb(module, config, args.batch, rows[module]["params"])
         if estimate > mem_limit_gb:
             rows[module]["note"] = f"est. {estimate:.1f} GB > limit {mem_limit_gb:.1f} GB"
@@ -334,13 +359,15 @@ def measure_config(config: str, args: argparse.Namespace, mem_limit_gb: float) -
     times: dict[str, list[float]] = {}
     repeats: dict[str, int] = {}
     try:
-        for module in list(workers):  # wait until built, then warm up; the first pass sets the repeats
+        for module in list(workers):  # wait until built, then warm up; the last pass sets the repeats
             request(module)
-            first = request(module, "forward")
+            warm = request(module, "profile")  # the first warm-up pass also measures the tensor peak
+            if warm is not None:
+                rows[module]["peak_mem_mb"] = warm["peak_mem_mb"]
             for _ in range(args.warmup - 1):
-                request(module, "forward")
+                warm = request(module, "forward")
             if module in workers:
-                repeats[module] = budgeted_repeats(args.repeats, first["seconds"], args.row_budget_s)
+                repeats[module] = budgeted_repeats(args.repeats, warm["seconds"], args.row_budget_s)
                 times[module] = []
         rounds = max(repeats.values(), default=0)
         for i in range(rounds):
@@ -349,7 +376,7 @@ def measure_config(config: str, args: argparse.Namespace, mem_limit_gb: float) -
                     times[module].append(reply["seconds"])
             print(f"  {config}: repeat {i + 1}/{rounds}", flush=True)
         for module in list(workers):
-            if (reply := request(module, "memory")) is not None and times[module]:
+            if (reply := request(module, "rss")) is not None and times[module]:
                 rows[module].update(latency_ms=statistics.median(times[module]) * 1e3,
                                     repeats=len(times[module]), **reply)
     finally:
@@ -394,7 +421,8 @@ def run_blocks(args: argparse.Namespace, mem_limit_gb: float) -> list[dict]:
 def describe_block_row(row: dict) -> str:
     if row["latency_ms"] is None:
         return f"n/a ({row['note']})"
-    return f"{row['latency_ms']:.1f} ms (median of {row['repeats']}), peak {row['peak_mem_mb']:.0f} MB"
+    return (f"{row['latency_ms']:.1f} ms (median of {row['repeats']}), peak {row['peak_mem_mb']:.0f} MB, "
+            f"RSS {row['rss_mb']:.0f} MB")
 
 
 def add_ratios_to_stt(rows: list[dict]) -> None:
@@ -403,7 +431,7 @@ def add_ratios_to_stt(rows: list[dict]) -> None:
     for row in rows:
         ref = stt.get(row["config"], {})
         for key, name in (("params", "params"), ("gflops", "flops"), ("latency_ms", "latency"),
-                          ("peak_mem_mb", "peak_mem")):
+                          ("peak_mem_mb", "peak_mem"), ("rss_mb", "rss")):
             value, base = row.get(key), ref.get(key)
             row[f"{name}_vs_stt"] = value / base if value and base else None
 
@@ -427,7 +455,7 @@ def run_models(args: argparse.Namespace) -> list[dict]:
             rows.append(dict(model=name, batch=args.batch, img_size=args.img_size,
                              params=sum(p.numel() for p in model.parameters()),
                              gmacs=counter.get_total_flops() / 2 / 1e9))
-        firsts = [min(timed_forward(m, x) for _ in range(max(args.warmup, 1))) for m in models.values()]
+        firsts = [min(timed_forward(m, x) for _ in range(args.warmup)) for m in models.values()]
         repeats = budgeted_repeats(args.repeats, sum(firsts), args.row_budget_s)
         times = {name: [] for name in models}
         for i in range(repeats):
@@ -489,18 +517,21 @@ def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: 
                 f"- STT options: {meta['stt_options']}",
                 f"- baselines: same reduction (value channels C/{meta['reduction']}), heads=1, "
                 f"flat_dense hidden={meta['stt_options_dict']['hidden']}",
-                f"- FLOPs: matmuls and convs per image; latency: median forward; "
-                f"peak memory: {meta['mem_method']}", ""]
+                "- GFLOPs/img: matmuls and convs (FlopCounterMode); latency: median forward over n repeats",
+                f"- peak MB: {meta['mem_method']}; RSS MB: process peak-RSS growth ({meta['rss_method']})",
+                ""]
         table = []
         for r in block_rows:
             na = f"n/a ({r['note']})" if r["note"] else "n/a"
             table.append([r["config"], r["module"], f"{r['params'] / 1e6:.3f}M", f"{r['gflops']:.3f}",
                           fmt(r["latency_ms"], ".1f", missing=na), str(r["repeats"]),
-                          fmt(r["peak_mem_mb"], ".0f", missing=na),
+                          fmt(r["peak_mem_mb"], ".0f", missing=na), fmt(r["rss_mb"], ".0f", missing=na),
                           fmt(r["params_vs_stt"], ".2f", "x"), fmt(r["flops_vs_stt"], ".2f", "x"),
-                          fmt(r["latency_vs_stt"], ".2f", "x"), fmt(r["peak_mem_vs_stt"], ".2f", "x")])
+                          fmt(r["latency_vs_stt"], ".2f", "x"), fmt(r["peak_mem_vs_stt"], ".2f", "x"),
+                          fmt(r["rss_vs_stt"], ".2f", "x")])
         out += [markdown_table(["C:HxW", "module", "params", "GFLOPs/img", "latency ms", "n", "peak MB",
-                                "params/STT", "FLOPs/STT", "latency/STT", "memory/STT"], table), ""]
+                                "RSS MB", "params/STT", "FLOPs/STT", "latency/STT", "memory/STT", "RSS/STT"],
+                               table), ""]
     if model_rows:
         out += [f"### Models, {meta['img_size']} px, batch {meta['batch']}: ratios vs {MODELS[0]}", "",
                 f"- {MODELS[1]}: {meta['model_options']}", ""]
@@ -540,6 +571,13 @@ def write_outputs(out: Path, meta: dict, block_rows: list[dict], model_rows: lis
 # Entry point
 # ---------------------------------------------------------------------------------------------------
 
+def model_options() -> str:
+    """The candidate model's attention defaults, read from its signature."""
+    defaults = {name: p.default for name, p in inspect.signature(SttResNet.__init__).parameters.items()}
+    keys = ("attn_layer", "attn_placement", "attn_stages", "stt_synth", "stt_heads", "stt_reduction")
+    return "registered defaults: " + ", ".join(f"{k}={defaults[k]}" for k in keys)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -566,14 +604,15 @@ def main(argv: list[str] | None = None) -> dict:
         img_size=args.img_size, reduction=args.reduction, repeats=args.repeats, warmup=args.warmup,
         row_budget_s=args.row_budget_s, max_mem_gb=round(mem_limit, 2), max_mem_source=mem_limit_source,
         stt_options=", ".join(f"{k}={v}" for k, v in options.items()), stt_options_dict=options,
-        model_options="timm defaults of the registered model (STT in every block of stages 3-4, "
-                      "stt_reduction=16, dense synthesizer)",
-        mem_method="", date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        model_options=model_options(),
+        mem_method=("torch.cuda.max_memory_allocated growth" if args.device == "cuda" else
+                    "peak bytes of live tensors in one forward (torch.profiler, profile_memory=True)"),
+        rss_method="", date=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
     print(f"Block rows: {len(args.configs) * len(args.modules)}, batch {args.batch}, {args.threads} threads, "
           f"memory limit {mem_limit:.1f} GB ({mem_limit_source})", flush=True)
     block_rows = run_blocks(args, mem_limit)
-    meta["mem_method"] = next((r["mem_method"] for r in block_rows if r["mem_method"]), "n/a")
+    meta["rss_method"] = next((r["rss_method"] for r in block_rows if r["rss_method"]), "n/a")
     model_rows = [] if args.skip_models else run_models(args)
     targets = check_targets(block_rows, model_rows)
 

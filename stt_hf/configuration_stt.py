@@ -12,6 +12,7 @@ Saving a config also writes what makes the checkpoint self-contained: the model 
 import ast
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from typing import Any
@@ -21,17 +22,16 @@ from timm.models import get_pretrained_cfg
 from transformers import BitImageProcessor, PretrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .layers.create import ATTN_FACTORIES
+from .layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN
 from .layers.stt import MODES, SYNTHS
-from .models.stt_resnet import ARCHS, MODEL_ARGS, PLACEMENTS
+from .models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, PLACEMENTS
 
 # Fields passed to timm / SttResNet as keyword arguments, under the same names.
-TIMM_KWARGS = (
-    "img_size", "small_input", "attn_layer", "attn_placement", "attn_stages", "stt_modes", "stt_synth",
-    "stt_heads", "stt_reduction", "stt_min_channels", "stt_hidden", "stt_pool_size", "stt_rank",
-    "stt_temperature", "stt_resize", "stt_fixed", "in_chans", "channels", "stem_width", "stem_type",
-    "avg_down", "cardinality", "base_width", "output_stride", "global_pool", "drop_rate", "drop_path_rate",
-)
+TIMM_KWARGS = MODEL_KWARGS
+# Keys of timm's config.json that a saved SttConfig also carries (see `to_timm_config`).
+TIMM_CONFIG_KEYS = ("architecture", "num_features", "label_names", "model_args", "pretrained_cfg",
+                    "input_size", "first_conv", "classifier", "fixed_input_size", "interpolation", "mean",
+                    "std", "crop_pct", "crop_mode", "license")
 # Preprocessing, as in timm's pretrained_cfg; the input size always follows img_size and in_chans.
 DATA_KEYS = ("interpolation", "crop_pct", "crop_mode", "mean", "std")
 STEM_TYPES = ("", "deep", "deep_tiered")
@@ -100,6 +100,8 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
     data_config: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
+        for key in TIMM_CONFIG_KEYS:  # derived from the fields; rewritten by every save
+            kwargs.pop(key, None)
         # A misspelt option would otherwise become a silently ignored attribute.
         unknown = [k for k in kwargs if k.startswith(("stt_", "attn_"))]
         if unknown:
@@ -250,7 +252,40 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
                          if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))}
         if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
             self.image_processor().save_pretrained(save_directory)
-        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        # config.json doubles as a timm config in timm's single-dict form (no "pretrained_cfg" key,
+        # which would make transformers take the folder for a TimmWrapper one): the same folder or Hub
+        # repo then loads with timm.create_model("hf-hub:...") as well as with transformers.
+        path = os.path.join(save_directory, "config.json")
+        with open(path) as f:
+            saved = json.load(f)
+        timm_cfg = self.to_timm_config()
+        single_dict = {**timm_cfg["pretrained_cfg"], "architecture": timm_cfg["architecture"],
+                       "num_features": timm_cfg["num_features"]}
+        with open(path, "w") as f:
+            json.dump({**single_dict, **saved}, f, indent=2, sort_keys=True)
+        if push_to_hub:
+            super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
+
+    def num_features(self) -> int:
+        return ARCHS[self.depth][0].expansion * self.channels[-1]
+
+    def to_timm_config(self) -> dict:
+        """timm's config.json for this model; model_args leave out num_classes (TimmWrapper needs that)."""
+        model_args = {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in self.to_timm_kwargs().items() if k != "num_classes"}
+        num_classes = self.num_labels
+        pretrained_cfg = {
+            **self.data_config, "input_size": list(self.input_size()), "num_classes": num_classes,
+            "fixed_input_size": self.attn_layer in FIXED_SIZE_ATTN, "first_conv": "conv1",
+            "classifier": "fc", "license": "apache-2.0",
+        }
+        out = {"architecture": self.timm_architecture(), "num_classes": num_classes,
+               "num_features": self.num_features(), "global_pool": self.global_pool}
+        labels = [self.id2label[i] for i in range(num_classes)] if num_classes and self.id2label else []
+        if labels and labels != [f"LABEL_{i}" for i in range(num_classes)]:  # real names, not defaults
+            out["label_names"] = labels
+        return {**out, "model_args": model_args, "pretrained_cfg": pretrained_cfg}
 
 
 def write_remote_code(folder: str | os.PathLike) -> list[str]:

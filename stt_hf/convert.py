@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
-from .layers.create import FIXED_SIZE_ATTN
 from .modeling_stt import CheckpointError, SttForImageClassification, SttModel, SttPreTrainedModel
 from .models.stt_resnet import SttResNet
 
@@ -127,24 +126,6 @@ def config_from_timm_model(model: SttResNet, **overrides) -> SttConfig:
     return SttConfig.from_timm_name(name, **{**args, **overrides})
 
 
-def timm_config_dict(config: SttConfig, num_features: int) -> dict:
-    """timm's config.json for a model built from `config`; model_args leave out num_classes."""
-    model_args = {k: list(v) if isinstance(v, tuple) else v
-                  for k, v in config.to_timm_kwargs().items() if k != "num_classes"}
-    num_classes = config.num_labels
-    pretrained_cfg = {
-        **config.data_config, "input_size": list(config.input_size()), "num_classes": num_classes,
-        "fixed_input_size": config.attn_layer in FIXED_SIZE_ATTN, "first_conv": "conv1", "classifier": "fc",
-        "license": "apache-2.0",
-    }
-    out = {"architecture": config.timm_architecture(), "num_classes": num_classes,
-           "num_features": num_features, "global_pool": config.global_pool}
-    labels = [config.id2label[i] for i in range(num_classes)] if num_classes and config.id2label else []
-    if labels and labels != [f"LABEL_{i}" for i in range(num_classes)]:  # real names, not defaults
-        out["label_names"] = labels
-    return {**out, "model_args": model_args, "pretrained_cfg": pretrained_cfg}
-
-
 def save_timm_format(model: nn.Module, save_directory: str | os.PathLike, *,
                      config: SttConfig | None = None) -> Path:
     """Write `model` as a timm checkpoint folder (config.json + model.safetensors).
@@ -156,17 +137,15 @@ def save_timm_format(model: nn.Module, save_directory: str | os.PathLike, *,
     if isinstance(model, SttPreTrainedModel):
         config = model.config
         state = hf_to_timm_state_dict(model.state_dict())
-        num_features = model.resnet.num_features
     else:
         config = config or config_from_timm_model(model)
         state = model.state_dict()
-        num_features = model.num_features
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     safetensors.torch.save_file(state, save_directory / SAFE_NAME, metadata={"format": "pt"})
     with open(save_directory / "config.json", "w") as f:
-        json.dump(timm_config_dict(config, num_features), f, indent=2)
+        json.dump(config.to_timm_config(), f, indent=2)
     return save_directory
 
 
@@ -229,12 +208,16 @@ def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike) -> SttResNet:
 
 
 def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False) -> SttResNet:
-    """A timm `SttResNet` with the weights of a local checkpoint folder in either format.
+    """A timm `SttResNet` with the weights of a checkpoint folder or Hub repo id, in either format.
 
     A transformers-format folder (from `save_pretrained`) is rebuilt with timm from its config, so no
     one is locked into one library; a timm-format folder goes through `timm.create_model("local-dir:")`.
     """
     path = Path(path)
+    if not path.exists():  # a Hub repo id: fetch its config and weights (cached)
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path), allow_patterns=["config.json", "*.safetensors"]))
     config_dict = _read_config(path)
     if not _is_hf_format(config_dict):
         return timm.create_model(f"local-dir:{path}", pretrained=True).eval()

@@ -15,14 +15,15 @@ from .train import DataArguments, build_transforms, collate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory (transformers format) or Hub id")
+    parser.add_argument("--model", required=True, help="checkpoint folder (transformers format) or Hub id")
     parser.add_argument("--dataset", default="fashion_mnist", help="as for stt-hf train")
     parser.add_argument("--split", default=None, help="split to score (default: test, else validation)")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--output", default=None, help="metrics JSON path (default: <model>/eval_<split>.json)")
+    parser.add_argument("--output", default=None,
+                        help="metrics JSON path (default: <model>/eval_<split>.json)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> dict:
     num_labels = validate_dataset(dsd, num_labels=model.config.num_labels)
     names = dsd[split].features["label"].names
     if num_labels != model.config.num_labels:
-        raise ValueError(f"the model predicts {model.config.num_labels} classes, the dataset has {len(names)}")
+        raise ValueError(f"the model predicts {model.config.num_labels} classes, "
+                         f"the dataset has {len(names)}")
     _, eval_tf = build_transforms(model, DataArguments(dataset=args.dataset))
     with tempfile.TemporaryDirectory() as scratch:
         targs = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=args.batch_size,

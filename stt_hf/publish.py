@@ -59,9 +59,9 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
              if "eval_loss" in h]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        ax_loss.plot(*zip(*train), label="train loss")
+        ax_loss.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        steps, losses, accs = zip(*evals)
+        steps, losses, accs = zip(*evals, strict=True)
         ax_loss.plot(steps, losses, "o-", label="validation loss")
         if all(a is not None for a in accs):
             ax_acc.plot(steps, accs, "o-", color="tab:green", label="validation accuracy")
@@ -77,7 +77,8 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
     return path
 
 
-def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, results: dict, command: str) -> dict:
+def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, results: dict,
+                      command: str) -> dict:
     """Final model (safetensors + config + code + processor), card, metrics JSON and curves PNG."""
     from .model_card import render_model_card
     from .profiling import count_macs, count_params

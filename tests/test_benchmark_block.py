@@ -50,7 +50,8 @@ def test_quick_run_writes_blocks_models_and_targets(bench, tmp_path, capsys):
     for row in blocks:
         assert row["note"] == "", row
         assert int(row["repeats"]) >= 3
-        for key in ("params", "gflops", "latency_ms", "peak_mem_mb", "latency_vs_stt", "peak_mem_vs_stt"):
+        for key in ("params", "gflops", "latency_ms", "peak_mem_mb", "rss_mb", "latency_vs_stt",
+                    "peak_mem_vs_stt", "rss_vs_stt"):
             assert float(row[key]) > 0, (key, row)
     assert float(blocks[0]["latency_vs_stt"]) == 1.0  # STT against itself
 
@@ -78,7 +79,7 @@ def test_rows_over_the_memory_limit_are_na_not_a_crash(bench, tmp_path, capsys):
                          "--threads", "1", "--out", str(tmp_path)])
     assert [r["module"] for r in result["blocks"]] == list(bench.MODULES)
     for row in result["blocks"]:
-        assert row["latency_ms"] is None and row["peak_mem_mb"] is None
+        assert row["latency_ms"] is None and row["peak_mem_mb"] is None and row["rss_mb"] is None
         assert row["note"].startswith("est. ")
         assert row["params"] > 0 and row["gflops"] > 0  # counted without running
     assert "n/a (est. " in capsys.readouterr().out

@@ -208,13 +208,14 @@ def test_push_then_load_from_the_hub_in_a_fresh_process(trained_run, local_hub):
         import torch, timm
         import stt_hf
         from transformers import AutoImageProcessor, AutoModelForImageClassification
-        from transformers import AutoConfig
         x = torch.randn(1, 3, 32, 32)
         hf = AutoModelForImageClassification.from_pretrained("stt/digits").eval()
         AutoImageProcessor.from_pretrained("stt/digits")
         tm = stt_hf.timm_from_pretrained("stt/digits").eval()
+        hub = timm.create_model("hf-hub:stt/digits", pretrained=True).eval()  # plain timm loader
         with torch.no_grad():
             torch.testing.assert_close(hf(x).logits, tm(x), rtol=0, atol=1e-6)
+            torch.testing.assert_close(hf(x).logits, hub(x), rtol=0, atol=1e-6)
     """))
 
 

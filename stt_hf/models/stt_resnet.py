@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, is_model, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
@@ -26,6 +26,13 @@ from torch import nn
 from ..layers.create import FIXED_SIZE_ATTN, create_attn
 
 PLACEMENTS = ("block", "stage", "final")
+# SttResNet keyword arguments that describe the architecture (the transformers SttConfig fields).
+MODEL_KWARGS = (
+    "img_size", "small_input", "attn_layer", "attn_placement", "attn_stages", "stt_modes", "stt_synth",
+    "stt_heads", "stt_reduction", "stt_min_channels", "stt_hidden", "stt_pool_size", "stt_rank",
+    "stt_temperature", "stt_resize", "stt_fixed", "in_chans", "channels", "stem_width", "stem_type",
+    "avg_down", "cardinality", "base_width", "output_stride", "global_pool", "drop_rate", "drop_path_rate",
+)
 
 # Architectures of the registered depths: (block, layers).
 ARCHS = {
@@ -130,10 +137,16 @@ class SttResNet(ResNet):
 def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
     """Load a plain timm ResNet checkpoint: attention weights it lacks keep the model's own values.
 
+    Also reads this project's transformers-format weights (`resnet.*` + `classifier.*`), so a
+    published transformers checkpoint loads with timm's `hf-hub:` too.
+
     Those values are the identity-at-init ones, so the loaded model computes exactly what the
     plain ResNet computes until it is trained. Any other mismatch is still an error.
     """
     state_dict = state_dict.get("state_dict", state_dict)
+    if any(k.startswith("resnet.") for k in state_dict):  # this project's transformers format
+        state_dict = {(f"fc.{k.removeprefix('classifier.')}" if k.startswith("classifier.")
+                       else k.removeprefix("resnet.")): v for k, v in state_dict.items()}
     attn_names = tuple(f"{name}." for name in model.attn_names)
     own = model.state_dict()
     out = dict(state_dict)
@@ -146,6 +159,12 @@ def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SttResNet:
     args = dict(MODEL_ARGS[variant])
     block, layers = ARCHS[args.pop("depth")]
+    cfg = kwargs.get("pretrained_cfg")
+    if isinstance(cfg, dict) and cfg.get("model_type") == "stt":
+        # timm's hf-hub:/local-dir: loader handed us this project's transformers config.json (which
+        # doubles as a timm single-dict config): its fields are this model's keyword arguments.
+        args.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in MODEL_KWARGS})
+        kwargs["pretrained_cfg"] = {k: v for k, v in cfg.items() if k in PretrainedCfg.__dataclass_fields__}
     args.update(kwargs)  # the caller's keyword arguments win
     if args.get("attn_layer", "stt") in FIXED_SIZE_ATTN:
         # timm.create_model passes pretrained_cfg_overlay=None when it has none.

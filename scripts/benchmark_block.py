@@ -15,9 +15,10 @@ How each number is measured:
   (not softmax, normalization or element-wise ops). Blocks are counted on the "meta" device, so even
   the N x N baselines cost no memory or time to count. GMACs = FLOPs / 2, per image.
 - Latency: forward passes under `torch.inference_mode()`, after --warmup untimed ones; the median of
-  the timed repeats. Repeats come from --repeats, capped so that one row stays within --row-budget-s
-  (never fewer than 3); the table shows how many were used. The modules of one config are timed in
-  alternation, one forward each per round, so load changes on a shared machine hit them alike.
+  the timed repeats. Block rows take --repeats, capped so that a row's timed forwards stay within
+  --row-budget-s but never fewer than 2 (a 30 s forward of the N x N baselines at 112x112 gets 2);
+  the table shows how many were used. The modules of one config are timed in alternation, one
+  forward each per round, so load changes on a shared machine hit them alike.
 - Peak memory: every block row runs in its own fresh worker process (this script with --worker), so
   one row cannot inherit another's allocator state. Two numbers, both taken from the moment the
   module is built and its input allocated:
@@ -140,8 +141,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="timed forwards per row; the median is reported (default 10, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed forwards first, at least 1; the first also measures memory (default 1)")
-    p.add_argument("--row-budget-s", type=float, default=60.0,
-                   help="cap the repeats of a slow row to about this many seconds (min 3 repeats)")
+    p.add_argument("--row-budget-s", type=float, default=20.0,
+                   help="cap the repeats of a slow block row to about this many seconds (min 2 repeats)")
+    p.add_argument("--model-repeats", type=int, default=None,
+                   help="timed forwards per model, alternating (default 5, 3 with --quick)")
     p.add_argument("--max-mem-gb", type=float, default=None,
                    help="skip block rows whose estimated peak memory exceeds this "
                         "(default: 80%% of the memory available at start)")
@@ -157,6 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 8)
     args.repeats = args.repeats or (3 if args.quick else 10)
+    args.model_repeats = args.model_repeats or (3 if args.quick else 5)
     if args.warmup < 1:
         p.error("--warmup must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -179,9 +183,12 @@ def timed_forward(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+MIN_REPEATS = 2
+
+
 def budgeted_repeats(requested: int, seconds_per_forward: float, budget_s: float) -> int:
-    """At most `requested` repeats, fewer if they would exceed the row budget, but at least 3."""
-    return max(3, min(requested, int(budget_s / max(seconds_per_forward, 1e-9))))
+    """At most `requested` repeats, fewer if they would exceed the row budget, but at least MIN_REPEATS."""
+    return max(MIN_REPEATS, min(requested, int(budget_s / max(seconds_per_forward, 1e-9))))
 
 
 def _status_kb(key: str) -> int:
@@ -369,6 +376,10 @@ def measure_config(config: str, args: argparse.Namespace, mem_limit_gb: float) -
             if module in workers:
                 repeats[module] = budgeted_repeats(args.repeats, warm["seconds"], args.row_budget_s)
                 times[module] = []
+                print(f"  {config}: {module} warmed up, {warm['seconds']:.2f} s/forward, "
+                      f"{repeats[module]} repeats", flush=True)
+            else:
+                print(f"  {config}: {module} failed: {rows[module]['note']}", flush=True)
         rounds = max(repeats.values(), default=0)
         for i in range(rounds):
             for module in list(workers):
@@ -455,8 +466,10 @@ def run_models(args: argparse.Namespace) -> list[dict]:
             rows.append(dict(model=name, batch=args.batch, img_size=args.img_size,
                              params=sum(p.numel() for p in model.parameters()),
                              gmacs=counter.get_total_flops() / 2 / 1e9))
-        firsts = [min(timed_forward(m, x) for _ in range(args.warmup)) for m in models.values()]
-        repeats = budgeted_repeats(args.repeats, sum(firsts), args.row_budget_s)
+        for model in models.values():
+            for _ in range(args.warmup):
+                timed_forward(model, x)
+        repeats = args.model_repeats
         times = {name: [] for name in models}
         for i in range(repeats):
             for name, model in models.items():
@@ -602,7 +615,8 @@ def main(argv: list[str] | None = None) -> dict:
         threads=args.threads, cpu_count=os.cpu_count(), torch=torch.__version__, timm=timm.__version__,
         stt_hf=stt_hf.__version__, python=platform.python_version(), batch=args.batch,
         img_size=args.img_size, reduction=args.reduction, repeats=args.repeats, warmup=args.warmup,
-        row_budget_s=args.row_budget_s, max_mem_gb=round(mem_limit, 2), max_mem_source=mem_limit_source,
+        row_budget_s=args.row_budget_s, model_repeats=args.model_repeats,
+        max_mem_gb=round(mem_limit, 2), max_mem_source=mem_limit_source,
         stt_options=", ".join(f"{k}={v}" for k, v in options.items()), stt_options_dict=options,
         model_options=model_options(),
         mem_method=("torch.cuda.max_memory_allocated growth" if args.device == "cuda" else

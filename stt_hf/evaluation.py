@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the split/subset selection; stt-hf train's default, so both score "
+                             "the same images")
     parser.add_argument("--output", default=None,
                         help="metrics JSON path (default: <model>/eval_<split>.json)")
 
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> dict:
 
     model = SttForImageClassification.from_pretrained(args.model).eval()
     dsd = load_image_dataset(args.dataset, image_column=args.image_column, label_column=args.label_column,
-                             max_eval_samples=args.max_eval_samples)
+                             max_eval_samples=args.max_eval_samples, seed=args.seed)
     split = args.split or ("test" if "test" in dsd else "validation")
     if split not in dsd:
         raise ValueError(f"--split {split!r} is not in the dataset; it has {sorted(dsd)}")

@@ -14,6 +14,7 @@ BUILTIN_DATASET_NAMES = {
 }
 # Files a published model folder carries; checkpoints and optimizer state stay local.
 PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt", "tokenizer*"]
+LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*.json"]  # fnmatch: * spans folders
 
 
 def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
@@ -147,7 +148,7 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, p
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=PUBLISHED_PATTERNS,
-                                 commit_message=commit_message)
+                                 ignore_patterns=LOCAL_ONLY_PATTERNS, commit_message=commit_message)
     except Exception as err:  # network errors and HTTP errors both end here
         raise RuntimeError(f"push of {folder} to {repo_id!r} failed: {err}. Local files are unchanged; "
                            "run the same push again to retry.") from err

@@ -82,7 +82,9 @@ def parse_args(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
-    defaults = dict(MAIN_JOB_DEFAULTS)
+    # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
+    # processes as one DDP job (gloo) instead of as independent runs.
+    defaults = dict(MAIN_JOB_DEFAULTS, use_cpu=not torch.cuda.is_available())
     if "--config" in argv:
         defaults.update(load_config_file(argv[argv.index("--config") + 1]))
     parser.set_defaults(**defaults)

@@ -41,7 +41,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_quick_run_writes_blocks_models_and_targets(bench, tmp_path, capsys):
-    run(bench, ["--quick", "--configs", "16:8x8", "--modules", "stt", "self_attn", "--img-size", "64",
+    run(bench, ["--quick", "--configs", "16:8x8", "--modules", "stt", "self_attn", "--img-size", "32",
                 "--threads", "1", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
 
@@ -49,7 +49,7 @@ def test_quick_run_writes_blocks_models_and_targets(bench, tmp_path, capsys):
     assert [(r["config"], r["module"]) for r in blocks] == [("16:8x8", "stt"), ("16:8x8", "self_attn")]
     for row in blocks:
         assert row["note"] == "", row
-        assert int(row["repeats"]) >= 3
+        assert int(row["repeats"]) >= bench.MIN_REPEATS
         for key in ("params", "gflops", "latency_ms", "peak_mem_mb", "rss_mb", "latency_vs_stt",
                     "peak_mem_vs_stt", "rss_vs_stt"):
             assert float(row[key]) > 0, (key, row)

@@ -235,6 +235,16 @@ def test_learned_random_is_a_parameter():
     assert not [n for n, _ in stt.named_buffers() if "random" in n]
 
 
+@pytest.mark.parametrize("synth", SYNTHS)
+def test_gradcheck_float64(synth, switch_on):
+    """Analytic gradients match finite differences; float64 maps stay float64 (no float32 softmax)."""
+    stt = switch_on(STT(16, heads=2, min_channels=8, feat_size=(3, 4), synth=synth, dtype=torch.float64))
+    stt.eval()
+    x = torch.randn(1, 16, 3, 5, dtype=torch.float64, requires_grad=True)  # width 5 != 4: resized too
+    assert all(a.dtype == torch.float64 for a in stt.attention_maps(values(stt, x)).values())
+    assert torch.autograd.gradcheck(stt, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
 # ---------------------------------------------------------------------------------- numerics, layout
 
 
@@ -390,6 +400,13 @@ def test_baseline_shapes_identity_and_gradients(name, heads, switch_on):
     (out * torch.randn_like(out)).sum().backward()
     for pname, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_gradcheck_float64(name, switch_on):
+    block = switch_on(BASELINES[name](dtype=torch.float64)).eval()
+    x = torch.randn(1, C, H, W, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_self_attention_serves_any_size():

@@ -180,6 +180,8 @@ def test_model_features_only(eval_model):
     reference = base.feature_info
     assert model.feature_info.channels() == [f["num_chs"] for f in reference]
     assert model.feature_info.reduction() == [f["reduction"] for f in reference]
+    if name not in CHEAP:  # forward shapes of the others: test_model_forward_intermediates
+        return
     x = small_input(name)
     with torch.no_grad():
         outs = model(x)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .stt import DenseSynth, _pair
+from .stt import DenseSynth, _pair, _softmax_dtype
 
 
 class _ResidualOut(nn.Module):
@@ -59,7 +59,7 @@ class SelfAttention2d(nn.Module):
         q, k, v = self.to_qkv(x).flatten(2).chunk(3, dim=1)  # each (B, Cv, N)
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in (q, k, v))  # (B, G, c, N)
         logits = torch.einsum("bgcn,bgcm->bgnm", q, k) * q.shape[2] ** -0.5  # (B, G, N, N)
-        attn = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+        attn = torch.softmax(_softmax_dtype(logits), dim=-1).to(v.dtype)
         y = torch.einsum("bgnm,bgcm->bgcn", attn, v).reshape(b, -1, h, w)
         return self.out(x, y)
 
@@ -103,7 +103,7 @@ class FlatSynthesizer(nn.Module):
             logits = self.dense(v.transpose(-1, -2))  # (B, G, N, N)
         else:
             logits = self.random.unsqueeze(0).expand(b, -1, -1, -1)
-        attn = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+        attn = torch.softmax(_softmax_dtype(logits), dim=-1).to(v.dtype)
         y = torch.einsum("bgnm,bgcm->bgcn", attn, v).reshape(b, -1, h, w)
         return self.out(x, y)
 

@@ -27,6 +27,11 @@ MODE_PRODUCT = {
 }
 
 
+def _softmax_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for the softmax: bf16/fp16 are upcast, float64 stays float64."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -217,8 +222,8 @@ class STT(nn.Module):
                              f"got spatial size {tuple(x.shape[-2:])}")
 
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), computed in float32."""
-        return {m: torch.softmax(synth(v).float() / self.temperature, dim=-1)
+        """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
+        return {m: torch.softmax(_softmax_dtype(synth(v)) / self.temperature, dim=-1)
                 for m, synth in self.synths.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

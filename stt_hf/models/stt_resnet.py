@@ -23,7 +23,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 # Import modules, not packages: the transformers remote-code bundle keeps only flat sibling modules.
-from ..layers.create import FIXED_SIZE_ATTN, create_attn
+from ..layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN, create_attn
 
 PLACEMENTS = ("block", "stage", "final")
 # SttResNet keyword arguments that describe the architecture (the transformers SttConfig fields).
@@ -89,7 +89,10 @@ class SttResNet(ResNet):
         super().__init__(block, layers, in_chans=in_chans, device=device, dtype=dtype, **kwargs)
         if attn_placement not in PLACEMENTS:
             raise ValueError(f"attn_placement must be one of {PLACEMENTS}, got {attn_placement!r}")
-        attn_stages = tuple(attn_stages)
+        if attn_layer not in (None, "none") and attn_layer not in ATTN_FACTORIES:
+            raise ValueError(f"attn_layer must be 'none' or one of {sorted(ATTN_FACTORIES)}, "
+                             f"got {attn_layer!r}")
+        attn_stages = (attn_stages,) if isinstance(attn_stages, int) else tuple(attn_stages)
         if any(s not in (1, 2, 3, 4) for s in attn_stages):
             raise ValueError(f"attn_stages must be stage numbers in 1..4, got {attn_stages}")
         if attn_placement == "final":

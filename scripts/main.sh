@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job from a clean clone: sets up .venv and the data, then runs the default job.
+# The main job from a clean clone: sets up .venv and the data, then trains the default STT model on
+# Fashion-MNIST (stt-hf train with its defaults). Extra args go to stt-hf train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh --data
-python scripts/benchmark_block.py "$@"
+export TOKENIZERS_PARALLELISM=false
+stt-hf train "$@"

@@ -223,8 +223,13 @@ class STT(nn.Module):
 
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
-        return {m: torch.softmax(_softmax_dtype(synth(v)) / self.temperature, dim=-1)
-                for m, synth in self.synths.items()}
+        maps = {}
+        for m, synth in self.synths.items():
+            logits = _softmax_dtype(synth(v))
+            if self.temperature != 1.0:  # skip a divide in the common case: small ops dominate at small maps
+                logits = logits / self.temperature
+            maps[m] = torch.softmax(logits, dim=-1)
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -235,7 +240,8 @@ class STT(nn.Module):
         for m, attn in self.attention_maps(v).items():
             y = torch.einsum(MODE_PRODUCT[m], attn.to(y.dtype).expand(b, -1, -1, -1), y)
         y = y.reshape(b, -1, h, w)  # (B, Cv, H, W)
-        return x + self.norm(self.proj(y))
+        # In-place add: one fewer full-size map alive at the peak (BN's backward does not need its output).
+        return self.norm(self.proj(y)).add_(x)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, modes={''.join(self.modes)}, synth={self.synth}, "

@@ -208,7 +208,8 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
 
         results["paths"] = write_run_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
-            results=results, command="stt-hf train " + shlex.join(argv if argv is not None else sys.argv[1:]))
+            results=results,
+            command=shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
         from .publish import push_folder

@@ -27,7 +27,7 @@ Environment constraint: `huggingface_hub` (and so transformers and timm) reads `
 `HF_HUB_OFFLINE`, `HF_HOME` and the token when it is first imported. A client must therefore either run
 in a subprocess started with `env=hub.env` (see `LocalHub.run_python`), or have `os.environ.update(hub.env)`
 applied before anything imports `huggingface_hub`, e.g. at the top of a conftest with a server started
-there and kept for the whole session.
+there and kept for the whole test run.
 """
 
 from __future__ import annotations

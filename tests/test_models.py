@@ -409,7 +409,7 @@ def test_dtype_reaches_attention_modules():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(attn_layer="non_local"), r"attn_layer must be one of .*got 'non_local'"),
+    (dict(attn_layer="non_local"), r"attn_layer must be .*one of .*got 'non_local'"),
     (dict(attn_placement="mid"), r"attn_placement must be one of \('block', 'stage', 'final'\), got 'mid'"),
     (dict(attn_stages=(0, 3)), r"attn_stages must be stage numbers in 1..4, got \(0, 3\)"),
     (dict(attn_stages=(5,)), r"attn_stages must be stage numbers in 1..4"),

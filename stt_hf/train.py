@@ -28,7 +28,7 @@ from .metrics import compute_classification_metrics
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
-    num_train_epochs=1.0,
+    num_train_epochs=1.3,
     per_device_train_batch_size=64,
     per_device_eval_batch_size=256,
     learning_rate=3e-3,

@@ -61,11 +61,11 @@ from pathlib import Path
 import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 import stt_hf
 from stt_hf.layers import STT, create_attn
 from stt_hf.models import SttResNet
+from stt_hf.profiling import count_macs, count_params
 
 # ---------------------------------------------------------------------------------------------------
 # What is compared
@@ -191,8 +191,9 @@ def budgeted_repeats(requested: int, seconds_per_forward: float, budget_s: float
     return max(MIN_REPEATS, min(requested, int(budget_s / max(seconds_per_forward, 1e-9))))
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
+def _proc_kb(path: str, key: str) -> int:
+    """A "Key: N kB" field of a /proc file such as /proc/self/status or /proc/meminfo."""
+    with open(path) as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
@@ -207,14 +208,14 @@ class RssPeak:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the kernel's peak-RSS mark (VmHWM) to the current RSS
             self.method = "VmHWM"
-            self.baseline = _status_kb("VmRSS") * 1024
+            self.baseline = _proc_kb("/proc/self/status", "VmRSS") * 1024
         except OSError:
             self.method = "ru_maxrss"
             self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def peak_bytes(self) -> int:
         if self.method == "VmHWM":
-            return _status_kb("VmHWM") * 1024 - self.baseline
+            return _proc_kb("/proc/self/status", "VmHWM") * 1024 - self.baseline
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline
 
 
@@ -246,11 +247,7 @@ def block_static(module: str, config: str, batch: int, reduction: int) -> dict:
     """Parameters and FLOPs per image of one block, counted on the meta device (no memory, no compute)."""
     c, h, w = parse_config(config)
     block = create_attn(module, c, (h, w), **block_options(reduction), device="meta").eval()
-    x = torch.empty(batch, c, h, w, device="meta")
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        block(x)
-    return dict(params=sum(p.numel() for p in block.parameters()),
-                gflops=counter.get_total_flops() / batch / 1e9)
+    return dict(params=count_params(block), gflops=2 * count_macs(block, (c, h, w), batch) / batch / 1e9)
 
 
 def estimate_peak_gb(module: str, config: str, batch: int, params: int) -> float:
@@ -400,18 +397,10 @@ def memory_limit_gb(args: argparse.Namespace) -> tuple[float, str]:
     if args.max_mem_gb is not None:
         return args.max_mem_gb, "--max-mem-gb"
     try:
-        available = _meminfo_kb("MemAvailable") * 1024 / 2**30
+        available = _proc_kb("/proc/meminfo", "MemAvailable") * 1024 / 2**30
     except (OSError, KeyError):
         return 8.0, "default"
     return 0.8 * available, "80% of available memory"
-
-
-def _meminfo_kb(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def run_blocks(args: argparse.Namespace, mem_limit_gb: float) -> list[dict]:
@@ -459,13 +448,10 @@ def run_models(args: argparse.Namespace) -> list[dict]:
         kwargs = dict(img_size=args.img_size) if name.startswith("stt_") else {}
         models[name] = timm.create_model(name, pretrained=False, **kwargs).to(device).eval()
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
+    for name, model in models.items():
+        rows.append(dict(model=name, batch=args.batch, img_size=args.img_size, params=count_params(model),
+                         gmacs=count_macs(model, (3, args.img_size, args.img_size)) / 1e9))
     with torch.inference_mode():
-        for name, model in models.items():
-            with FlopCounterMode(display=False) as counter:
-                model(x[:1])
-            rows.append(dict(model=name, batch=args.batch, img_size=args.img_size,
-                             params=sum(p.numel() for p in model.parameters()),
-                             gmacs=counter.get_total_flops() / 2 / 1e9))
         for model in models.values():
             for _ in range(args.warmup):
                 timed_forward(model, x)

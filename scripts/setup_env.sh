@@ -21,16 +21,26 @@ want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "== installing ${TORCH_PINS[*]} and stt-hf (first run takes a few minutes)"
   python -m pip install --quiet "${TORCH_PINS[@]}"
-  python -m pip install --quiet -e ".[test,data]" "${TORCH_PINS[@]}"
+  python -m pip install --quiet -e ".[test,data,caption]" "${TORCH_PINS[@]}"
   echo "$want" > "$stamp"
 fi
 
 if [ "${1:-}" = "--data" ]; then
-  # Fashion-MNIST ships as a Debian package; without root, the Hub copy is used when online.
+  # Offline data ships as Debian packages: Fashion-MNIST, the Tux Paint stamps (captioned photos),
+  # Noto color emoji (rendered emoji named by Unicode), and Java for the METEOR scorer and the PTB
+  # tokenizer of pycocoevalcap. Without root, Fashion-MNIST falls back to the Hub when online.
   fmnist_dir=${STT_HF_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
-  if [ ! -f "$fmnist_dir/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null \
-      && [ "$(id -u)" = 0 ]; then
-    echo "== installing the Debian package dataset-fashion-mnist"
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+  packages=()
+  [ -f "$fmnist_dir/train-images-idx3-ubyte.gz" ] || packages+=(dataset-fashion-mnist)
+  [ -d /usr/share/tuxpaint/stamps ] || packages+=(tuxpaint-stamps-default)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || packages+=(fonts-noto-color-emoji)
+  command -v java >/dev/null || packages+=(default-jre-headless)
+  if [ ${#packages[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      echo "== installing the Debian packages ${packages[*]}"
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    else
+      echo "== missing Debian packages (install them as root): ${packages[*]}" >&2
+    fi
   fi
 fi

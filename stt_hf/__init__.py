@@ -1,21 +1,25 @@
 """stt-hf: STT (Synthesizing Tensor Transformations) attention for timm and Hugging Face models.
 
 `import stt_hf` registers the `stt_*` models with timm and the Stt* classes with transformers'
-Auto classes (AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone).
+Auto classes (AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone), including the
+captioning encoder `SttVisionEncoder` that VisionEncoderDecoderModel builds through AutoModel.
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from . import models
-from .configuration_stt import SttConfig
+from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
 from .convert import load_checkpoint, save_timm_format, timm_from_pretrained
 from .layers import STT, FlatSynthesizer, SelfAttention2d, create_attn
 from .modeling_stt import (
     CheckpointError,
     SttBackbone,
+    SttCaptioner,
     SttForImageClassification,
     SttModel,
     SttPreTrainedModel,
+    SttVisionEncoder,
+    register_auto_classes,
 )
 from .models import SttResNet
 
@@ -25,7 +29,9 @@ AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
 AutoModel.register(SttConfig, SttModel, exist_ok=True)
 AutoModelForImageClassification.register(SttConfig, SttForImageClassification, exist_ok=True)
 AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
+register_auto_classes()  # SttVisionConfig -> SttVisionEncoder, for VisionEncoderDecoderModel
 
-__all__ = ["STT", "CheckpointError", "FlatSynthesizer", "SelfAttention2d", "SttBackbone", "SttConfig",
+__all__ = ["STT", "CheckpointError", "FlatSynthesizer", "SelfAttention2d", "SttBackbone", "SttCaptioner",
+           "SttCaptionerConfig", "SttConfig", "SttVisionConfig", "SttVisionEncoder",
            "SttForImageClassification", "SttModel", "SttPreTrainedModel", "SttResNet", "create_attn",
            "load_checkpoint", "models", "save_timm_format", "timm_from_pretrained"]

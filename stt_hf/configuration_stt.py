@@ -19,7 +19,7 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
-from transformers import BitImageProcessor, PretrainedConfig
+from transformers import AutoConfig, BitImageProcessor, PretrainedConfig, VisionEncoderDecoderConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 from .layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN
@@ -66,6 +66,7 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
     """
 
     model_type = "stt"
+    auto_classes = AUTO_MAP  # what a saved folder maps to its own code
     # timm's names for two standard fields, so either spelling works.
     attribute_map = {"num_classes": "num_labels", "num_channels": "in_chans"}
 
@@ -248,7 +249,7 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         write_remote_code(save_directory)
         # Map the Auto classes whose code is in the folder (a config loaded alone as remote code has
         # no modeling module to write, though a model saving it may have copied one already).
-        self.auto_map = {auto: ref for auto, ref in AUTO_MAP.items()
+        self.auto_map = {auto: ref for auto, ref in self.auto_classes.items()
                          if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))}
         if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
             self.image_processor().save_pretrained(save_directory)
@@ -344,3 +345,67 @@ def _flatten_relative_imports(source: str, module) -> tuple[str, list]:
 
 
 __all__ = ["SttConfig", "write_remote_code"]
+
+
+POSITION_EMBEDDINGS = ("learned", "sincos", "none")
+
+
+class SttVisionConfig(SttConfig):
+    r"""Configuration of `SttVisionEncoder`: the STT ResNet as an image encoder for text decoders.
+
+    Args (besides SttConfig's):
+        hidden_size: width of the output sequence; the last feature map (C channels) is projected to
+            it by a linear layer, or kept as is when None or equal to C.
+        position_embedding: "learned" (one vector per cell of the feature grid at img_size, interpolated
+            for other sizes), "sincos" (fixed 2-D sine-cosine) or "none".
+    """
+
+    model_type = "stt_vision"
+    auto_classes = {"AutoConfig": "configuration_stt.SttVisionConfig",
+                    "AutoModel": "modeling_stt.SttVisionEncoder"}
+
+    hidden_size: int | None = None
+    position_embedding: str = "learned"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, "
+                             f"got {self.position_embedding!r}")
+        if self.hidden_size is None:  # VisionEncoderDecoderModel reads encoder.hidden_size
+            self.hidden_size = self.num_features()
+        if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be a positive int, got {self.hidden_size!r}")
+
+    def feature_grid(self) -> tuple[int, int]:
+        """(H, W) of the last feature map at img_size."""
+        _, height, width = self.input_size()
+        stride = self.output_stride // (4 if self.small_input else 1)
+        return -(-height // stride), -(-width // stride)
+
+
+CAPTIONER_AUTO_MAP = {
+    "AutoConfig": "configuration_stt.SttCaptionerConfig",
+    "AutoModelForImageTextToText": "modeling_stt.SttCaptioner",
+}
+
+
+class SttCaptionerConfig(VisionEncoderDecoderConfig):
+    """A VisionEncoderDecoderConfig whose encoder is an `SttVisionConfig`.
+
+    It stays a "vision-encoder-decoder" config, so `VisionEncoderDecoderModel.from_pretrained` loads
+    a saved captioner wherever this package is imported; the `auto_map` it saves lets
+    `AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)` load it anywhere else.
+    """
+
+    def __post_init__(self, **kwargs):
+        # The encoder sub-config is resolved through AutoConfig: make "stt_vision" known to it first,
+        # also where this module runs as remote code without the package.
+        AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
+        super().__post_init__(**kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
+        os.makedirs(save_directory, exist_ok=True)
+        write_remote_code(save_directory)
+        self.auto_map = dict(CAPTIONER_AUTO_MAP)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)

@@ -1,4 +1,5 @@
-"""transformers models around the STT ResNet: SttModel, SttForImageClassification, SttBackbone.
+"""transformers models around the STT ResNet: SttModel, SttForImageClassification, SttBackbone,
+and for captioning SttVisionEncoder and SttCaptioner (a VisionEncoderDecoderModel).
 
 Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from the config with no
 classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
@@ -9,15 +10,16 @@ import os
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel, VisionEncoderDecoderModel
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
+    BaseModelOutputWithPooling,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
 
-from .configuration_stt import SttConfig
+from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
 from .models.stt_resnet import ARCHS, SttResNet
 
 
@@ -209,3 +211,107 @@ class SttBackbone(BackboneMixin, SttPreTrainedModel):
 
 
 __all__ = ["CheckpointError", "SttBackbone", "SttForImageClassification", "SttModel", "SttPreTrainedModel"]
+
+
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, (H*W, dim): half the channels encode y, half x."""
+    if dim % 4:
+        raise ValueError(f"sincos position embedding needs hidden_size divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    y = torch.einsum("n,f->nf", y.flatten().float(), freqs)
+    x = torch.einsum("n,f->nf", x.flatten().float(), freqs)
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+
+
+class SttVisionEncoder(SttPreTrainedModel):
+    """The STT ResNet as a sequence encoder: its last feature map (B, C, H, W) becomes (B, H*W, hidden).
+
+    Each cell of the map is one token: optionally projected to config.hidden_size, plus a 2-D position
+    embedding, then layer-normalized. This is what VisionEncoderDecoderModel's decoders cross-attend to.
+    """
+
+    config: SttVisionConfig
+    config_class = SttVisionConfig
+
+    def __init__(self, config: SttVisionConfig):
+        super().__init__(config)
+        self.resnet = self._build_resnet(config)
+        channels = self.resnet.num_features
+        self.proj = (nn.Linear(channels, config.hidden_size) if config.hidden_size != channels
+                     else nn.Identity())
+        height, width = config.feature_grid()
+        self.pos_embed = None
+        if config.position_embedding == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.hidden_size, height, width))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        elif config.position_embedding == "sincos":
+            sincos_2d(height, width, config.hidden_size)  # fail at build time on a bad hidden_size
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+
+    def _position(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
+        """(1, H*W, hidden) for a feature grid of H x W, or None."""
+        if self.config.position_embedding == "sincos":
+            return sincos_2d(height, width, self.config.hidden_size).to(like)[None]
+        if self.pos_embed is None:
+            return None
+        pos = self.pos_embed
+        if pos.shape[-2:] != (height, width):  # another input size: resample the learned grid
+            pos = nn.functional.interpolate(pos, size=(height, width), mode="bicubic", align_corners=False)
+        return pos.flatten(2).transpose(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPooling:
+        """last_hidden_state (B, H*W, hidden); pooler_output (B, hidden), the token mean; with
+        output_hidden_states, the stem and stage feature maps. There are no attention weights to return
+        (STT synthesizes them), so `attentions` is None."""
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        last, hidden = self._features(pixel_values, output_hidden_states)
+        _, _, height, width = last.shape
+        tokens = self.proj(last.flatten(2).transpose(1, 2))  # (B, H*W, hidden)
+        pos = self._position(height, width, tokens)
+        if pos is not None:
+            tokens = tokens + pos
+        tokens = self.norm(tokens)
+        pooled = tokens.mean(dim=1)
+        if not return_dict:
+            return (tokens, pooled) + ((hidden,) if hidden is not None else ())
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled,
+                                          hidden_states=hidden, attentions=None)
+
+
+class SttCaptioner(VisionEncoderDecoderModel):
+    """VisionEncoderDecoderModel with an `SttVisionEncoder`: what a saved captioner loads as remote code.
+
+    In this package, plain `VisionEncoderDecoderModel` works just as well (`import stt_hf` registers the
+    encoder with AutoModel); this class exists so that a checkpoint carries code that builds its
+    encoder where the package is not installed.
+    """
+
+    config_class = SttCaptionerConfig
+
+    def __init__(self, config: SttCaptionerConfig | None = None, encoder=None, decoder=None):
+        if config is None and encoder is not None and decoder is not None:
+            config = SttCaptionerConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
+        elif config is not None and not isinstance(config, SttCaptionerConfig):
+            config = SttCaptionerConfig.from_dict(config.to_dict())  # e.g. from_encoder_decoder_pretrained
+        if encoder is None and config is not None:
+            encoder = SttVisionEncoder(config.encoder)
+        super().__init__(config, encoder=encoder, decoder=decoder)
+
+
+def register_auto_classes() -> None:
+    """Make the encoder known to AutoConfig/AutoModel (VisionEncoderDecoderModel builds it through them)."""
+    from transformers import AutoConfig
+
+    AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
+    AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)

@@ -15,10 +15,16 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
     """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), per batch."""
     device = next(model.parameters()).device
-    x = torch.empty(batch_size, *input_size, device=device)
+    x = torch.zeros(batch_size, *input_size, device=device)
+    # Eval mode: a train-mode pass would update BatchNorm's running statistics.
     # (no torch.no_grad: the counter's module tracker needs autograd to see parameter outputs)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() // 2
 
 

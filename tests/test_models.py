@@ -481,3 +481,14 @@ def test_pretrained_bad_checkpoint_raises(edit, match, plain_resnet18, tmp_path)
     save_file(state_dict, str(path))
     with pytest.raises(RuntimeError, match=match):
         load_stt_resnet18(path)
+
+
+def test_count_macs_leaves_model_state_alone():
+    from stt_hf.profiling import count_macs
+
+    model = timm.create_model("stt_resnet10_s", num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert count_macs(model, (3, 32, 32)) > 0
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"count_macs changed {key}"

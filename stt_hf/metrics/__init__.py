@@ -1,4 +1,4 @@
-"""Classification metrics shipped as offline `evaluate` modules, plus a Trainer `compute_metrics`.
+"""Classification and image-caption metrics shipped as offline `evaluate` modules, plus helpers.
 
 Each metric lives in its own folder, `<name>/<name>.py`, which is what `evaluate.load(<local path>)`
 expects, so no Hub access is needed::
@@ -8,6 +8,10 @@ expects, so no Hub access is needed::
 
 `compute_classification_metrics` calls the same numpy functions directly (no `evaluate` round trip),
 for use as `Trainer(compute_metrics=compute_classification_metrics)`.
+
+The caption metrics (`CAPTION_METRICS`: bleu, meteor, rouge_l, cider) score as the COCO caption
+evaluation does, with pycocoevalcap and Java (see `captioning`, where their scoring lives and which their
+scripts import); `compute_caption_metrics` runs all four.
 """
 
 from __future__ import annotations
@@ -17,20 +21,29 @@ from pathlib import Path
 import numpy as np
 
 from .accuracy.accuracy import accuracy_score
+from .captioning import bleu_scores, cider_score, meteor_score, ptb_tokenize, rouge_l_score
 from .macro_f1.macro_f1 import macro_f1_score
 from .top5_accuracy.top5_accuracy import top_k_accuracy
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1")
+CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider")
+METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1", *CAPTION_METRICS)
 
 __all__ = [
+    "CAPTION_METRICS",
     "METRICS_DIR",
     "METRIC_NAMES",
     "accuracy_score",
+    "bleu_scores",
+    "cider_score",
+    "compute_caption_metrics",
     "compute_classification_metrics",
     "load_metric",
     "macro_f1_score",
+    "meteor_score",
     "metric_path",
+    "ptb_tokenize",
+    "rouge_l_score",
     "top_k_accuracy",
 ]
 
@@ -43,7 +56,7 @@ def metric_path(name: str) -> str:
 
 
 def load_metric(name: str, **kwargs):
-    """Load the shipped metric `name` ('accuracy', 'top5_accuracy' or 'macro_f1') with `evaluate.load`.
+    """Load the shipped metric `name` (one of `METRIC_NAMES`) with `evaluate.load`.
 
     Works offline: the path is local. Extra keyword arguments go to `evaluate.load`.
     """
@@ -77,3 +90,19 @@ def compute_classification_metrics(eval_pred) -> dict[str, float]:
         "top5_accuracy": top_k_accuracy(logits, labels, k=min(5, logits.shape[1])),
         "macro_f1": macro_f1_score(predictions, labels),
     }
+
+
+def compute_caption_metrics(predictions, references) -> dict[str, float]:
+    """COCO caption scores of `predictions` (one str per image) against `references` (a list of reference
+    strings per image, or one string per image), through the shipped evaluate modules.
+
+    Returns `bleu_1`..`bleu_4`, `meteor`, `rouge_l` and `cider`. Captions are PTB-tokenized once (Java),
+    then each module scores the tokens with `tokenize=False`. Raises ValueError for empty or mismatched
+    inputs and RuntimeError without Java.
+    """
+    predictions, references = ptb_tokenize(predictions, references)
+    scores = {}
+    for name in CAPTION_METRICS:
+        metric = load_metric(name)
+        scores.update(metric.compute(predictions=predictions, references=references, tokenize=False))
+    return scores

@@ -1,0 +1,1 @@
+"""The `bleu` evaluate metric (script: `bleu.py`, the name evaluate.load expects)."""

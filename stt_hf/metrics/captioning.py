@@ -1,0 +1,131 @@
+"""Image-caption scores computed as the COCO caption evaluation does (pycocoevalcap).
+
+Shared by the `bleu`, `meteor`, `rouge_l` and `cider` evaluate modules and `compute_caption_metrics`.
+Every scorer takes `predictions` (one caption per image) and `references` (a list of reference captions
+per image, or one string per image). With `tokenize=True` both sides first go through the Stanford PTB
+tokenizer bundled with pycocoevalcap (lower-cased, punctuation removed), as COCO does; that tokenizer and
+METEOR run Java. Pass `tokenize=False` for captions already tokenized that way (whitespace-separated
+tokens), e.g. to tokenize once for several metrics. pycocoevalcap (the `caption` extra) is imported on
+first use, so this module imports without it.
+
+Empty predictions are scored as they are, without a placeholder token (the scorers accept them): they match
+nothing, so that caption scores 0 and adds length 0 to BLEU's brevity penalty. References must not be empty.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+
+def require_java() -> None:
+    """Raise RuntimeError unless a `java` executable is on PATH."""
+    if shutil.which("java") is None:
+        raise RuntimeError(
+            "METEOR and PTB tokenization need Java, but no 'java' is on PATH; install a JRE "
+            "(Debian/Ubuntu: apt-get install default-jre-headless), or use tokenize=False for BLEU, "
+            "ROUGE-L and CIDEr on pre-tokenized captions"
+        )
+
+
+def caption_features():
+    """`evaluate` feature options: one or more reference strings per prediction, or exactly one string."""
+    import datasets
+
+    string = datasets.Value("string")
+    return [
+        datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
+        datasets.Features({"predictions": string, "references": string}),
+    ]
+
+
+def check_caption_inputs(predictions, references) -> tuple[list[str], list[list[str]]]:
+    """Validate captions and return them as (list of str, list of list of str); a str reference -> [str]."""
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise TypeError("predictions and references must be lists of captions, not single strings")
+    predictions = list(predictions)
+    references = [[refs] if isinstance(refs, str) else list(refs) for refs in references]
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(
+            "need one or more predictions and as many references, "
+            f"got {len(predictions)} predictions and {len(references)} references"
+        )
+    if not all(isinstance(p, str) for p in predictions):
+        raise TypeError("predictions must be strings")
+    for i, refs in enumerate(references):
+        if not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+            raise ValueError(f"references[{i}] must be one or more non-empty strings, got {refs!r}")
+    return predictions, references
+
+
+def ptb_tokenize(predictions, references) -> tuple[list[str], list[list[str]]]:
+    """PTB-tokenize predictions and references (one Java call), as the COCO caption evaluation does."""
+    predictions, references = check_caption_inputs(predictions, references)
+    require_java()
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    flat = predictions + [r for refs in references for r in refs]
+    tokenized = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(flat)})
+    tokens = iter(tokenized[i][0] for i in range(len(flat)))
+    predictions = [next(tokens) for _ in predictions]
+    references = [[next(tokens) for _ in refs] for refs in references]
+    # Check again: a reference of punctuation only is empty once tokenized.
+    return check_caption_inputs(predictions, references)
+
+
+def _scorer_inputs(predictions, references, tokenize: bool) -> tuple[dict, dict]:
+    """pycocoevalcap's inputs: ({i: [references]}, {i: [prediction]})."""
+    if tokenize:
+        predictions, references = ptb_tokenize(predictions, references)
+    else:
+        predictions, references = check_caption_inputs(predictions, references)
+    # The scorers split on single spaces and METEOR reads one line per caption: collapse whitespace.
+    gts = {i: [" ".join(r.split()) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(p.split())] for i, p in enumerate(predictions)}
+    return gts, res
+
+
+def bleu_scores(predictions, references, tokenize: bool = True) -> dict[str, float]:
+    """Corpus BLEU-1..4 (pycocoevalcap `Bleu(4)`, closest reference length): keys `bleu_1`..`bleu_4`."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    gts, res = _scorer_inputs(predictions, references, tokenize)
+    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return {f"bleu_{n}": float(s) for n, s in enumerate(scores, start=1)}
+
+
+def meteor_score(predictions, references, tokenize: bool = True) -> float:
+    """METEOR 1.5 (pycocoevalcap's jar, English, `-norm`): its aggregate score over all captions."""
+    gts, res = _scorer_inputs(predictions, references, tokenize)
+    require_java()
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    # '|||' separates fields in METEOR's input lines; pycocoevalcap strips it from hypotheses only.
+    gts = {i: [" ".join(r.replace("|||", " ").split()) for r in refs] for i, refs in gts.items()}
+    scorer = Meteor()
+    try:
+        score, _ = scorer.compute_score(gts, res)
+    finally:
+        # Stop the JVM (2 GB heap) now rather than at garbage collection, where Meteor.__del__ would wait
+        # forever on a lock left held by a failed compute_score.
+        if scorer.lock.locked():
+            scorer.lock.release()
+        scorer.meteor_p.kill()
+        scorer.meteor_p.wait()
+    return float(score)
+
+
+def rouge_l_score(predictions, references, tokenize: bool = True) -> float:
+    """COCO ROUGE-L (pycocoevalcap `Rouge`): per caption, LCS F-measure (beta 1.2) from the best precision
+    and the best recall over its references; the mean over captions."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = _scorer_inputs(predictions, references, tokenize)
+    return float(Rouge().compute_score(gts, res)[0])
+
+
+def cider_score(predictions, references, tokenize: bool = True) -> float:
+    """COCO CIDEr (pycocoevalcap `Cider`, i.e. CIDEr-D: n = 1..4, sigma 6, x10), IDF from these references."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _scorer_inputs(predictions, references, tokenize)
+    return float(Cider().compute_score(gts, res)[0])

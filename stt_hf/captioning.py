@@ -1,0 +1,169 @@
+"""Captioning with an STT encoder: the tokenizer, the captioner and an "image-to-text" pipeline.
+
+    tokenizer = train_caption_tokenizer(captions, vocab_size=1000)
+    model = build_captioner("stt_resnet10_s", tokenizer, encoder_kwargs=dict(img_size=64))
+    model.generate(pixel_values, num_beams=3)
+
+The captioner is a `SttCaptioner`, i.e. a transformers `VisionEncoderDecoderModel` whose encoder is
+`SttVisionEncoder`; the decoder is a GPT-2 or BERT style causal LM built from a config, or any local
+pretrained causal LM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BertConfig,
+    GenerationConfig,
+    GPT2Config,
+    Pipeline,
+    PreTrainedTokenizerFast,
+)
+
+from .configuration_stt import SttVisionConfig
+from .modeling_stt import SttCaptioner, SttVisionEncoder
+
+SPECIAL_TOKENS = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+DECODERS = ("gpt2", "bert")
+
+
+def train_caption_tokenizer(captions: list[str], vocab_size: int = 1000,
+                            model_max_length: int = 32) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (lower-cased) trained on `captions`, as a PreTrainedTokenizerFast.
+
+    Encoding adds no special tokens: the captioner's labels get `</s>` appended by `encode_captions`,
+    and decoding starts from `<s>` (the decoder start token).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    captions = [c for c in captions if isinstance(c, str) and c.strip()]
+    if not captions:
+        raise ValueError("train_caption_tokenizer needs at least one non-empty caption")
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(captions, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
+                                   padding_side="right", **SPECIAL_TOKENS)
+
+
+def encode_captions(tokenizer, captions: list[str], max_length: int) -> torch.Tensor:
+    """Labels (B, L) for the decoder: the caption's tokens, then eos, truncated to `max_length`
+    tokens in all, padded with -100 (ignored by the loss)."""
+    ids = tokenizer(list(captions), add_special_tokens=False, truncation=True,
+                    max_length=max_length - 1)["input_ids"]
+    ids = [seq + [tokenizer.eos_token_id] for seq in ids]
+    longest = max(len(seq) for seq in ids)
+    return torch.tensor([seq + [-100] * (longest - len(seq)) for seq in ids], dtype=torch.long)
+
+
+def decoder_config(kind: str, tokenizer, hidden_size: int, layers: int = 2, heads: int = 4,
+                   max_positions: int = 64):
+    """A small causal-LM config with cross-attention: GPT-2 style ("gpt2") or BERT style ("bert")."""
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if kind == "gpt2":
+        return GPT2Config(n_layer=layers, n_embd=hidden_size, n_head=heads, n_positions=max_positions,
+                          add_cross_attention=True, **ids)
+    if kind == "bert":
+        return BertConfig(num_hidden_layers=layers, hidden_size=hidden_size, num_attention_heads=heads,
+                          intermediate_size=4 * hidden_size, max_position_embeddings=max_positions,
+                          is_decoder=True, add_cross_attention=True, **ids)
+    raise ValueError(f"decoder must be one of {DECODERS} or a local pretrained causal LM folder, "
+                     f"got {kind!r}")
+
+
+def build_captioner(encoder: str | SttVisionConfig, tokenizer, *, decoder: str = "gpt2",
+                    encoder_kwargs: dict | None = None, decoder_kwargs: dict | None = None,
+                    generation: dict | None = None) -> SttCaptioner:
+    """A fresh SttCaptioner: an STT encoder (a registered timm name or an SttVisionConfig) and a decoder.
+
+    decoder: "gpt2" / "bert" (built from a small config, sized by `decoder_kwargs`: hidden_size,
+        layers, heads, max_positions) or the path of a pretrained causal LM, loaded with
+        cross-attention added; its vocabulary must be the tokenizer's.
+    generation: GenerationConfig overrides (max_length, num_beams, ...), saved with the model.
+    """
+    decoder_kwargs = dict(decoder_kwargs or {})
+    if isinstance(encoder, SttVisionConfig):
+        encoder_config = encoder
+    else:
+        options = dict(encoder_kwargs or {})
+        options.setdefault("hidden_size", decoder_kwargs.get("hidden_size", 256))
+        encoder_config = SttVisionConfig.from_timm_name(encoder, **options)
+    if decoder in DECODERS:
+        decoder_kwargs.setdefault("hidden_size", encoder_config.hidden_size)
+        text_model = AutoModelForCausalLM.from_config(decoder_config(decoder, tokenizer, **decoder_kwargs))
+    else:
+        config = AutoConfig.from_pretrained(decoder, is_decoder=True, add_cross_attention=True)
+        if config.vocab_size != len(tokenizer):
+            raise ValueError(f"decoder {decoder!r} has a vocabulary of {config.vocab_size} tokens but the "
+                             f"tokenizer has {len(tokenizer)}: pass the decoder's own tokenizer")
+        text_model = AutoModelForCausalLM.from_pretrained(decoder, config=config)
+    model = SttCaptioner(encoder=SttVisionEncoder(encoder_config), decoder=text_model)
+    configure_generation(model, tokenizer, **(generation or {}))
+    return model
+
+
+def configure_generation(model, tokenizer, **overrides) -> GenerationConfig:
+    """Set the special token ids on the model config and its generation config (saved with it)."""
+    ids = dict(decoder_start_token_id=tokenizer.bos_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+    settings: dict[str, Any] = dict(max_length=tokenizer.model_max_length, num_beams=3,
+                                    no_repeat_ngram_size=3, early_stopping=True)
+    settings.update(overrides)
+    model.generation_config = GenerationConfig(**ids, **settings)
+    return model.generation_config
+
+
+class ImageToTextPipeline(Pipeline):
+    """`pipeline("image-to-text", model=captioner)`: images in, [{"generated_text": ...}] out.
+
+    transformers 5 dropped this task in favour of chat-style "image-text-to-text"; `import stt_hf`
+    registers it again (unless transformers has it) for encoder-decoder captioners like ours.
+    """
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, timeout=None):
+        forward = dict(generate_kwargs or {})
+        if max_new_tokens is not None:
+            forward["max_new_tokens"] = max_new_tokens
+        return ({"timeout": timeout} if timeout is not None else {}), forward, {}
+
+    def preprocess(self, image, timeout=None):
+        from transformers.image_utils import load_image
+
+        from .caption_data import to_rgb
+
+        return self.image_processor(images=to_rgb(load_image(image, timeout=timeout)), return_tensors="pt")
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
+        return {"ids": self.model.generate(pixel_values=pixel_values, **generate_kwargs)}
+
+    def postprocess(self, model_outputs):
+        texts = self.tokenizer.batch_decode(model_outputs["ids"], skip_special_tokens=True)
+        return [{"generated_text": text.strip()} for text in texts]
+
+
+def register_pipeline() -> None:
+    """Make `pipeline("image-to-text", ...)` build `ImageToTextPipeline` (if transformers lacks the task)."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if "image-to-text" in PIPELINE_REGISTRY.get_supported_tasks():
+        return
+    PIPELINE_REGISTRY.register_pipeline("image-to-text", pipeline_class=ImageToTextPipeline,
+                                        pt_model=AutoModelForImageTextToText, type="multimodal")

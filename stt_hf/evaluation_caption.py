@@ -1,0 +1,74 @@
+"""`stt-hf eval-caption`: score any saved captioner on a dataset split and write metrics JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .caption_data import load_caption_dataset, to_rgb
+from .metrics import compute_caption_metrics
+from .publish import write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="captioner folder (or Hub id) with its tokenizer")
+    parser.add_argument("--dataset", default="tuxpaint", help="as for stt-hf train-caption")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--caption_column", default="caption")
+    parser.add_argument("--keep_symbols", action="store_true", help="tuxpaint: keep the symbol stamps")
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_beams", type=int, default=None, help="default: the saved generation config")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the split selection; stt-hf train-caption's default, so both score "
+                             "the same images")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="load with the checkpoint's own code instead of this package's")
+    parser.add_argument("--output", default=None, help="metrics JSON (default: <model>/eval_<split>.json)")
+
+
+def load_captioner(path: str, trust_remote_code: bool = False):
+    """(model, tokenizer, image processor) of a saved captioner."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    return model, AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+
+
+@torch.inference_mode()
+def generate_captions(model, tokenizer, image_processor, images, batch_size: int = 32, **generate_kwargs):
+    """Captions for a list of PIL images (any mode), batch by batch."""
+    captions = []
+    for i in range(0, len(images), batch_size):
+        batch = [to_rgb(img) for img in images[i:i + batch_size]]
+        pixel_values = image_processor(images=batch, return_tensors="pt")["pixel_values"].to(model.dtype)
+        ids = model.generate(pixel_values=pixel_values, **generate_kwargs)
+        captions += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return captions
+
+
+def run(args: argparse.Namespace) -> dict:
+    model, tokenizer, image_processor = load_captioner(args.model, args.trust_remote_code)
+    dsd = load_caption_dataset(args.dataset, image_column=args.image_column,
+                               caption_column=args.caption_column, seed=args.seed,
+                               drop_symbols=not args.keep_symbols,
+                               limits={args.split: args.max_eval_samples})
+    if args.split not in dsd:
+        raise ValueError(f"--split {args.split!r} is not in the dataset; it has {sorted(dsd)}")
+    data = dsd[args.split]
+    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    generated = generate_captions(model, tokenizer, image_processor, list(data["image"]), args.batch_size,
+                                  **generate_kwargs)
+    metrics = compute_caption_metrics(generated, [[c] for c in data["caption"]])
+    result = dict(model=str(args.model), dataset=args.dataset, split=args.split, samples=len(data),
+                  metrics=metrics, examples=[dict(reference=r, generated=g)
+                                             for r, g in zip(data["caption"], generated, strict=True)])
+    default_dir = Path(args.model) if Path(args.model).is_dir() else Path(".")
+    out = Path(args.output) if args.output else default_dir / f"eval_{args.split}.json"
+    write_json(out, result)
+    print(f"{args.split} ({len(data)} images): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    print(f"metrics written to {out}")
+    return result

@@ -1,0 +1,263 @@
+"""`stt-hf train-caption`: train an STT-encoder image captioner with the HF Seq2SeqTrainer.
+
+Every Seq2SeqTrainingArguments flag works, plus the model and data arguments below and `--config FILE`.
+With no arguments it trains on the Tux Paint stamps (offline) and ends in `outputs/<run>/` with
+safetensors weights, the model code, tokenizer, image processor, generation config, a model card with
+the test-split scores, metrics JSON and training curves. The same recipe with another encoder attention
+is one flag away: `--encoder_kwargs '{"attn_layer": "none"}'` (plain ResNet) or `"self_attn"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from .caption_data import load_caption_dataset, to_rgb
+from .captioning import build_captioner, encode_captions, train_caption_tokenizer
+from .train import load_config_file
+
+CAPTION_DEFAULTS = dict(
+    num_train_epochs=30,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    warmup_steps=30,
+    lr_scheduler_type="cosine",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    eval_on_start=False,
+    save_total_limit=1,
+    load_best_model_at_end=True,
+    metric_for_best_model="cider",
+    predict_with_generate=True,
+    generation_num_beams=3,
+    logging_steps=10,
+    report_to="none",
+    dataloader_num_workers=0,
+    dataloader_pin_memory=False,
+    seed=42,
+)
+# Scores computed at each evaluation during training; the final evaluation adds METEOR (slow to start).
+TRAINING_METRICS = ("bleu", "rouge_l", "cider")
+
+
+@dataclass
+class CaptionModelArguments:
+    encoder: str = field(default="stt_resnet10_s", metadata={
+        "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
+    img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
+    encoder_kwargs: str | None = field(default=None, metadata={
+        "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '
+                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention.'})
+    hidden_size: int = field(default=256, metadata={"help": "Width of encoder tokens and decoder."})
+    position_embedding: str = field(default="learned", metadata={"help": "learned, sincos or none."})
+    decoder: str = field(default="gpt2", metadata={
+        "help": "gpt2 or bert (a small decoder built from a config), or a local pretrained causal LM."})
+    decoder_layers: int = field(default=2, metadata={"help": "Layers of a gpt2/bert decoder."})
+    decoder_heads: int = field(default=4, metadata={"help": "Attention heads of a gpt2/bert decoder."})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "A saved tokenizer (folder or Hub id); default: train a BPE tokenizer on the captions."})
+    vocab_size: int = field(default=1000, metadata={"help": "Size of a tokenizer trained here."})
+    max_caption_length: int = field(default=32, metadata={
+        "help": "Token limit of a caption including the end token; longer captions are truncated."})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format."})
+
+
+@dataclass
+class CaptionDataArguments:
+    dataset: str = field(default="tuxpaint", metadata={
+        "help": "tuxpaint or emoji (built in, offline), a local imagefolder with metadata.csv, a "
+                "save_to_disk folder, or a Hub dataset id."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    caption_column: str = field(default="caption", metadata={"help": "Column holding the captions."})
+    keep_symbols: bool = field(default=False, metadata={
+        "help": "tuxpaint: keep the letter, digit and symbol stamps (left out by default)."})
+    val_fraction: float = field(default=0.1, metadata={"help": "Validation share when none is given."})
+    test_fraction: float = field(default=0.1, metadata={"help": "Test share when none is given."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
+    train_crop_scale: float = field(default=0.8, metadata={"help": "Random-resized-crop smallest area."})
+    hflip: float = field(default=0.0, metadata={
+        "help": "Horizontal flip probability in training (off by default: captions may say left/right)."})
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((CaptionModelArguments, CaptionDataArguments, Seq2SeqTrainingArguments))
+    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
+    defaults = dict(CAPTION_DEFAULTS, use_cpu=not torch.cuda.is_available())
+    if "--config" in argv:
+        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
+    parser.set_defaults(**defaults)
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(argv)
+    if training_args.output_dir in (None, "trainer_output"):
+        attn = json.loads(model_args.encoder_kwargs or "{}").get("attn_layer", "stt")
+        run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
+        training_args.output_dir = str(Path("outputs") / run)
+    training_args.generation_max_length = model_args.max_caption_length
+    return model_args, data_args, training_args
+
+
+def load_tokenizer(model_args: CaptionModelArguments, captions: list[str]):
+    if model_args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer)
+        missing = [t for t in ("bos_token", "eos_token", "pad_token") if getattr(tokenizer, t) is None]
+        if missing:
+            raise ValueError(f"tokenizer {model_args.tokenizer!r} has no {', '.join(missing)}: the captioner "
+                             "needs a start, an end and a padding token")
+        tokenizer.model_max_length = model_args.max_caption_length
+        return tokenizer
+    return train_caption_tokenizer(captions, vocab_size=model_args.vocab_size,
+                                   model_max_length=model_args.max_caption_length)
+
+
+def build_transforms(image_config, data_args: CaptionDataArguments):
+    """timm train/eval transforms for the encoder; any PIL mode is converted to RGB first."""
+    from timm.data import create_transform
+
+    data_cfg = dict(input_size=image_config.input_size(), **image_config.data_config)
+    train_tf = create_transform(**data_cfg, is_training=True, scale=(data_args.train_crop_scale, 1.0),
+                                ratio=(0.9, 1.1), hflip=data_args.hflip, color_jitter=None)
+    eval_tf = create_transform(**data_cfg, is_training=False)
+
+    def to_batch(transform):
+        def apply(batch):
+            return {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]],
+                    "caption": batch["caption"]}
+        return apply
+
+    return to_batch(train_tf), to_batch(eval_tf)
+
+
+class CaptionCollator:
+    """Stacks images and tokenizes captions into -100-padded labels of at most `max_length` tokens."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+                "labels": encode_captions(self.tokenizer, [e["caption"] for e in examples], self.max_length)}
+
+
+def caption_metrics(tokenizer, metrics: tuple[str, ...] | None = None):
+    """compute_metrics for Seq2SeqTrainer: decode generated ids and labels, score with the shipped
+    caption metrics (all of them, or only `metrics`)."""
+    from .metrics import compute_caption_metrics, load_metric, ptb_tokenize
+
+    def compute(eval_pred) -> dict[str, float]:
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        hyps = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+        refs = [[t.strip()] for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        if metrics is None:
+            return compute_caption_metrics(hyps, refs)
+        hyps, refs = ptb_tokenize(hyps, refs)
+        scores = {}
+        for name in metrics:
+            scores.update(load_metric(name).compute(predictions=hyps, references=refs, tokenize=False))
+        return scores
+
+    return compute
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(argv)[1]
+
+
+def run(argv: list[str] | None = None):
+    """Train, score the test split, write the outputs; return (trainer, results)."""
+    model_args, data_args, training_args = parse_args(argv)
+    started = time.time()
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
+    # Loading validates: empty or missing captions fail here, naming the rows, before any training.
+    dsd = load_caption_dataset(data_args.dataset, image_column=data_args.image_column,
+                               caption_column=data_args.caption_column, seed=training_args.seed,
+                               val_fraction=data_args.val_fraction, test_fraction=data_args.test_fraction,
+                               limits=limits, drop_symbols=not data_args.keep_symbols)
+    tokenizer = load_tokenizer(model_args, dsd["train"]["caption"])
+    encoder_kwargs = dict(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
+                          position_embedding=model_args.position_embedding,
+                          **json.loads(model_args.encoder_kwargs or "{}"))
+    model = build_captioner(
+        model_args.encoder, tokenizer, decoder=model_args.decoder, encoder_kwargs=encoder_kwargs,
+        decoder_kwargs=dict(layers=model_args.decoder_layers, heads=model_args.decoder_heads,
+                            max_positions=max(64, model_args.max_caption_length + 1)),
+        generation=dict(max_length=model_args.max_caption_length,
+                        num_beams=training_args.generation_num_beams or 1))
+    if model_args.channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
+    train_tf, eval_tf = build_transforms(model.config.encoder, data_args)
+    training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    trainer = Seq2SeqTrainer(
+        model=model, args=training_args, train_dataset=dsd["train"].with_transform(train_tf),
+        eval_dataset=dsd["validation"].with_transform(eval_tf), processing_class=tokenizer,
+        data_collator=CaptionCollator(tokenizer, model_args.max_caption_length),
+        compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS))
+    train_result = trainer.train(resume_from_checkpoint=_resume(training_args))
+
+    trainer.compute_metrics = caption_metrics(tokenizer)  # all scores, METEOR included, for the report
+    test = trainer.predict(dsd["test"].with_transform(eval_tf), metric_key_prefix="test")
+    predictions = np.where(test.predictions < 0, tokenizer.pad_token_id, test.predictions)
+    generated = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+    results = dict(train=train_result.metrics, eval=test.metrics, eval_split="test",
+                   global_step=trainer.state.global_step, wall_time_s=round(time.time() - started, 1),
+                   examples=[dict(reference=r, generated=g) for r, g in zip(dsd["test"]["caption"], generated,
+                                                                             strict=True)])
+    if trainer.is_world_process_zero():
+        from .publish import write_caption_outputs
+
+        results["paths"] = write_caption_outputs(
+            trainer, tokenizer=tokenizer, model_args=asdict(model_args), data_args=asdict(data_args),
+            dsd=dsd, results=results,
+            command=shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])]))
+        print_summary(results)
+    if push_to_hub and trainer.is_world_process_zero():
+        from .publish import push_folder
+
+        push_folder(training_args.output_dir, training_args.hub_model_id
+                    or Path(training_args.output_dir).name, token=training_args.hub_token,
+                    commit_message="Upload STT captioner")
+    return trainer, results
+
+
+def _resume(training_args):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "last", "true", "True"):
+        return get_last_checkpoint(training_args.output_dir)
+    return resume
+
+
+def print_summary(results: dict) -> None:
+    scores = {k.removeprefix("test_"): v for k, v in results["eval"].items()
+              if k.removeprefix("test_") in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")}
+    print(f"\n== done in {results['wall_time_s']:.0f} s; test split: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    for example in results["examples"][:5]:
+        print(f"   {example['reference']!r:50s} -> {example['generated']!r}")
+    for name, path in results["paths"].items():
+        print(f"   {name:16s} {path}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

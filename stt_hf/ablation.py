@@ -66,12 +66,12 @@ class AblationConfig:
 
     out_dir: str = "outputs/ablation"
     model: str = "stt_resnet10_s"
-    model_kwargs: dict = field(default_factory=lambda: dict(channels=[16, 32, 64, 128]))
+    model_kwargs: dict = field(default_factory=lambda: dict(channels=[8, 16, 32, 64]))
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     datasets: dict = field(default_factory=lambda: {
-        "fashion_mnist": dict(train=6000, test=2000), "mnist_5k": dict(train=None, test=None)})
+        "fashion_mnist": dict(train=4000, test=1000), "mnist_5k": dict(train=None, test=None)})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.05

@@ -1,0 +1,108 @@
+"""`stt-hf train-caption` / `eval-caption` on real Tux Paint stamps: a tiny but complete run."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import hub_fixtures
+import pytest
+import yaml
+from PIL import Image
+from test_train import run_cli
+
+from stt_hf import train_caption
+
+local_hub = hub_fixtures.local_hub
+
+# Real data, tiny model: 32 stamps, 32 px, narrow encoder, one decoder layer, greedy decoding.
+TINY = ["--max_train_samples", "32", "--max_eval_samples", "8", "--img_size", "32",
+        "--encoder_kwargs", '{"channels": [16, 32, 64, 128]}', "--hidden_size", "64",
+        "--decoder_layers", "1", "--decoder_heads", "2", "--vocab_size", "300",
+        "--max_caption_length", "12", "--per_device_train_batch_size", "16", "--num_train_epochs", "2",
+        "--generation_num_beams", "1", "--logging_steps", "1", "--warmup_steps", "0",
+        "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def caption_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("caption") / "tux"
+    results = train_caption.main([*TINY, "--output_dir", str(out)])
+    return out, results
+
+
+def test_train_caption_writes_a_complete_captioner(caption_run):
+    out, results = caption_run
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "preprocessor_config.json", "README.md", "metrics.json", "training_curves.png",
+                 "modeling_stt.py"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"}
+    assert len(metrics["examples"]) == 8 and all(isinstance(e["generated"], str) for e in metrics["examples"])
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["max_length"] == 12 and generation["num_beams"] == 1
+
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["pipeline_tag"] == "image-to-text"
+    scores = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert scores["cider"] == round(metrics["metrics"]["cider"], 4)
+    assert "12 tokens including the end token" in card  # the caption length limit
+    assert "stt-hf train-caption" in card
+
+
+def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_path):
+    out, results = caption_run
+    report = tmp_path / "eval.json"
+    run_cli(["eval-caption", "--model", str(out), "--max_eval_samples", "8", "--output", str(report)])
+    evaluated = json.loads(report.read_text())
+    trained = json.loads((out / "metrics.json").read_text())
+    # Same test images, same greedy decoding: the same captions as at the end of training.
+    assert [e["generated"] for e in evaluated["examples"]] == [e["generated"] for e in trained["examples"]]
+    assert evaluated["samples"] == 8 and set(evaluated["metrics"]) == set(trained["metrics"])
+
+
+def test_pipeline_loads_the_trained_captioner(caption_run):
+    from transformers import pipeline
+
+    import stt_hf  # noqa: F401  (registers the image-to-text pipeline)
+
+    out, results = caption_run
+    captioner = pipeline("image-to-text", model=str(out))
+    image = Image.new("CMYK", (50, 70), (0, 200, 200, 0))
+    assert isinstance(captioner(image)[0]["generated_text"], str)
+
+
+def test_empty_captions_fail_before_training(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = ["file_name,caption"]
+    for i in range(12):
+        Image.new("RGBA" if i % 2 else "L", (20, 20), 120).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'' if i in (3, 7) else f'a grey square number {i}'}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    proc = run_cli(["train-caption", "--dataset", str(folder), "--output_dir", str(out), *TINY], check=False)
+    assert proc.returncode != 0
+    assert "caption" in proc.stderr and "row" in proc.stderr
+    assert not (out / "model.safetensors").exists()
+
+
+def test_push_captioner_then_load_from_the_hub(caption_run, local_hub):
+    out, _ = caption_run
+    run_cli(["push", str(out), "--repo_id", "stt/tux-captioner"], env=local_hub.env)
+    files = local_hub.files("stt/tux-captioner")
+    for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "README.md"):
+        assert name in files, name
+    local_hub.run_python(textwrap.dedent("""
+        import torch
+        import stt_hf
+        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+        model = VisionEncoderDecoderModel.from_pretrained("stt/tux-captioner").eval()
+        tokenizer = AutoTokenizer.from_pretrained("stt/tux-captioner")
+        AutoImageProcessor.from_pretrained("stt/tux-captioner")
+        ids = model.generate(torch.randn(1, 3, 32, 32))
+        assert isinstance(tokenizer.decode(ids[0], skip_special_tokens=True), str)
+    """))

@@ -218,6 +218,7 @@ def run(argv: list[str] | None = None):
     generated = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
     results = dict(train=train_result.metrics, eval=test.metrics, eval_split="test",
                    global_step=trainer.state.global_step, wall_time_s=round(time.time() - started, 1),
+                   data_args=asdict(data_args), seed=training_args.seed,
                    examples=[dict(reference=r, generated=g) for r, g in zip(dsd["test"]["caption"], generated,
                                                                              strict=True)])
     if trainer.is_world_process_zero():

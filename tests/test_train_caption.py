@@ -106,3 +106,20 @@ def test_push_captioner_then_load_from_the_hub(caption_run, local_hub):
         ids = model.generate(torch.randn(1, 3, 32, 32))
         assert isinstance(tokenizer.decode(ids[0], skip_special_tokens=True), str)
     """))
+
+
+def test_caption_comparison_writes_table_and_grid(tmp_path):
+    from stt_hf import caption_comparison
+
+    out = tmp_path / "comparison"
+    summary = caption_comparison.run(out, ["stt", "plain"], [*TINY, "--num_train_epochs", "1"])
+    assert list(summary) == ["stt", "plain"]
+    table = (out / "results.md").read_text()
+    assert "| stt |" in table and "| plain |" in table and "cider" in table
+    # Only the attention differs between the two runs.
+    stt_config = json.loads((out / "stt" / "config.json").read_text())["encoder"]
+    plain_config = json.loads((out / "plain" / "config.json").read_text())["encoder"]
+    assert stt_config["attn_layer"] == "stt" and plain_config["attn_layer"] == "none"
+    assert stt_config["channels"] == plain_config["channels"] == [16, 32, 64, 128]
+    with Image.open(out / "examples.png") as grid:
+        assert grid.width > 600 and grid.height > 300

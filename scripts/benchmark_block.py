@@ -44,7 +44,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import json
 import os
@@ -60,9 +59,22 @@ from pathlib import Path
 
 import timm
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import stt_hf
+
+# Timing, tensor-peak memory and reporting helpers are shared with `stt-hf bench`.
+from stt_hf.benchmark import (
+    MIN_REPEATS,  # noqa: F401  (part of this script's interface: its tests read it)
+    budgeted_repeats,
+    cpu_name,
+    fmt,
+    forward_with_tensor_peak,
+    markdown_table,
+    proc_kb,
+    timed_forward,
+    write_csv,
+)
+from stt_hf.benchmark import estimate_peak_gb as estimate_block_gb
 from stt_hf.layers import STT, create_attn
 from stt_hf.models import SttResNet
 from stt_hf.profiling import count_macs, count_params
@@ -169,36 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Timing and memory (shared by both levels)
+# Process memory (timing and tensor-peak memory come from stt_hf.benchmark)
 # ---------------------------------------------------------------------------------------------------
-
-def timed_forward(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Seconds for one forward pass (synchronized on CUDA)."""
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    model(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-MIN_REPEATS = 2
-
-
-def budgeted_repeats(requested: int, seconds_per_forward: float, budget_s: float) -> int:
-    """At most `requested` repeats, fewer if they would exceed the row budget, but at least MIN_REPEATS."""
-    return max(MIN_REPEATS, min(requested, int(budget_s / max(seconds_per_forward, 1e-9))))
-
-
-def _proc_kb(path: str, key: str) -> int:
-    """A "Key: N kB" field of a /proc file such as /proc/self/status or /proc/meminfo."""
-    with open(path) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
 
 class RssPeak:
     """Peak resident-set growth of this process from the moment of construction."""
@@ -208,35 +192,15 @@ class RssPeak:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the kernel's peak-RSS mark (VmHWM) to the current RSS
             self.method = "VmHWM"
-            self.baseline = _proc_kb("/proc/self/status", "VmRSS") * 1024
+            self.baseline = proc_kb("/proc/self/status", "VmRSS") * 1024
         except OSError:
             self.method = "ru_maxrss"
             self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def peak_bytes(self) -> int:
         if self.method == "VmHWM":
-            return _proc_kb("/proc/self/status", "VmHWM") * 1024 - self.baseline
+            return proc_kb("/proc/self/status", "VmHWM") * 1024 - self.baseline
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline
-
-
-def forward_with_tensor_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    """One forward; returns (seconds, peak bytes held by tensors allocated during it)."""
-    if x.is_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        seconds = timed_forward(model, x)
-        return seconds, torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        seconds = timed_forward(model, x)
-    # The raw event stream: one "[memory]" event per allocation (+bytes) and free (-bytes).
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return seconds, peak
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,13 +216,7 @@ def block_static(module: str, config: str, batch: int, reduction: int) -> dict:
 
 def estimate_peak_gb(module: str, config: str, batch: int, params: int) -> float:
     """Rough peak memory of a forward: N x N attention maps dominate the baselines."""
-    c, h, w = parse_config(config)
-    feature_map = batch * c * h * w * 4
-    if module == "stt":
-        activations = 6 * feature_map
-    else:  # logits and softmax output, both (B, heads=1, N, N), alive together
-        activations = 2 * batch * (h * w) ** 2 * 4 + 4 * feature_map
-    return (activations + params * 4) / 2**30
+    return estimate_block_gb(module, *parse_config(config), batch, params)
 
 
 def serve_block(spec: dict) -> None:
@@ -397,7 +355,7 @@ def memory_limit_gb(args: argparse.Namespace) -> tuple[float, str]:
     if args.max_mem_gb is not None:
         return args.max_mem_gb, "--max-mem-gb"
     try:
-        available = _proc_kb("/proc/meminfo", "MemAvailable") * 1024 / 2**30
+        available = proc_kb("/proc/meminfo", "MemAvailable") * 1024 / 2**30
     except (OSError, KeyError):
         return 8.0, "default"
     return 0.8 * available, "80% of available memory"
@@ -498,16 +456,6 @@ def check_targets(block_rows: list[dict], model_rows: list[dict]) -> list[dict]:
 # Reporting
 # ---------------------------------------------------------------------------------------------------
 
-def fmt(value, spec: str, suffix: str = "", missing: str = "n/a") -> str:
-    return missing if value is None else f"{value:{spec}}{suffix}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: list[dict]) -> str:
     out = [f"## Benchmark ({meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
            f"timm {meta['timm']})", ""]
@@ -546,15 +494,6 @@ def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: 
     return "\n".join(out)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_outputs(out: Path, meta: dict, block_rows: list[dict], model_rows: list[dict],
                   targets: list[dict], table: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -575,15 +514,6 @@ def model_options() -> str:
     defaults = {name: p.default for name, p in inspect.signature(SttResNet.__init__).parameters.items()}
     keys = ("attn_layer", "attn_placement", "attn_stages", "stt_synth", "stt_heads", "stt_reduction")
     return "registered defaults: " + ", ".join(f"{k}={defaults[k]}" for k in keys)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"CPU: {model}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> dict:

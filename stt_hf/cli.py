@@ -8,6 +8,8 @@ import sys
 # Subcommands whose own parser (HfArgumentParser) reads the rest of the command line.
 PASSTHROUGH = {
     "train": ("stt_hf.train", "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
+    "train-caption": ("stt_hf.train_caption",
+                      "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
 }
 
 
@@ -30,6 +32,13 @@ def _models(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run
+
+    run(args)
+    return 0
+
+
+def _eval_caption(args: argparse.Namespace) -> int:
+    from .evaluation_caption import run
 
     run(args)
     return 0
@@ -61,9 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
 
+    from .evaluation_caption import add_arguments as add_caption_arguments
+
+    evaluate_caption = sub.add_parser("eval-caption", help="score a captioner on a dataset split, write JSON")
+    add_caption_arguments(evaluate_caption)
+    evaluate_caption.set_defaults(func=_eval_caption)
+
     from .convert import add_convert_parser
 
     add_convert_parser(sub)
+
+    from .benchmark import add_bench_parser
+    from .visualize import add_visualize_parser
+
+    add_bench_parser(sub)
+    add_visualize_parser(sub)
 
     push = sub.add_parser("push", help="publish a saved model folder to a Hugging Face Hub")
     push.add_argument("folder", help="folder written by stt-hf train (or save_pretrained)")

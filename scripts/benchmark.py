@@ -1,0 +1,13 @@
+"""Benchmark STT blocks and STT ResNets against attention baselines (the same as `stt-hf bench`).
+
+    python scripts/benchmark.py              # default grid, writes outputs/bench/
+    python scripts/benchmark.py --quick      # smoke test
+    python scripts/benchmark.py -h           # every option
+
+See stt_hf/benchmark.py for what is measured and how.
+"""
+
+from stt_hf.benchmark import main
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ captioning encoder `SttVisionEncoder` that VisionEncoderDecoderModel builds thro
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from . import models
-from .captioning import build_captioner, register_pipeline, train_caption_tokenizer
+from .captioning import ImageToTextPipeline, build_captioner, caption_pipeline, train_caption_tokenizer
 from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
 from .convert import load_checkpoint, save_timm_format, timm_from_pretrained
 from .layers import STT, FlatSynthesizer, SelfAttention2d, create_attn
@@ -31,10 +31,10 @@ AutoModel.register(SttConfig, SttModel, exist_ok=True)
 AutoModelForImageClassification.register(SttConfig, SttForImageClassification, exist_ok=True)
 AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
 register_auto_classes()  # SttVisionConfig -> SttVisionEncoder, for VisionEncoderDecoderModel
-register_pipeline()  # pipeline("image-to-text"), which transformers 5 no longer has
 
 __all__ = ["STT", "CheckpointError", "FlatSynthesizer", "SelfAttention2d", "SttBackbone", "SttCaptioner",
-           "SttCaptionerConfig", "SttConfig", "SttVisionConfig", "SttVisionEncoder", "build_captioner",
+           "SttCaptionerConfig", "SttConfig", "SttVisionConfig", "SttVisionEncoder", "ImageToTextPipeline",
+           "build_captioner", "caption_pipeline",
            "train_caption_tokenizer",
            "SttForImageClassification", "SttModel", "SttPreTrainedModel", "SttResNet", "create_attn",
            "load_checkpoint", "models", "save_timm_format", "timm_from_pretrained"]

@@ -120,15 +120,19 @@ def configure_generation(model, tokenizer, **overrides) -> GenerationConfig:
     settings: dict[str, Any] = dict(max_length=tokenizer.model_max_length, num_beams=3,
                                     no_repeat_ngram_size=3, early_stopping=True)
     settings.update(overrides)
+    if settings["num_beams"] == 1:
+        settings.pop("early_stopping")  # a beam-search option; greedy configs with it fail to save
     model.generation_config = GenerationConfig(**ids, **settings)
     return model.generation_config
 
 
 class ImageToTextPipeline(Pipeline):
-    """`pipeline("image-to-text", model=captioner)`: images in, [{"generated_text": ...}] out.
+    """Images in, [{"generated_text": ...}] out, for encoder-decoder captioners like ours.
 
-    transformers 5 dropped this task in favour of chat-style "image-text-to-text"; `import stt_hf`
-    registers it again (unless transformers has it) for encoder-decoder captioners like ours.
+    transformers 5 redirects the task name "image-to-text" to its chat-style "image-text-to-text"
+    pipeline, which needs a text prompt and a multimodal processor. Pass this class instead:
+    `pipeline("image-to-text", model=path, pipeline_class=ImageToTextPipeline)`, or use
+    `caption_pipeline(path)`.
     """
 
     _load_processor = False
@@ -158,12 +162,15 @@ class ImageToTextPipeline(Pipeline):
         return [{"generated_text": text.strip()} for text in texts]
 
 
-def register_pipeline() -> None:
-    """Make `pipeline("image-to-text", ...)` build `ImageToTextPipeline` (if transformers lacks the task)."""
-    from transformers import AutoModelForImageTextToText
-    from transformers.pipelines import PIPELINE_REGISTRY
+def caption_pipeline(model, **kwargs) -> ImageToTextPipeline:
+    """`pipeline("image-to-text", model=model, pipeline_class=ImageToTextPipeline, **kwargs)`, without
+    transformers' notice that the task was renamed (it does not apply to this pipeline class)."""
+    from transformers import pipeline
+    from transformers.utils import logging
 
-    if "image-to-text" in PIPELINE_REGISTRY.get_supported_tasks():
-        return
-    PIPELINE_REGISTRY.register_pipeline("image-to-text", pipeline_class=ImageToTextPipeline,
-                                        pt_model=AutoModelForImageTextToText, type="multimodal")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return pipeline("image-to-text", model=model, pipeline_class=ImageToTextPipeline, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)

@@ -65,12 +65,10 @@ def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_p
 
 
 def test_pipeline_loads_the_trained_captioner(caption_run):
-    from transformers import pipeline
-
-    import stt_hf  # noqa: F401  (registers the image-to-text pipeline)
+    from stt_hf import caption_pipeline
 
     out, results = caption_run
-    captioner = pipeline("image-to-text", model=str(out))
+    captioner = caption_pipeline(str(out))
     image = Image.new("CMYK", (50, 70), (0, 200, 200, 0))
     assert isinstance(captioner(image)[0]["generated_text"], str)
 

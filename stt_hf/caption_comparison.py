@@ -54,8 +54,12 @@ def _without(args: list[str], flag: str) -> list[str]:
 
 
 def _encoder_kwargs(args: list[str], attn_layer: str) -> dict:
-    given = json.loads(args[args.index("--encoder_kwargs") + 1]) if "--encoder_kwargs" in args else {}
-    return {**given, "attn_layer": attn_layer}
+    """The run's encoder options (given, or train-caption's default) with `attn_layer` set."""
+    from .train_caption import CaptionModelArguments
+
+    given = (args[args.index("--encoder_kwargs") + 1] if "--encoder_kwargs" in args
+             else CaptionModelArguments().encoder_kwargs)
+    return {**json.loads(given or "{}"), "attn_layer": attn_layer}
 
 
 def markdown(summary: dict) -> str:

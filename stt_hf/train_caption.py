@@ -26,7 +26,7 @@ from .captioning import build_captioner, encode_captions, train_caption_tokenize
 from .train import load_config_file
 
 CAPTION_DEFAULTS = dict(
-    num_train_epochs=30,
+    num_train_epochs=15,
     per_device_train_batch_size=32,
     per_device_eval_batch_size=64,
     learning_rate=1e-3,
@@ -56,9 +56,10 @@ class CaptionModelArguments:
     encoder: str = field(default="stt_resnet10_s", metadata={
         "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
     img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
-    encoder_kwargs: str | None = field(default=None, metadata={
-        "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '
-                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention.'})
+    encoder_kwargs: str | None = field(default='{"channels": [16, 32, 64, 128]}', metadata={
+        "help": 'JSON of encoder options (default: half the width of stt_resnet10_s, for CPU budgets), '
+                'e.g. \'{"attn_layer": "none"}\' for a plain ResNet or \'{"attn_layer": "self_attn"}\' '
+                'for dot-product self-attention.'})
     hidden_size: int = field(default=256, metadata={"help": "Width of encoder tokens and decoder."})
     position_embedding: str = field(default="learned", metadata={"help": "learned, sincos or none."})
     decoder: str = field(default="gpt2", metadata={

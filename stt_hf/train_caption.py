@@ -26,7 +26,7 @@ from .captioning import build_captioner, encode_captions, train_caption_tokenize
 from .train import load_config_file
 
 CAPTION_DEFAULTS = dict(
-    num_train_epochs=15,
+    num_train_epochs=10,
     per_device_train_batch_size=32,
     per_device_eval_batch_size=64,
     learning_rate=1e-3,

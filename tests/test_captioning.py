@@ -231,3 +231,17 @@ def quiet_transformers():
         yield
     finally:
         logging.set_verbosity(verbosity)
+
+
+def test_train_caption_takes_a_named_tokenizer(tokenizer, tmp_path):
+    from stt_hf.train_caption import CaptionModelArguments, load_tokenizer
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(CaptionModelArguments(tokenizer=str(tmp_path / "tok"), max_caption_length=20), [])
+    assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.model_max_length == 20
+    # A tokenizer without a padding token cannot train a captioner: say so before training.
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    config["pad_token"] = None
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no pad_token"):
+        load_tokenizer(CaptionModelArguments(tokenizer=str(tmp_path / "tok")), [])

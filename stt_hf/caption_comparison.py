@@ -78,12 +78,10 @@ def grid(summary: dict, results: dict, path: Path, count: int = 8) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .caption_data import load_caption_dataset
-
     first = next(iter(results.values()))
     names = list(summary)
     examples = [summary[n]["examples"] for n in names]
-    images = _test_images(first, load_caption_dataset)
+    images = _test_images(first)
     count = min(count, len(images))
     cols = 4
     rows = -(-count // cols)
@@ -102,9 +100,9 @@ def grid(summary: dict, results: dict, path: Path, count: int = 8) -> Path:
     return path
 
 
-def _test_images(result: dict, load_caption_dataset) -> list:
+def _test_images(result: dict) -> list:
     """The test images of a run, in the order of its examples (same dataset, seed and limits)."""
-    from .caption_data import to_rgb
+    from .caption_data import load_caption_dataset, to_rgb
 
     data = result["data_args"]
     dsd = load_caption_dataset(data["dataset"], image_column=data["image_column"],

@@ -34,6 +34,7 @@ from .data import (
     _load_hub,
     _load_local_dir,
     _png_bytes,
+    select_image_columns,
 )
 
 BUILTIN_CAPTION_DATASETS = ("tuxpaint", "emoji")
@@ -97,7 +98,7 @@ def load_caption_dataset(
         dsd = _render_splits(dsd, render, keep_path=name == "tuxpaint")
     else:
         dsd = _load_local_dir(name, cache_dir) if os.path.isdir(name) else _load_hub(name, cache_dir)
-        dsd = _standardize_columns(dsd, image_column, caption_column)
+        dsd = select_image_columns(dsd, image_column, caption_column, "caption")
         dsd = _make_splits(dsd, val_fraction, test_fraction, seed, limits)
     validate_caption_dataset(dsd)
     return dsd
@@ -240,28 +241,6 @@ def _render_splits(dsd, render, keep_path: bool):
 
 
 # ------------------------------------------------------------------------ generic sources
-
-
-def _standardize_columns(dsd, image_column: str, caption_column: str):
-    """Keep only the image/caption columns, renamed `image`/`caption`; file-path images become an Image."""
-    import datasets
-
-    if isinstance(dsd, datasets.Dataset):
-        dsd = datasets.DatasetDict({"train": dsd})
-    out = {}
-    for split, ds in dsd.items():
-        _check_columns(ds, split, image_column, caption_column)
-        for source, target in ((image_column, "image"), (caption_column, "caption")):
-            if source != target:
-                if target in ds.column_names:
-                    ds = ds.remove_columns(target)
-                ds = ds.rename_column(source, target)
-        ds = ds.select_columns(["image", "caption"])
-        image = ds.features["image"]
-        if isinstance(image, datasets.Value) and image.dtype in ("string", "large_string"):
-            ds = ds.cast_column("image", datasets.Image())
-        out[split] = ds
-    return datasets.DatasetDict(out)
 
 
 def _make_splits(dsd, val_fraction, test_fraction, seed, limits):

@@ -277,24 +277,30 @@ def _check_columns(ds, split: str, *columns: str) -> None:
 
 def _standardize_columns(dsd, image_column: str, label_column: str):
     """Keep only the image/label columns, renamed `image`/`label`; make them an Image and a ClassLabel."""
+    return _encode_labels(select_image_columns(dsd, image_column, label_column, "label"))
+
+
+def select_image_columns(dsd, image_column: str, other_column: str, other_name: str):
+    """DatasetDict of only `image_column` and `other_column`, renamed `image` and `other_name`; a
+    single Dataset becomes the train split, and file-path images become an Image feature."""
     import datasets
 
     if isinstance(dsd, datasets.Dataset):
         dsd = datasets.DatasetDict({"train": dsd})
     out = {}
     for split, ds in dsd.items():
-        _check_columns(ds, split, image_column, label_column)
-        for source, target in ((image_column, "image"), (label_column, "label")):
+        _check_columns(ds, split, image_column, other_column)
+        for source, target in ((image_column, "image"), (other_column, other_name)):
             if source != target:
                 if target in ds.column_names:
                     ds = ds.remove_columns(target)
                 ds = ds.rename_column(source, target)
-        ds = ds.select_columns(["image", "label"])
+        ds = ds.select_columns(["image", other_name])
         image = ds.features["image"]
         if isinstance(image, datasets.Value) and image.dtype in ("string", "large_string"):
             ds = ds.cast_column("image", datasets.Image())  # file paths
         out[split] = ds
-    return _encode_labels(datasets.DatasetDict(out))
+    return datasets.DatasetDict(out)
 
 
 def _encode_labels(dsd):

@@ -86,20 +86,26 @@ class DataArguments:
 
 def parse_args(argv: list[str] | None = None):
     """Dataclasses from flags, with `--config FILE` and the main-job defaults underneath."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
-    # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
-    # processes as one DDP job (gloo) instead of as independent runs.
-    defaults = dict(MAIN_JOB_DEFAULTS, use_cpu=not torch.cuda.is_available())
-    if "--config" in argv:
-        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
-    parser.set_defaults(**defaults)
-    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_with_config(
+        (ModelArguments, DataArguments, TrainingArguments), MAIN_JOB_DEFAULTS, argv)
     if training_args.output_dir in (None, "trainer_output"):
         run = f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
     return model_args, data_args, training_args
+
+
+def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None) -> list:
+    """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
+    # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
+    # processes as one DDP job (gloo) instead of as independent runs.
+    defaults = dict(defaults, use_cpu=not torch.cuda.is_available())
+    if "--config" in argv:
+        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
+    parser.set_defaults(**defaults)
+    return parser.parse_args_into_dataclasses(argv)[: len(dataclass_types)]
 
 
 def load_config_file(path: str) -> dict:

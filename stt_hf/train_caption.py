@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from .caption_data import load_caption_dataset, to_rgb
 from .captioning import build_captioner, encode_captions, train_caption_tokenizer
-from .train import load_config_file
+from .train import parse_with_config
 
 CAPTION_DEFAULTS = dict(
     num_train_epochs=10,
@@ -93,14 +93,8 @@ class CaptionDataArguments:
 
 
 def parse_args(argv: list[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((CaptionModelArguments, CaptionDataArguments, Seq2SeqTrainingArguments))
-    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
-    defaults = dict(CAPTION_DEFAULTS, use_cpu=not torch.cuda.is_available())
-    if "--config" in argv:
-        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
-    parser.set_defaults(**defaults)
-    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_with_config(
+        (CaptionModelArguments, CaptionDataArguments, Seq2SeqTrainingArguments), CAPTION_DEFAULTS, argv)
     if training_args.output_dir in (None, "trainer_output"):
         attn = json.loads(model_args.encoder_kwargs or "{}").get("attn_layer", "stt")
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"

@@ -42,6 +42,9 @@ def test_every_kind_of_variant_builds_and_runs(variant):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     expected = VARIANTS[variant].get("attn_layer")
     assert (model.attn_layer or "none") == expected
+    # Placement comes from the ablation, not from the registered model's defaults (final for `_s`).
+    placed = {"stt_stage": ["layer3.1", "layer4.1"], "stt_final": ["layer4.1"]}
+    assert model.attn_names == placed.get(variant, ["layer3.0.se", "layer4.0.se"])
 
 
 def test_run_trains_scores_and_resumes(tmp_path):

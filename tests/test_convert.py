@@ -163,7 +163,7 @@ def test_state_dict_files(timm_model, tmp_path, pixels, reference):
 
 def test_wrong_architecture_names_keys_and_shapes(timm_model, tmp_path):
     safetensors.torch.save_file(timm_model.state_dict(), tmp_path / "weights.safetensors")
-    with pytest.raises(CheckpointError, match=r"resnet\.layer3\.0\.se\.\S+ has shape \(4, .*\(2, "):
+    with pytest.raises(CheckpointError, match=r"resnet\.layer4\.1\.\S+ has shape \(4, .*\(2, "):
         timm_to_hf(tmp_path / "weights.safetensors", tmp_path / "hf", model_name=NAME, stt_modes="hw")
     with pytest.raises(CheckpointError, match=r"resnet\.layer1\.1\.\S+ .* is missing"):
         timm_to_hf(tmp_path / "weights.safetensors", tmp_path / "hf", model_name="stt_resnet18_s",

@@ -141,6 +141,17 @@ def test_model_default_cfg(eval_model):
         assert tuple(tensor.shape) == tuple(cfg["input_size"])
 
 
+def test_model_registered_placement(eval_model):
+    """The defaults the ablation chose: `_s` models one STT block after the last stage; the 224 px
+    family one in every residual block of stages 3 and 4."""
+    name, model = eval_model
+    if "_s" in name:
+        assert model.attn_names == [f"layer4.{len(model.layer4) - 1}"]
+    else:
+        assert model.attn_names == [f"layer{s}.{i}.se" for s in (3, 4)
+                                    for i in range(len(model.get_submodule(f"layer{s}")))]
+
+
 def test_model_attention_built_for_cfg_input_size(eval_model):
     name, model = eval_model
     size = cfg_size(name)
@@ -281,7 +292,7 @@ def test_torch_compile(backend, switch_on):
 
 
 @pytest.mark.parametrize("name,size", [
-    ("stt_resnet10_s", (28, 28)),
+    ("stt_resnet10_s", (24, 24)),
     ("stt_resnet10_s", (40, 36)),
     ("stt_resnet18", (80, 72)),
     ("stt_resnet26", (48, 48)),
@@ -326,8 +337,8 @@ def test_stt_options_by_keyword():
     model = timm.create_model("stt_resnet10_s", stt_synth="factorized_random", stt_modes="wh", stt_heads=4,
                               stt_reduction=4, stt_hidden=8, stt_rank=2, stt_temperature=0.5)
     modules = [m for _, m in model.attention_modules()]
-    assert len(modules) == 2
-    for module, chs in zip(modules, (128, 256), strict=True):
+    assert len(modules) == 1  # `_s` default: one block after the last stage
+    for module, chs in zip(modules, (256,), strict=True):
         assert isinstance(module, STT)
         assert (module.synth, module.modes, module.heads, module.temperature) == (
             "factorized_random", ("w", "h"), 4, 0.5)
@@ -373,7 +384,7 @@ def test_attn_placement_and_stages(placement, stages, expected, switch_on):
 def test_attn_layer_baselines(attn_layer):
     model = timm.create_model("stt_resnet10_s", attn_layer=attn_layer)
     modules = [m for _, m in model.attention_modules()]
-    assert len(modules) == 2 and all(type(m) is ATTN_TYPES[attn_layer] for m in modules)
+    assert len(modules) == 1 and all(type(m) is ATTN_TYPES[attn_layer] for m in modules)
     assert bool(model.pretrained_cfg.get("fixed_input_size", False)) == attn_layer.startswith("flat_")
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)

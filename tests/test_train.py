@@ -87,7 +87,7 @@ def test_saved_model_loads_with_transformers_and_timm(trained_run):
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, tm(x), rtol=0, atol=1e-6)
     state = load_file(out / "model.safetensors")
-    assert any(k.endswith("se.synths.c.dense.w1") for k in state)  # the STT weights are saved
+    assert any(k.endswith("layer4.1.synths.c.dense.w1") for k in state)  # the STT weights are saved
 
 
 def test_eval_scores_a_checkpoint(trained_run, tmp_path):

@@ -273,7 +273,7 @@ def test_mismatched_architecture_names_keys_and_shapes(checkpoint, tmp_path):
     config = json.loads((tmp_path / "other" / "config.json").read_text())
     config["stt_heads"] = 4
     (tmp_path / "other" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"resnet\.layer3\.0\.se\..* has shape \(2, .* \(4, "):
+    with pytest.raises(CheckpointError, match=r"resnet\.layer4\.1\..* has shape \(2, .* \(4, "):
         SttForImageClassification.from_pretrained(tmp_path / "other")
 
 

@@ -60,8 +60,8 @@ def test_saved_checkpoints_any_image_mode_and_one_channel(tmp_path):
     pixels, _ = preprocess(model, Image.new("RGB", (64, 48), "teal").convert("P"), size=48)
     assert pixels.shape == (1, 3, 48, 48)
     captured = capture(model, pixels, stt_blocks(model))
-    assert [c["block"].synth for c in captured] == ["mixture", "mixture"]
-    assert [tuple(c["maps"]["h"].shape[-2:]) for c in captured] == [(12, 12), (6, 6)]  # strides 4, 8
+    assert [c["block"].synth for c in captured] == ["mixture"]  # `_s` models: one block after stage 4
+    assert [tuple(c["maps"]["h"].shape[-2:]) for c in captured] == [(6, 6)]  # stride 8
 
 
 def test_cli_random_init_model_name_prints_the_path(tmp_path, capsys):

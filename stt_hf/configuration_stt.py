@@ -214,14 +214,17 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         Every option is passed explicitly when building, so any name of the right depth builds the same
         network; the closest one gives the right name and defaults in timm's metadata.
         """
-        def matches(args: dict) -> bool:
-            return all(list(v) == getattr(self, k) if isinstance(v, tuple) else getattr(self, k) == v
-                       for k, v in args.items())
+        def score(args: dict) -> int:  # options this config shares with the entry, minus those it changes
+            same = [list(v) == getattr(self, k) if isinstance(v, tuple) else getattr(self, k) == v
+                    for k, v in args.items()]
+            return sum(same) - (len(same) - sum(same))
 
-        candidates = [name for name, args in MODEL_ARGS.items() if matches(args)]
-        if not candidates:  # only the depth is certain to match
-            candidates = [name for name, args in MODEL_ARGS.items() if args["depth"] == self.depth]
-        return max(candidates, key=lambda name: len(MODEL_ARGS[name]))
+        candidates = [name for name, args in MODEL_ARGS.items() if args["depth"] == self.depth]
+        return max(candidates, key=lambda name: score(MODEL_ARGS[name]))
+
+    def placed_stages(self) -> tuple[int, ...]:
+        """The stages that get attention: `final` placement is after stage 4 whatever `attn_stages` says."""
+        return (4,) if self.attn_placement == "final" else tuple(self.attn_stages)
 
     def input_size(self) -> tuple[int, int, int]:
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)

@@ -116,7 +116,7 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
             description=f"`{config.timm_architecture()}` trained with `stt-hf train`.",
             architecture=config.timm_architecture(), params_m=f"{count_params(model) / 1e6:.2f}",
             gmacs=f"{macs / 1e9:.3f}", img_size=config.input_size()[-1], placement=config.attn_placement,
-            stages=", ".join(str(s) for s in config.attn_stages), synth=config.stt_synth,
+            stages=", ".join(str(s) for s in config.placed_stages()), synth=config.stt_synth,
             modes=config.stt_modes, mean=tuple(round(m, 4) for m in data["mean"]),
             std=tuple(round(s, 4) for s in data["std"]), eval_samples=len(dsd[split]),
             train_samples=len(dsd["train"]), val_samples=len(dsd["validation"]),
@@ -176,7 +176,7 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
                         "`stt-hf train-caption`.",
             architecture=encoder_config.timm_architecture(), attn_layer=encoder_config.attn_layer or "none",
             placement=encoder_config.attn_placement,
-            stages=", ".join(str(s) for s in encoder_config.attn_stages), grid=grid,
+            stages=", ".join(str(s) for s in encoder_config.placed_stages()), grid=grid,
             hidden_size=encoder_config.hidden_size, position_embedding=encoder_config.position_embedding,
             decoder=f"{decoder.model_type}, {decoder.num_hidden_layers} layers, {decoder.hidden_size} wide, "
                     "with cross-attention",

@@ -117,6 +117,14 @@ def test_config_overrides_and_timm_spelling():
     assert config.timm_architecture() == NAME  # closest registered name; every option is explicit
     assert len(config.data_config["mean"]) == 1  # statistics follow in_chans
 
+    # An option changed away from its entry's default still names the closest entry, not a sibling.
+    block = SttConfig.from_timm_name("stt_resnet18_s", attn_placement="block", stt_synth="random")
+    assert block.timm_architecture() == "stt_resnet18_s_random"
+    assert block.placed_stages() == (3, 4)
+    block = SttConfig.from_timm_name("stt_resnet18_s", attn_placement="block")
+    assert block.timm_architecture() == "stt_resnet18_s"
+    assert SttConfig.from_timm_name("stt_resnet18_s").placed_stages() == (4,)  # final: after stage 4
+
 
 @pytest.mark.parametrize("field, value", [
     ("depth", 19), ("attn_layer", "dot"), ("attn_placement", "middle"), ("attn_stages", [5]),

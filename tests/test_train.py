@@ -71,7 +71,7 @@ def test_train_writes_every_output(trained_run):
     values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert values["accuracy"] == pytest.approx(round(acc, 4))
     assert "stt_resnet10_s" in card and "timm_from_pretrained" in card and "max_steps 4" in card
-    assert "| STT placement | `final` in stages 4 |" in card  # the `_s` default, as built
+    assert "| STT placement | `final`, stage(s) 4 |" in card  # the `_s` default, as built
     assert Image.open(out / "training_curves.png").size[0] > 100
 
 

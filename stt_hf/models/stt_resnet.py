@@ -297,35 +297,35 @@ def stt_resnet152(pretrained=False, **kwargs) -> SttResNet:
 
 @_register
 def stt_resnet10_s(pretrained=False, **kwargs) -> SttResNet:
-    """Half-width ResNet-10 for 28-32 px images, with STT: small and fast on a CPU."""
+    """Half-width ResNet-10 for 28-32 px images, STT after the last stage: small and fast on a CPU."""
     return _create("stt_resnet10_s", pretrained, **kwargs)
 
 
 @_register
 def stt_resnet18_s(pretrained=False, **kwargs) -> SttResNet:
-    """ResNet-18 for 28-32 px images, with STT."""
+    """ResNet-18 for 28-32 px images, with STT after the last stage."""
     return _create("stt_resnet18_s", pretrained, **kwargs)
 
 
 @_register
 def stt_resnet18_s_random(pretrained=False, **kwargs) -> SttResNet:
-    """ResNet-18 for 28-32 px images, with random-synthesizer STT."""
+    """ResNet-18 for 28-32 px images, with random-synthesizer STT after the last stage."""
     return _create("stt_resnet18_s_random", pretrained, **kwargs)
 
 
 @_register
 def stt_resnet18_s_mixture(pretrained=False, **kwargs) -> SttResNet:
-    """ResNet-18 for 28-32 px images, with mixture STT."""
+    """ResNet-18 for 28-32 px images, with mixture STT after the last stage."""
     return _create("stt_resnet18_s_mixture", pretrained, **kwargs)
 
 
 @_register
 def stt_resnet34_s(pretrained=False, **kwargs) -> SttResNet:
-    """ResNet-34 for 28-32 px images, with STT."""
+    """ResNet-34 for 28-32 px images, with STT after the last stage."""
     return _create("stt_resnet34_s", pretrained, **kwargs)
 
 
 @_register
 def stt_resnet50_s(pretrained=False, **kwargs) -> SttResNet:
-    """ResNet-50 for 28-32 px images, with STT."""
+    """ResNet-50 for 28-32 px images, with STT after the last stage."""
     return _create("stt_resnet50_s", pretrained, **kwargs)

@@ -265,7 +265,7 @@ def visualize(model: str | nn.Module, image: str | Path | Image.Image | np.ndarr
     captured = capture(net, pixels, blocks)
     name = model if isinstance(model, str) else type(model).__name__
     title = (f"model: {name}\nimage: {image_name} ({img.size[0]}x{img.size[1]} {img.mode})\n"
-             f"{len(blocks)} STT blocks")
+             f"{len(blocks)} STT block{'' if len(blocks) == 1 else 's'}")
     fig = draw(captured, pixels, config, head=head, title=title)
     out = Path(out) if out is not None else default_out(model, image_name)
     out.parent.mkdir(parents=True, exist_ok=True)

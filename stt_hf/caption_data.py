@@ -28,12 +28,12 @@ import numpy as np
 from .data import (
     _MAX_REPORTED,
     _carve_indices,
-    _check_columns,
     _check_images_decode,
     _finalize_splits,
     _load_hub,
     _load_local_dir,
     _png_bytes,
+    check_image_splits,
     select_image_columns,
 )
 
@@ -112,21 +112,7 @@ def validate_caption_dataset(dsd, *, decode_sample: int = 16) -> None:
     whose first, last and evenly spaced rows (`decode_sample` per split) decode to images, and captions
     that are non-blank strings (the first offending rows are listed).
     """
-    import datasets
-
-    if isinstance(dsd, datasets.Dataset):
-        dsd = datasets.DatasetDict({"train": dsd})
-    if len(dsd) == 0:
-        raise ValueError("the dataset has no splits")
-    for split, ds in dsd.items():
-        if len(ds) == 0:
-            raise ValueError(f"split {split!r} is empty (0 rows)")
-        _check_columns(ds, split, "image", "caption")
-        if not isinstance(ds.features["image"], datasets.Image):
-            raise ValueError(
-                f"split {split!r}: column 'image' must be a datasets.Image feature, "
-                f"got {ds.features['image']!r}"
-            )
+    for split, ds in check_image_splits(dsd, "caption").items():
         captions = list(ds["caption"])
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if bad:

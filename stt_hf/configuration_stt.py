@@ -24,7 +24,7 @@ from transformers.backbone_utils import BackboneConfigMixin
 
 from .layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN
 from .layers.stt import MODES, SYNTHS
-from .models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, PLACEMENTS
+from .models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, PLACEMENTS, placed_stages
 
 # Fields passed to timm / SttResNet as keyword arguments, under the same names.
 TIMM_KWARGS = MODEL_KWARGS
@@ -223,8 +223,8 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         return max(candidates, key=lambda name: score(MODEL_ARGS[name]))
 
     def placed_stages(self) -> tuple[int, ...]:
-        """The stages that get attention: `final` placement is after stage 4 whatever `attn_stages` says."""
-        return (4,) if self.attn_placement == "final" else tuple(self.attn_stages)
+        """The stages that get attention (`final` placement: stage 4 whatever `attn_stages` says)."""
+        return placed_stages(self.attn_placement, self.attn_stages)
 
     def input_size(self) -> tuple[int, int, int]:
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)

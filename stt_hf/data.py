@@ -95,14 +95,11 @@ def load_image_dataset(
     return _finalize_splits(dsd, val_fraction, seed, limits)
 
 
-def validate_dataset(dsd, num_labels: int | None = None, *, decode_sample: int = 16) -> int:
-    """Check `dsd` before training; raise a `ValueError` that names the problem.
+def check_image_splits(dsd, target: str):
+    """The checks every image dataset gets before training; returns `dsd` as a DatasetDict.
 
-    Checks every split for: rows (an empty split is named), the `image` and `label` columns (the
-    existing columns are listed when one is missing), an `image` column that is a `datasets.Image`
-    feature whose first, last and evenly spaced rows (`decode_sample` per split) decode to images, and
-    integer labels within [0, num_labels) (offending rows and values listed, bounded). `num_labels`
-    defaults to the number of `ClassLabel` names. Returns the number of labels used for the check.
+    There must be at least one split, no split may be empty, each must have the `image` and `target`
+    columns (the existing ones are listed when one is missing), and `image` must be a `datasets.Image`.
     """
     import datasets
 
@@ -113,12 +110,25 @@ def validate_dataset(dsd, num_labels: int | None = None, *, decode_sample: int =
     for split, ds in dsd.items():
         if len(ds) == 0:
             raise ValueError(f"split {split!r} is empty (0 rows)")
-        _check_columns(ds, split, "image", "label")
+        _check_columns(ds, split, "image", target)
         if not isinstance(ds.features["image"], datasets.Image):
             raise ValueError(
                 f"split {split!r}: column 'image' must be a datasets.Image feature, "
                 f"got {ds.features['image']!r}"
             )
+    return dsd
+
+
+def validate_dataset(dsd, num_labels: int | None = None, *, decode_sample: int = 16) -> int:
+    """Check `dsd` before training; raise a `ValueError` that names the problem.
+
+    Checks every split for: rows (an empty split is named), the `image` and `label` columns (the
+    existing columns are listed when one is missing), an `image` column that is a `datasets.Image`
+    feature whose first, last and evenly spaced rows (`decode_sample` per split) decode to images, and
+    integer labels within [0, num_labels) (offending rows and values listed, bounded). `num_labels`
+    defaults to the number of `ClassLabel` names. Returns the number of labels used for the check.
+    """
+    dsd = check_image_splits(dsd, "label")
     names = _class_names(dsd)
     if num_labels is None:
         if names is None:

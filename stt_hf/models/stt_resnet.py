@@ -35,6 +35,12 @@ MODEL_KWARGS = (
     "avg_down", "cardinality", "base_width", "output_stride", "global_pool", "drop_rate", "drop_path_rate",
 )
 
+
+def placed_stages(placement: str, stages: Sequence[int]) -> tuple[int, ...]:
+    """The stages that get attention: `final` placement is after stage 4 whatever `stages` says."""
+    return (4,) if placement == "final" else tuple(stages)
+
+
 # Architectures of the registered depths: (block, layers).
 ARCHS = {
     10: (BasicBlock, (1, 1, 1, 1)),
@@ -96,8 +102,7 @@ class SttResNet(ResNet):
         attn_stages = (attn_stages,) if isinstance(attn_stages, int) else tuple(attn_stages)
         if any(s not in (1, 2, 3, 4) for s in attn_stages):
             raise ValueError(f"attn_stages must be stage numbers in 1..4, got {attn_stages}")
-        if attn_placement == "final":
-            attn_stages = (4,)
+        attn_stages = placed_stages(attn_placement, attn_stages)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
 
         if small_input:

@@ -21,7 +21,7 @@ want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "== installing ${TORCH_PINS[*]} and stt-hf (first run takes a few minutes)"
   python -m pip install --quiet "${TORCH_PINS[@]}"
-  python -m pip install --quiet -e ".[test,data,caption]" "${TORCH_PINS[@]}"
+  python -m pip install --quiet -e ".[test,data,caption,export]" "${TORCH_PINS[@]}"
   echo "$want" > "$stamp"
 fi
 

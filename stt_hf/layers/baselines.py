@@ -8,14 +8,26 @@
 Both share STT's value/output convention, Z = X + BN(conv1x1(Y)) with BN's weight zero at init.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .stt import DenseSynth, _pair, _softmax_dtype
+from .helpers import (
+    check_foldable,
+    check_input,
+    check_size,
+    fuse_conv_bn,
+    softmax_f32,
+    to_pair,
+    value_channels,
+)
+from .stt import DenseSynth
+
+# FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
+torch.fx.wrap("check_input")
+torch.fx.wrap("check_size")
+torch.fx.wrap("softmax_f32")
 
 
 class _ResidualOut(nn.Module):
@@ -30,13 +42,13 @@ class _ResidualOut(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.norm(self.proj(y))
 
-
-def _check_input(x: torch.Tensor, channels: int, name: str) -> None:
-    if x.ndim != 4:
-        raise ValueError(f"{name} expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} was built for channels={channels}, got input with "
-                         f"{x.shape[1]} channels (shape {tuple(x.shape)})")
+    @torch.jit.ignore
+    def fuse_for_inference(self) -> "_ResidualOut":
+        """Fold the output BatchNorm into the projection conv (eval mode only)."""
+        check_foldable(self)
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.proj, self.norm = fuse_conv_bn(self.proj, self.norm), nn.Identity()
+        return self
 
 
 class SelfAttention2d(nn.Module):
@@ -46,21 +58,19 @@ class SelfAttention2d(nn.Module):
                  device=None, dtype=None, **_ignored):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        value_channels = max(channels // reduction, min_channels)
-        if value_channels % heads:
-            raise ValueError(f"heads={heads} must divide the value channels {value_channels}")
+        cv = value_channels(channels, reduction, min_channels, heads)
         self.channels, self.heads = channels, heads
-        self.to_qkv = nn.Conv2d(channels, 3 * value_channels, 1, bias=False, **dd)
-        self.out = _ResidualOut(channels, value_channels, **dd)
+        self.to_qkv = nn.Conv2d(channels, 3 * cv, 1, bias=False, **dd)
+        self.out = _ResidualOut(channels, cv, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.channels, type(self).__name__)
+        x = check_input(x, self.channels, "SelfAttention2d")
         b, _, h, w = x.shape
-        q, k, v = self.to_qkv(x).flatten(2).chunk(3, dim=1)  # each (B, Cv, N)
-        q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in (q, k, v))  # (B, G, c, N)
-        logits = torch.einsum("bgcn,bgcm->bgnm", q, k) * q.shape[2] ** -0.5  # (B, G, N, N)
-        attn = torch.softmax(_softmax_dtype(logits), dim=-1).to(v.dtype)
-        y = torch.einsum("bgnm,bgcm->bgcn", attn, v).reshape(b, -1, h, w)
+        qkv = self.to_qkv(x).reshape(b, 3, self.heads, -1, h * w)  # (B, 3, G, c, N)
+        q, k, v = qkv.unbind(1)
+        logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
+        attn = softmax_f32(logits).to(v.dtype)
+        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
         return self.out(x, y)
 
 
@@ -79,32 +89,28 @@ class FlatSynthesizer(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if synth not in ("dense", "random"):
             raise ValueError(f"synth must be 'dense' or 'random' for FlatSynthesizer, got {synth!r}")
-        value_channels = max(channels // reduction, min_channels)
-        if value_channels % heads:
-            raise ValueError(f"heads={heads} must divide the value channels {value_channels}")
+        cv = value_channels(channels, reduction, min_channels, heads)
         self.channels, self.heads, self.synth = channels, heads, synth
-        self.feat_size = _pair(feat_size)
+        self.feat_size = to_pair(feat_size)
         n = self.feat_size[0] * self.feat_size[1]
-        self.to_v = nn.Conv2d(channels, value_channels, 1, bias=False, **dd)
-        if synth == "dense":
-            self.dense = DenseSynth(heads, value_channels // heads, hidden, n, **dd)
-        else:
-            self.random = nn.Parameter(torch.randn(heads, n, n, **dd))
-        self.out = _ResidualOut(channels, value_channels, **dd)
+        self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
+        # The unused one is None, so TorchScript compiles only the branch this block takes.
+        self.dense = DenseSynth(heads, cv // heads, hidden, n, **dd) if synth == "dense" else None
+        self.random = nn.Parameter(torch.randn(heads, n, n, **dd)) if synth == "random" else None
+        self.out = _ResidualOut(channels, cv, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.channels, type(self).__name__)
+        x = check_input(x, self.channels, "FlatSynthesizer")
+        x = check_size(x, self.feat_size, "FlatSynthesizer", " (its N x N logits are tied to N)")
         b, _, h, w = x.shape
-        if (h, w) != self.feat_size:
-            raise ValueError(f"FlatSynthesizer serves only feat_size={self.feat_size} (its N x N "
-                             f"logits are tied to N), got spatial size {(h, w)}")
         v = self.to_v(x).reshape(b, self.heads, -1, h * w)  # (B, G, c, N)
-        if self.synth == "dense":
+        if self.dense is not None:
             logits = self.dense(v.transpose(-1, -2))  # (B, G, N, N)
         else:
-            logits = self.random.unsqueeze(0).expand(b, -1, -1, -1)
-        attn = torch.softmax(_softmax_dtype(logits), dim=-1).to(v.dtype)
-        y = torch.einsum("bgnm,bgcm->bgcn", attn, v).reshape(b, -1, h, w)
+            assert self.random is not None
+            logits = self.random.unsqueeze(0)  # (1, G, N, N), broadcast over the batch
+        attn = softmax_f32(logits).to(v.dtype)
+        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
         return self.out(x, y)
 
 

@@ -8,37 +8,68 @@ The paper (arXiv 2201.01410) publishes no equations; this module is the project'
 described in README.md ("The operator").
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
+
+from .helpers import (
+    check_foldable,
+    check_input,
+    check_size,
+    fuse_conv_bn,
+    softmax_f32,
+    to_pair,
+    value_channels,
+)
 
 MODES = ("c", "h", "w")
 SYNTHS = ("dense", "random", "factorized_random", "mixture")
+MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G, c, H, W)
 
-# Mode products as einsums over V of shape (B, G, c, H, W); A_m has shape (B or 1, G, I_m, I_m).
-MODE_PRODUCT = {
-    "c": "bgij,bgjhw->bgihw",
-    "h": "bgij,bgcjw->bgciw",
-    "w": "bgij,bgchj->bgchi",
-}
-
-
-def _softmax_dtype(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in at least float32 for the softmax: bf16/fp16 are upcast, float64 stays float64."""
-    return logits if logits.dtype == torch.float64 else logits.float()
+# FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
+torch.fx.wrap("check_input")
+torch.fx.wrap("check_size")
+torch.fx.wrap("softmax_f32")
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"feat_size must be an int or an (H, W) pair, got {size}")
-    return size
+@register_notrace_function
+@torch.fx.wrap
+def fit_columns(logits: torch.Tensor, ref_size: int) -> torch.Tensor:
+    """Dense logits (B, G, I, ref_size) -> (B, G, I, I): the rows already follow the input, resize the
+    columns (linear interpolation) when I differs from the size the synthesizer was built for."""
+    b, g, size, _ = logits.shape
+    if size == ref_size:
+        return logits
+    logits = F.interpolate(logits.reshape(b * g, size, ref_size), size=size, mode="linear",
+                           align_corners=False)
+    return logits.reshape(b, g, size, size)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def fit_square(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Input-independent logits (1, G, ref, ref) -> (1, G, size, size) by bilinear interpolation."""
+    if logits.shape[-1] == size:
+        return logits
+    return F.interpolate(logits, size=[size, size], mode="bilinear", align_corners=False)
+
+
+def mode_product(y: torch.Tensor, attn: torch.Tensor, dim: int) -> torch.Tensor:
+    """Y x_m A along dim 2 (c), 3 (h) or 4 (w) of Y (B, G, c, H, W); A is (B or 1, G, I, I).
+
+    Each is one batched matmul on a contiguous view (no permute copies, no expand): c and w are
+    plain matrix products of the flattened map, h broadcasts A over the c channel maps.
+    """
+    b, g, c, h, w = y.shape
+    attn = attn.to(y.dtype)
+    if dim == 2:
+        return (attn @ y.reshape(b, g, c, h * w)).reshape(b, g, c, h, w)
+    if dim == 4:
+        return (y.reshape(b, g, c * h, w) @ attn.transpose(-1, -2)).reshape(b, g, c, h, w)
+    return attn.unsqueeze(2) @ y
 
 
 class DenseSynth(nn.Module):
@@ -58,8 +89,8 @@ class DenseSynth(nn.Module):
         nn.init.normal_(self.w2, std=hidden**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(torch.einsum("bgid,gdk->bgik", x, self.w1) + self.b1)
-        return torch.einsum("bgik,gko->bgio", x, self.w2) + self.b2
+        # (B, G, I, D) @ (G, D, K): per-head weights broadcast over the batch, one matmul per layer.
+        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
 
 
 class RandomSynth(nn.Module):
@@ -73,24 +104,31 @@ class RandomSynth(nn.Module):
         if self.factorized:
             self.p = nn.Parameter(torch.randn(heads, size, rank, **dd) * rank**-0.5)
             self.q = nn.Parameter(torch.randn(heads, size, rank, **dd))
-        elif fixed:
-            self.register_buffer("r", torch.randn(heads, size, size, **dd))
+            self.r = None
         else:
-            self.r = nn.Parameter(torch.randn(heads, size, size, **dd))
+            self.p = self.q = None  # plain attributes: TorchScript drops the branch that needs them
+            if fixed:
+                self.register_buffer("r", torch.randn(heads, size, size, **dd))
+            else:
+                self.r = nn.Parameter(torch.randn(heads, size, size, **dd))
 
     def forward(self) -> torch.Tensor:
-        r = self.p @ self.q.transpose(-1, -2) if self.factorized else self.r
-        return r.unsqueeze(0)
+        if self.p is not None and self.q is not None:
+            return (self.p @ self.q.transpose(-1, -2)).unsqueeze(0)
+        assert self.r is not None  # for TorchScript's Optional refinement; always true here
+        return self.r.unsqueeze(0)
 
 
 class ModeSynth(nn.Module):
-    """Synthesizes the logits of one mode from V (B, G, c, H, W) -> (B or 1, G, I, I)."""
+    """Synthesizes the attention of one mode from V (B, G, c, H, W): softmax logits (B or 1, G, I, I)."""
 
     def __init__(self, mode: str, synth: str, heads: int, head_channels: int, ref_size: int, *,
-                 hidden: int, pool_size: int, rank: int, fixed: bool, device=None, dtype=None):
+                 hidden: int, pool_size: int, rank: int, fixed: bool, temperature: float = 1.0,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.mode, self.ref_size, self.pool_size = mode, ref_size, pool_size
+        self.mode, self.dim, self.ref_size = mode, MODE_DIMS[mode], ref_size
+        self.pool_size, self.temperature = pool_size, temperature
         self.dense = self.random = self.mix_logit = None
         if synth in ("dense", "mixture"):
             in_dim = pool_size * pool_size if mode == "c" else head_channels
@@ -104,34 +142,27 @@ class ModeSynth(nn.Module):
 
     def describe(self, v: torch.Tensor) -> torch.Tensor:
         """One descriptor per slice along this mode, keeping the tensor structure."""
-        if self.mode == "c":  # (B, G, c, s*s): each channel map pooled to s x s
+        if self.dim == 2:  # (B, G, c, s*s): each channel map pooled to s x s
             b, g, c, h, w = v.shape
             pooled = F.adaptive_avg_pool2d(v.reshape(b, g * c, h, w), self.pool_size)
             return pooled.reshape(b, g, c, -1)
-        if self.mode == "h":  # (B, G, H, c): mean over W
+        if self.dim == 3:  # (B, G, H, c): mean over W
             return v.mean(dim=-1).transpose(-1, -2)
-        return v.mean(dim=-2).transpose(-1, -2)  # "w": (B, G, W, c), mean over H
+        return v.mean(dim=-2).transpose(-1, -2)  # w: (B, G, W, c), mean over H
+
+    def logits(self, v: torch.Tensor) -> torch.Tensor:
+        # `is None` tests on submodules are resolved when TorchScript compiles: one branch per synth.
+        if self.random is None:
+            assert self.dense is not None
+            return fit_columns(self.dense(self.describe(v)), self.ref_size)
+        rand = fit_square(self.random(), v.shape[self.dim])
+        if self.dense is None or self.mix_logit is None:
+            return rand
+        a = torch.sigmoid(self.mix_logit)
+        return a * fit_columns(self.dense(self.describe(v)), self.ref_size) + (1 - a) * rand
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        size = v.shape[{"c": 2, "h": 3, "w": 4}[self.mode]]
-        resize = size != self.ref_size
-        logits = None
-        if self.dense is not None:
-            logits = self.dense(self.describe(v))  # (B, G, size, ref_size)
-            if resize:  # rows already follow the input; resize the columns
-                b, g = logits.shape[:2]
-                logits = F.interpolate(logits.reshape(b * g, size, self.ref_size), size=size,
-                                       mode="linear", align_corners=False).reshape(b, g, size, size)
-        if self.random is not None:
-            rand = self.random()  # (1, G, ref, ref)
-            if resize:
-                rand = F.interpolate(rand, size=(size, size), mode="bilinear", align_corners=False)
-            if logits is None:
-                logits = rand
-            else:
-                a = torch.sigmoid(self.mix_logit)
-                logits = a * logits + (1 - a) * rand
-        return logits
+        return softmax_f32(self.logits(v), self.temperature)
 
 
 class STT(nn.Module):
@@ -191,57 +222,53 @@ class STT(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        value_channels = max(channels // reduction, min_channels)
-        if value_channels % heads:
-            raise ValueError(f"heads={heads} must divide the value channels "
-                             f"max(channels // reduction, min_channels) = {value_channels}")
+        cv = value_channels(channels, reduction, min_channels, heads)
         self.channels, self.modes, self.synth = channels, modes, synth
         self.heads, self.temperature, self.resize = heads, temperature, resize
-        self.feat_size = _pair(feat_size)
-        head_channels = value_channels // heads
+        self.feat_size = to_pair(feat_size)
+        head_channels = cv // heads
         ref = {"c": head_channels, "h": self.feat_size[0], "w": self.feat_size[1]}
 
-        self.to_v = nn.Conv2d(channels, value_channels, 1, bias=False, **dd)
+        self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
         self.synths = nn.ModuleDict({
             m: ModeSynth(m, synth, heads, head_channels, ref[m], hidden=hidden, pool_size=pool_size,
-                         rank=rank, fixed=fixed, **dd)
+                         rank=rank, fixed=fixed, temperature=temperature, **dd)
             for m in modes
         })
-        self.proj = nn.Conv2d(value_channels, channels, 1, bias=False, **dd)
+        self.proj = nn.Conv2d(cv, channels, 1, bias=False, **dd)
         self.norm = nn.BatchNorm2d(channels, **dd)
         nn.init.zeros_(self.norm.weight)  # identity at init: safe to drop into a pretrained net
 
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"STT expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.channels:
-            raise ValueError(f"STT was built for channels={self.channels}, got input with "
-                             f"{x.shape[1]} channels (shape {tuple(x.shape)})")
-        if not self.resize and tuple(x.shape[-2:]) != self.feat_size:
-            raise ValueError(f"STT built with resize=False serves only feat_size={self.feat_size}, "
-                             f"got spatial size {tuple(x.shape[-2:])}")
-
+    @torch.jit.ignore
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
-        maps = {}
-        for m, synth in self.synths.items():
-            logits = _softmax_dtype(synth(v))
-            if self.temperature != 1.0:  # skip a divide in the common case: small ops dominate at small maps
-                logits = logits / self.temperature
-            maps[m] = torch.softmax(logits, dim=-1)
-        return maps
+        return {m: synth(v) for m, synth in self.synths.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = check_input(x, self.channels, "STT")
+        if not self.resize:
+            x = check_size(x, self.feat_size, "STT built with resize=False")
         b, _, h, w = x.shape
-        v = self.to_v(x)
-        v = v.reshape(b, self.heads, -1, h, w)  # (B, G, c, H, W)
+        v = self.to_v(x).reshape(b, self.heads, -1, h, w)  # (B, G, c, H, W)
         y = v
-        for m, attn in self.attention_maps(v).items():
-            y = torch.einsum(MODE_PRODUCT[m], attn.to(y.dtype).expand(b, -1, -1, -1), y)
+        for synth in self.synths.values():
+            y = mode_product(y, synth(v), synth.dim)
         y = y.reshape(b, -1, h, w)  # (B, Cv, H, W)
         # In-place add: one fewer full-size map alive at the peak (BN's backward does not need its output).
         return self.norm(self.proj(y)).add_(x)
+
+    @torch.jit.ignore
+    def fuse_for_inference(self) -> "STT":
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self.
+
+        Same outputs (to float rounding), one op fewer. The state dict changes (`proj.bias`, no
+        `norm.*`), so fuse after loading weights, not before saving them.
+        """
+        check_foldable(self)
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.proj = fuse_conv_bn(self.proj, self.norm)
+            self.norm = nn.Identity()
+        return self
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, modes={''.join(self.modes)}, synth={self.synth}, "

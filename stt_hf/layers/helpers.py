@@ -1,0 +1,96 @@
+"""Checks and small operations shared by STT and its baselines.
+
+The input checks and the size-dependent branches are FX leaves (`torch.fx.wrap` for
+`torch.fx.symbolic_trace`, `register_notrace_function` for timm's feature extraction): FX cannot
+branch on a traced shape, and as leaves they still run, with their clear errors, when the traced
+graph runs. Everything here is TorchScript-compatible, so scripted models keep the checks too.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import register_notrace_function
+from torch import nn
+
+
+def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """An (H, W) pair from an int or a pair; anything else is an error (timm's to_2tuple passes it)."""
+    if isinstance(size, int):
+        return size, size
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"feat_size must be an int or an (H, W) pair, got {size}")
+    return size
+
+
+def value_channels(channels: int, reduction: int, min_channels: int, heads: int) -> int:
+    """Cv = max(C // reduction, min_channels), which `heads` must divide."""
+    cv = max(channels // reduction, min_channels)
+    if cv % heads:
+        raise ValueError(f"heads={heads} must divide the value channels {cv}: max(channels // reduction, "
+                         f"min_channels) = max({channels} // {reduction}, {min_channels}) = {cv}")
+    return cv
+
+
+def _fmt(shape: list[int]) -> str:
+    # Formats like a Python tuple in eager mode and in TorchScript (which has no tuple(list)).
+    return "(" + ", ".join([str(s) for s in shape]) + ")"
+
+
+@register_notrace_function
+@torch.fx.wrap
+def check_input(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:
+    """x unchanged if it is (B, channels, H, W), else a ValueError naming the module `name`.
+
+    Returns x so the check stays in the data path of a traced graph (dead-code elimination keeps it).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects a 4-D input (B, C, H, W), got shape {_fmt(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} was built for channels={channels}, got input with "
+                         f"{x.shape[1]} channels (shape {_fmt(x.shape)})")
+    return x
+
+
+@register_notrace_function
+@torch.fx.wrap
+def check_size(x: torch.Tensor, feat_size: tuple[int, int], what: str, why: str = "") -> torch.Tensor:
+    """x unchanged if its spatial size is feat_size, else a ValueError: `what` serves only feat_size."""
+    if x.shape[-2] != feat_size[0] or x.shape[-1] != feat_size[1]:
+        raise ValueError(f"{what} serves only feat_size={_fmt([feat_size[0], feat_size[1]])}{why}, "
+                         f"got spatial size {_fmt(x.shape[-2:])}")
+    return x
+
+
+@register_notrace_function
+@torch.fx.wrap
+def softmax_f32(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / temperature) over the last dim in at least float32 (bf16/fp16 are upcast)."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    if temperature != 1.0:  # skip a divide in the common case: small ops dominate at small maps
+        logits = logits / temperature
+    return logits.softmax(dim=-1)
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv computing bn(conv(x)) with eval-mode BN folded into its weight and bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused.requires_grad_(conv.weight.requires_grad)
+
+
+def check_foldable(module: nn.Module) -> None:
+    if module.training:
+        raise RuntimeError(f"{type(module).__name__}.fuse_for_inference() folds BatchNorm running "
+                           f"statistics: call .eval() first")
+
+
+__all__ = ["check_foldable", "check_input", "check_size", "fuse_conv_bn", "softmax_f32", "to_pair",
+           "value_channels"]

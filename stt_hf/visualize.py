@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .layers.stt import MODE_PRODUCT, STT
+from .layers.stt import MODE_DIMS, STT, mode_product
 
 # scikit-image's photos bundled with the package (the others download on first use).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -154,7 +154,7 @@ def capture(model: nn.Module, pixels: torch.Tensor, blocks: list[tuple[str, STT]
         maps = block.attention_maps(v)
         y = v
         for mode, attn in maps.items():
-            y = torch.einsum(MODE_PRODUCT[mode], attn.to(y.dtype).expand(b, -1, -1, -1), y)
+            y = mode_product(y, attn, MODE_DIMS[mode])
         out.append(dict(name=name, block=block, x=x, z=z, v=v, y=y, maps=maps))
     return out
 

@@ -17,11 +17,12 @@ fi
 
 # Reinstall only when the dependency list changed.
 stamp="$VENV/.stt-hf-installed"
-want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "== installing ${TORCH_PINS[*]} and stt-hf (first run takes a few minutes)"
   python -m pip install --quiet "${TORCH_PINS[@]}"
-  python -m pip install --quiet -e ".[test,data,caption,export]" "${TORCH_PINS[@]}"
+  # constraints.txt: the exact versions the suite passed with (python scripts/update_lock.py).
+  python -m pip install --quiet -c constraints.txt -e ".[test,data,caption,export,demo]" "${TORCH_PINS[@]}"
   echo "$want" > "$stamp"
 fi
 
@@ -35,6 +36,8 @@ if [ "${1:-}" = "--data" ]; then
   [ -d /usr/share/tuxpaint/stamps ] || packages+=(tuxpaint-stamps-default)
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || packages+=(fonts-noto-color-emoji)
   command -v java >/dev/null || packages+=(default-jre-headless)
+  # The browser the demo's tests drive (they skip, saying why, without it).
+  [ -x /usr/bin/chromium ] || packages+=(chromium)
   if [ ${#packages[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
       echo "== installing the Debian packages ${packages[*]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # Subcommands whose own parser (HfArgumentParser) reads the rest of the command line.
@@ -20,8 +21,8 @@ def _models(args: argparse.Namespace) -> int:
 
     names = timm.list_models(args.filter)
     if not names:
-        print(f"no registered model matches {args.filter!r}", file=sys.stderr)
-        return 1
+        raise ValueError(f"no registered model matches --filter {args.filter!r}; "
+                         "`stt-hf models --filter '*'` lists every timm model")
     print(f"{'model':28s} {'input':>12s} {'params (M)':>11s} {'GMACs':>8s}")
     for name in names:
         row = model_complexity(name)
@@ -30,9 +31,19 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_path(spec: str) -> None:
+    """A --model that can only be a path (a Hub id is ORG/NAME) must exist; transformers would
+    otherwise report it as a malformed repo id."""
+    from pathlib import Path
+
+    if not Path(spec).exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") > 1):
+        raise FileNotFoundError(f"--model {spec}: no such checkpoint folder (a Hub id has the form ORG/NAME)")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run
 
+    _check_model_path(args.model)
     run(args)
     return 0
 
@@ -40,6 +51,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_caption(args: argparse.Namespace) -> int:
     from .evaluation_caption import run
 
+    _check_model_path(args.model)
     run(args)
     return 0
 
@@ -47,7 +59,10 @@ def _eval_caption(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .publish import push_folder
 
-    push_folder(args.folder, args.repo_id, token=args.token, private=args.private)
+    try:
+        push_folder(args.folder, args.repo_id, token=args.token, private=args.private)
+    except RuntimeError as err:  # push_folder's wrapper around network and HTTP errors
+        raise ConnectionError(str(err)) from err
     return 0
 
 
@@ -92,11 +107,113 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", default=None, help="default: HF_TOKEN or the stored login")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_push)
+
+    from .demo import add_demo_parsers
+
+    add_demo_parsers(sub)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    for name, command in sub.choices.items():  # `stt-hf COMMAND ... --debug` too (not train's own flag)
+        if name not in PASSTHROUGH:
+            command.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
+DEBUG_ENV = "STT_HF_DEBUG"
+DEBUG_HELP = f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a bad input (flag, path, file, dataset, Hub access), not a bug in stt-hf.
+
+    OSError covers missing files, unreadable images (PIL's UnidentifiedImageError) and every Hub error
+    (huggingface_hub's HTTP, offline and not-found errors), ValueError the checks of stt-hf, timm and
+    transformers (TrainingArguments included).
+    """
+    errors: list[type[BaseException]] = [ValueError, OSError, ImportError]
+    if "yaml" in sys.modules:  # a --config file that is not YAML
+        errors.append(sys.modules["yaml"].YAMLError)
+    if "datasets" in sys.modules:  # a dataset that fails to build
+        from datasets.exceptions import DatasetsError
+
+        errors.append(DatasetsError)
+    return tuple(errors)
+
+
+def how_to_fix(err: BaseException, command: str) -> str:
+    """One line: what to do about `err`."""
+    message = str(err).lower()
+    if "offline" in message or type(err).__name__ == "OfflineModeIsEnabled":
+        return ("this needs the Hub, which HF_HUB_OFFLINE=1 forbids: give a local folder, or unset "
+                "HF_HUB_OFFLINE (HF_ENDPOINT and HF_TOKEN say which Hub and who)")
+    if isinstance(err, ImportError):
+        return "install the missing package: pip install -c constraints.txt -e '.[data,caption,demo,export]'"
+    if type(err).__name__ == "UnidentifiedImageError":
+        return "give an image file PIL can read (PNG, JPEG, WebP, BMP, GIF)"
+    if isinstance(err, FileNotFoundError):
+        return f"check the path (relative paths start at {os.getcwd()})"
+    if isinstance(err, OSError) and ("http" in message or "hub" in message or "connect" in message):
+        return "check the repo id, HF_ENDPOINT, HF_TOKEN and the network, then run the command again"
+    return f"see `stt-hf {command} -h` for the options"
+
+
+def _is_bug(err: BaseException) -> bool:
+    """An ImportError other than a missing third-party package: stt-hf's own code is broken."""
+    if not isinstance(err, ImportError):
+        return False
+    missing = err.name if isinstance(err, ModuleNotFoundError) else None
+    return not missing or missing.split(".")[0] == "stt_hf"
+
+
+def report(err: BaseException, command: str) -> None:
+    """The error in two lines on stderr: the problem, then the fix."""
+    problem = " ".join(str(err).split()) or type(err).__name__
+    where = f"stt-hf {command}" if command else "stt-hf"
+    print(f"{where}: error: {problem}\n  fix: {how_to_fix(err, command)} "
+          f"(--debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+
+
+class _ShortUsageErrors:
+    """While active, argparse errors print one line and the -h hint instead of the whole usage, which for
+    train's 100+ TrainingArguments flags buries the message. The parsers are built inside the
+    subcommands, so the class method is swapped for the duration of the command."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __enter__(self):
+        self.original = argparse.ArgumentParser.error
+        command = self.command
+
+        def error(parser, message):
+            prog = f"stt-hf {command}" if command in PASSTHROUGH else parser.prog
+            parser.exit(2, f"{prog}: error: {message}\n  fix: see `{prog} -h` for the options\n")
+
+        argparse.ArgumentParser.error = error
+        return self
+
+    def __exit__(self, *exc):
+        argparse.ArgumentParser.error = self.original
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `stt-hf ARGV`; return the exit code. Expected errors are reported in two lines (exit code 2)
+    unless --debug or STT_HF_DEBUG=1 asks for the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    options = {"debug": os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")}
+    if argv[:1] == ["--debug"]:
+        options["debug"], argv = True, argv[1:]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    try:
+        with _ShortUsageErrors(command):
+            return _run(argv, options)
+    except expected_errors() as err:
+        if options["debug"] or _is_bug(err):
+            raise
+        report(err, command)
+        return 2
+
+
+def _run(argv: list[str], options: dict) -> int:
     if argv and argv[0] in PASSTHROUGH:
         import importlib
 
@@ -107,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    options["debug"] = options["debug"] or args.debug  # `stt-hf COMMAND ... --debug`
     import stt_hf  # noqa: F401  (registers the models with timm and transformers)
 
     return args.func(args)

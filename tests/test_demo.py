@@ -181,6 +181,7 @@ def browser_page():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, captioner):
     """The demo on 127.0.0.1: an untrained classifier (so the banner shows) and the captioner."""
+    pytest.importorskip("gradio", reason="gradio (the demo extra) is missing")
     classifier = fresh_classifier()
     examples = example_images(tmp_path_factory.mktemp("examples"), fashion_items=2)
     demo = build_demo(classifier, captioner, examples=examples, max_pixels=1_000_000)
@@ -191,7 +192,7 @@ def served(tmp_path_factory, captioner):
     demo.close()
 
 
-def test_upload_shows_labels_and_attention(served, browser_page, photo, tmp_path):
+def test_upload_shows_labels_and_attention(browser_page, served, photo, tmp_path):
     page = browser_page
     page.goto(served["url"])
     page.get_by_text("Untrained weights").wait_for()
@@ -213,7 +214,7 @@ def test_upload_shows_labels_and_attention(served, browser_page, photo, tmp_path
         shutil.copy(tmp_path / "demo.png", os.environ["STT_HF_DEMO_SCREENSHOT"])
 
 
-def test_bad_uploads_show_a_message(served, browser_page, tmp_path):
+def test_bad_uploads_show_a_message(browser_page, served, tmp_path):
     page = browser_page
     page.goto(served["url"])
     text = tmp_path / "notes.png"
@@ -227,7 +228,7 @@ def test_bad_uploads_show_a_message(served, browser_page, tmp_path):
     page.get_by_text("this demo takes images up to 1 MP").wait_for()
 
 
-def test_caption_tab(served, browser_page, photo):
+def test_caption_tab(browser_page, served, photo):
     page = browser_page
     page.goto(served["url"])
     page.get_by_role("tab", name="Caption").click()
@@ -245,6 +246,7 @@ def test_caption_tab(served, browser_page, photo):
 def test_push_space_publishes_a_space_that_runs(local_hub, classifier_folder, tmp_path):
     """push-space over real HTTP to the local Hub; the downloaded Space then builds its page with its own
     copy of the package and the shipped model."""
+    pytest.importorskip("gradio", reason="gradio (the demo extra) is missing")
     local_hub.run_python(
         "import sys; from stt_hf.cli import main; sys.exit(main(sys.argv[1:]))",
         "push-space", "--repo_id", "user/stt-demo", "--model", str(classifier_folder), timeout=300)

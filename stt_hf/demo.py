@@ -6,7 +6,7 @@
 - Captioning, for a captioner checkpoint: the caption by greedy search and by beam search.
 
     stt-hf demo                                          # the main job's model, else an untrained one
-    stt-hf demo --model outputs/my-run --captioner outputs/captioner-stt_resnet10_s-tuxpaint
+    stt-hf demo --model outputs/my-run --captioner outputs/captioner-stt_resnet10_s-stt-tuxpaint
     stt-hf push-space --repo_id my-org/stt-demo --model outputs/stt_resnet10_s-fashion_mnist
 
 Everything runs offline. Requests wait in a bounded queue, with their own concurrency limit for
@@ -51,7 +51,7 @@ from .visualize import (
 )
 
 MAIN_JOB_MODEL = Path("outputs/stt_resnet10_s-fashion_mnist")
-MAIN_JOB_CAPTIONER = Path("outputs/captioner-stt_resnet10_s-tuxpaint")
+MAIN_JOB_CAPTIONER = Path("outputs/captioner-stt_resnet10_s-stt-tuxpaint")  # stt-hf train-caption
 FALLBACK_MODEL = "stt_resnet10_s"  # the main job's architecture, built untrained when none is trained
 MODES = {"channel": "c", "height": "h", "width": "w"}
 ALL_MODES = "all modes"

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class Classifier:
     name: str
     untrained: bool = False
     blocks: list = field(default_factory=list)
+    # One picture at a time: the capture hooks sit on the shared blocks, and pyplot is not thread-safe.
+    drawing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @torch.no_grad()
     def predict(self, image: Image.Image, top: int = 5) -> dict[str, float]:
@@ -88,6 +91,10 @@ class Classifier:
     def attention(self, image: Image.Image, mode: str = "channel") -> np.ndarray:
         """The attention picture (RGB array): one mode of every STT block, or `ALL_MODES`."""
         pixels, config = preprocess(self.model, image)
+        with self.drawing:
+            return self._draw(pixels, config, mode)
+
+    def _draw(self, pixels: torch.Tensor, config: dict, mode: str) -> np.ndarray:
         captured = capture(self.model, pixels, self.blocks)
         if mode == ALL_MODES:
             title = (f"model: {self.name}\n{len(self.blocks)} STT block{'' if len(self.blocks) == 1 else 's'}"

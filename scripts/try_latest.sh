@@ -45,7 +45,7 @@ for line in Path("constraints.txt").read_text().splitlines():
 PY
 
 echo "== ruff"
-ruff check . || echo "ruff: the newest ruff finds new problems (above)" | tee -a "$report"
+ruff check . || echo "ruff check fails with the newest ruff (above)" | tee -a "$report"
 
 echo "== test suite against the newest releases"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false STT_HF_UNLOCKED=1

@@ -153,7 +153,7 @@ def how_to_fix(err: BaseException, command: str) -> str:
         return f"check the path (relative paths start at {os.getcwd()})"
     if isinstance(err, OSError) and ("http" in message or "hub" in message or "connect" in message):
         return "check the repo id, HF_ENDPOINT, HF_TOKEN and the network, then run the command again"
-    return f"see `stt-hf {command} -h` for the options"
+    return f"see `{f'stt-hf {command}'.strip()} -h` for the options"
 
 
 def _is_bug(err: BaseException) -> bool:

@@ -19,11 +19,25 @@ PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt
 LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*.json"]  # fnmatch: * spans folders
 
 
+def default_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 minus the process umask."""
+    try:  # Linux reports the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     """Run each `saver(tmp_dir)` into a scratch folder, then move the files into place.
 
     Each file lands with os.replace, so an interrupted save leaves either the old file or the
-    complete new one, never a half-written model.safetensors.
+    complete new one, never a half-written model.safetensors. Savers that write through a temporary
+    file (safetensors does) leave it mode 0600; every file gets the user's usual mode instead.
     """
     output_dir = Path(output_dir)
     tmp = output_dir / ".saving"
@@ -31,9 +45,10 @@ def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     tmp.mkdir(parents=True)
     for save in savers:
         save(tmp)
-    moved = []
+    moved, mode = [], default_file_mode()
     for path in sorted(tmp.rglob("*")):
         if path.is_file():
+            path.chmod(mode)
             target = output_dir / path.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)

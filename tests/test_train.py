@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # A tiny but real run: mnist_5k digits, stt_resnet10_s, a few optimizer steps.
 TINY = ["--dataset", "mnist_5k", "--max_train_samples", "64", "--max_eval_samples", "32",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-        "--logging_steps", "1", "--eval_steps", "2", "--save_steps", "2", "--warmup_steps", "0",
+        "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps",
+        "--save_steps", "2", "--warmup_steps", "0",
         "--disable_tqdm", "true"]
 
 
@@ -73,6 +74,21 @@ def test_train_writes_every_output(trained_run):
     assert "stt_resnet10_s" in card and "timm_from_pretrained" in card and "max_steps 4" in card
     assert "| STT placement | `final`, stage(s) 4 |" in card  # the `_s` default, as built
     assert Image.open(out / "training_curves.png").size[0] > 100
+
+
+def test_outputs_have_the_usual_file_mode_and_say_where_the_weights_came_from(trained_run, capsys):
+    out, results = trained_run
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes  # not the 0600 of a temporary file
+    assert len(set(modes.values())) == 1, modes
+    best = json.loads((out / "metrics.json").read_text())["best"]
+    assert best["checkpoint"] == f"checkpoint-{best['step']}" and best["step"] in (2, 4)
+    assert best["metric"] == "validation accuracy" and 0.0 <= best["value"] <= 1.0
+    assert results["best"] == best
+    train.print_summary(results)
+    assert f"weights from step {best['step']} of 4 (checkpoint-{best['step']})" in capsys.readouterr().out
 
 
 def test_saved_model_loads_with_transformers_and_timm(trained_run):

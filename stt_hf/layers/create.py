@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 
 from timm.layers import get_attn
+from timm.models.resnet import Bottleneck
 from torch import nn
 
 from .baselines import FlatSynthesizer, SelfAttention2d
@@ -35,6 +36,18 @@ def _flat_synth(kind, channels, feat_size, reduction=2, min_channels=16, hidden=
                            min_channels=min_channels, hidden=hidden, device=device, dtype=dtype)
 
 
+def _res_block(channels, feat_size, reduction=16, min_channels=16, device=None, dtype=None, **_):
+    """Capacity control: a plain bottleneck residual block as wide as STT's value (C -> Cv -> Cv -> C).
+
+    About STT's parameters and MACs at the same place, with no attention: what any extra block gives.
+    """
+    width = max(channels // reduction, min_channels)
+    planes = channels // Bottleneck.expansion  # timm's width = planes * base_width / 64
+    block = Bottleneck(channels, planes, base_width=width * 64 // planes, device=device, dtype=dtype)
+    nn.init.zeros_(block.bn3.weight)  # identity at init, like STT (timm's zero_init_last)
+    return block
+
+
 def _timm_attn(name, channels, feat_size, device=None, dtype=None, **_):
     return get_attn(name)(channels, device=device, dtype=dtype)
 
@@ -44,6 +57,7 @@ ATTN_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "self_attn": _self_attn,
     "flat_dense": partial(_flat_synth, "dense"),
     "flat_random": partial(_flat_synth, "random"),
+    "res_block": _res_block,
     **{name: partial(_timm_attn, name) for name in ("se", "eca", "cbam", "gc")},
 }
 # Modules whose parameters are tied to the spatial size they were built for.

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""The main job's recipe with every attention module at the same place (see stt_hf/main_comparison.py)."""
+
+import sys
+
+from stt_hf.main_comparison import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The same-recipe comparison: real `stt-hf train` runs (tiny), robustness scoring, resuming, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import stt_hf  # noqa: F401  (registers the models)
+from stt_hf import main_comparison
+from stt_hf.ablation import CORRUPTIONS
+from stt_hf.main_comparison import VARIANTS, ComparisonConfig
+from stt_hf.profiling import count_macs, count_params
+
+TINY_TRAIN = ["--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+              "--per_device_train_batch_size", "32", "--bf16", "false"]
+
+
+def test_every_variant_sits_where_the_default_stt_block_sits():
+    default = timm.create_model("stt_resnet10_s", num_classes=10)
+    for variant, options in VARIANTS.items():
+        model = timm.create_model("stt_resnet10_s", num_classes=10, **options)
+        if variant == "plain":
+            assert model.attn_names == []
+        else:
+            assert model.attn_names == default.attn_names == ["layer4.1"], variant
+
+
+def test_capacity_control_matches_stt_in_parameters_and_macs():
+    plain, stt, control = (timm.create_model("stt_resnet10_s", num_classes=10, attn_layer=a)
+                           for a in ("none", "stt", "res_block"))
+    def cost(m):
+        return count_params(m), count_macs(m, (3, 28, 28))
+
+    added = {name: [a - b for a, b in zip(cost(m), cost(plain), strict=True)]
+             for name, m in (("stt", stt), ("res_block", control))}
+    for i in (0, 1):  # params, MACs: within 25% of STT's
+        assert added["res_block"][i] == pytest.approx(added["stt"][i], rel=0.25), added
+    block = control.get_submodule("layer4.1")
+    assert not any("attn" in type(m).__name__.lower() for m in block.modules())
+    control.eval()
+    x = torch.randn(2, 256, 4, 4)
+    assert torch.equal(block(x), torch.relu(x))  # zero-initialised last BN: an identity residual at start
+
+
+def test_run_appends_resumes_and_reports(tmp_path):
+    config = ComparisonConfig(out_dir=str(tmp_path / "cmp"), variants=["plain", "stt"],
+                              datasets=["mnist_5k"], seeds=[0], train_args=TINY_TRAIN)
+    runs = main_comparison.run(config)
+    assert [(r["variant"], r["seed"]) for r in runs] == [("plain", 0), ("stt", 0)]
+    for row in runs:
+        assert 0.0 <= row["acc"] <= 1.0 and row["params"] > 1e6 and row["train_s"] > 0
+        assert set(CORRUPTIONS) <= set(row) and all(0.0 <= row[c] <= 1.0 for c in CORRUPTIONS)
+        run_dir = tmp_path / "cmp" / "runs" / main_comparison.run_name(row["variant"], "mnist_5k", 0)
+        assert (run_dir / "model.safetensors").is_file() and not list(run_dir.glob("checkpoint-*"))
+        # The run is the main job's command: only the dataset, seed, model options and folder differ.
+        command = json.loads((run_dir / "metrics.json").read_text())
+        assert command["global_step"] == 2
+    runs_dir = tmp_path / "cmp" / "runs"
+    stt_config = json.loads((runs_dir / "mnist_5k-stt-seed0" / "config.json").read_text())
+    plain_config = json.loads((runs_dir / "mnist_5k-plain-seed0" / "config.json").read_text())
+    assert stt_config["attn_layer"] == "stt" and plain_config["attn_layer"] in (None, "none")
+
+    # Resuming: nothing left to do, runs.jsonl unchanged.
+    before = (tmp_path / "cmp" / "runs.jsonl").read_text()
+    assert main_comparison.run(config) == runs
+    assert (tmp_path / "cmp" / "runs.jsonl").read_text() == before
+
+    result = main_comparison.report(config.out_dir)
+    text = (tmp_path / "cmp" / "results.md").read_text()
+    assert result["runs"] == 2 and "| plain | 1 |" in text and "| stt | 1 |" in text
+    assert "mnist_5k (1 seed(s)): stt is" in text and "no res_block runs yet" in text
+    assert (tmp_path / "cmp" / "accuracy.png").stat().st_size > 1000
+
+
+def test_verdict_reads_the_seed_spread():
+    def row(variant, acc, std):
+        return dict(dataset="d", variant=variant, seeds=3, acc=acc, acc_std=std)
+
+    summary = [row("plain", 0.90, 0.002), row("res_block", 0.905, 0.002), row("stt", 0.912, 0.003)]
+    assert "ahead of plain (+1.20 points" in main_comparison.verdict(summary, "d")
+    assert "ahead of res_block (+0.70 points" in main_comparison.verdict(summary, "d")
+    summary[2] = row("stt", 0.906, 0.004)
+    assert "within the seed spread of res_block" in main_comparison.verdict(summary, "d")
+    summary[2] = row("stt", 0.89, 0.001)
+    assert "behind plain" in main_comparison.verdict(summary, "d")
+
+
+def test_unknown_variant_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown variants \\['cbam'\\]"):
+        main_comparison.run(ComparisonConfig(out_dir=str(tmp_path), variants=["cbam"]))

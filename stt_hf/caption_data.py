@@ -32,8 +32,8 @@ from .data import (
     _finalize_splits,
     _load_hub,
     _load_local_dir,
-    _png_bytes,
     check_image_splits,
+    png_bytes,
     select_image_columns,
 )
 
@@ -218,7 +218,7 @@ def _render_splits(dsd, render, keep_path: bool):
     out = {}
     for split, ds in dsd.items():
         images = [
-            {"bytes": _png_bytes(np.asarray(render(key))), "path": key if keep_path else None}
+            {"bytes": png_bytes(np.asarray(render(key))), "path": key if keep_path else None}
             for key in ds["key"]
         ]
         rows = {"image": images, "caption": list(ds["caption"])}

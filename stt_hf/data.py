@@ -170,23 +170,34 @@ def _hub_offline() -> bool:
     return any(f in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
-def _read_fashion_mnist():
-    """{split: (images uint8 (N, 28, 28), labels)} from the IDX files, or None to use the Hub instead."""
+def read_fashion_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train", "test": (images uint8 (N, 28, 28), labels uint8 (N,))} read from the IDX gzip files.
+
+    Raises FileNotFoundError naming the missing files and how to install them.
+    """
     root = _fashion_mnist_dir()
     missing = [f for pair in FASHION_MNIST_FILES.values() for f in pair if not (root / f).is_file()]
-    if not missing:
-        arrays = {}
-        for split, (images, labels) in FASHION_MNIST_FILES.items():
-            x, y = read_idx(root / images), read_idx(root / labels)
-            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-                raise ValueError(f"{root}: {images} {x.shape} and {labels} {y.shape} do not match")
-            arrays[split] = (x, y)
-        return arrays
-    message = (
-        f"Fashion-MNIST files not found in {root} (missing: {', '.join(missing)}). Install the Debian "
-        f"package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or point "
-        f"{FASHION_MNIST_DIR_ENV} at a directory holding the IDX gzip files."
-    )
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST files not found in {root} (missing: {', '.join(missing)}). Install the Debian "
+            f"package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or point "
+            f"{FASHION_MNIST_DIR_ENV} at a directory holding the IDX gzip files."
+        )
+    arrays = {}
+    for split, (images, labels) in FASHION_MNIST_FILES.items():
+        x, y = read_idx(root / images), read_idx(root / labels)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"{root}: {images} {x.shape} and {labels} {y.shape} do not match")
+        arrays[split] = (x, y)
+    return arrays
+
+
+def _read_fashion_mnist():
+    """{split: (images uint8 (N, 28, 28), labels)} from the IDX files, or None to use the Hub instead."""
+    try:
+        return read_fashion_mnist()
+    except FileNotFoundError as e:
+        message = str(e)
     if _hub_offline():
         raise FileNotFoundError(f"{message} Offline mode: {FASHION_MNIST_HUB_ID} was not tried.")
     logger.warning("%s Trying the Hub dataset %s.", message, FASHION_MNIST_HUB_ID)
@@ -207,7 +218,8 @@ def _read_mnist_5k():
     return {"train": (x[train], y[train]), "test": (x[test], y[test])}
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG bytes (fast compression) of a uint8 array: (H, W) grayscale or (H, W, 3) RGB."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -231,7 +243,7 @@ def _from_arrays(arrays, class_names, val_fraction, seed, limits):
             continue
         x, y = arrays[split]
         keep = _subset_indices(len(y), limits.get(split), seed)
-        images = [{"bytes": _png_bytes(x[i]), "path": None} for i in keep]
+        images = [{"bytes": png_bytes(x[i]), "path": None} for i in keep]
         out[split] = datasets.Dataset.from_dict(
             {"image": images, "label": [int(y[i]) for i in keep]}, features=features
         )

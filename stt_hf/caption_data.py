@@ -9,6 +9,10 @@ feature (decodes to PIL) and `caption` a string. Sources:
   `symbols/` stamps (letters, digits, coins, chess pieces: "The letter T."), about a third of them;
 - `emoji`: the single-codepoint emoji of the Debian package `fonts-noto-color-emoji`, rendered on white at
   72x72 pixels and captioned with their lowercase Unicode name ("grinning face");
+- `fashion_scenes`: the scenes of `stt_hf.scenes` (default options, seed 0, whatever the `seed` here), with
+  `caption` its first reference and the columns `captions` (all references) and `objects` kept for the
+  scene metrics; `limits` generate only the first scenes of each split (independent draws, so a random
+  subset, and the first rows of the full split);
 - a local directory: a `save_to_disk` dataset, or an image folder with a `metadata.csv` that has a
   `file_name` column and the caption column;
 - anything else: a Hub dataset id, loaded with `datasets.load_dataset(name_or_path)`.
@@ -37,7 +41,7 @@ from .data import (
     select_image_columns,
 )
 
-BUILTIN_CAPTION_DATASETS = ("tuxpaint", "emoji")
+BUILTIN_CAPTION_DATASETS = ("tuxpaint", "emoji", "fashion_scenes")
 SPLITS = ("train", "validation", "test")
 DEFAULT_TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
 TUXPAINT_DIR_ENV = "STT_HF_TUXPAINT_DIR"
@@ -66,8 +70,8 @@ def load_caption_dataset(
     """Load an image-captioning dataset as a validated `DatasetDict` (train, validation, test).
 
     Args:
-        source: `tuxpaint`, `emoji`, a local directory or a Hub dataset id (the built-in names win: write
-            `./emoji` for a local directory of that name).
+        source: `tuxpaint`, `emoji`, `fashion_scenes`, a local directory or a Hub dataset id (the built-in
+            names win: write `./emoji` for a local directory of that name).
         image_column, caption_column: source column names, renamed to `image` and `caption`.
         seed: seed of the split carving and of the `limits` subsets (both deterministic).
         val_fraction, test_fraction: shares of the source's `train` carved out as `validation` and `test`
@@ -89,7 +93,9 @@ def load_caption_dataset(
             raise ValueError(f"limits[{split!r}] must be a positive integer or None, got {value}")
 
     name = str(source)
-    if name.lower() in BUILTIN_CAPTION_DATASETS:
+    if name.lower() == "fashion_scenes":
+        dsd = _fashion_scene_splits(limits)
+    elif name.lower() in BUILTIN_CAPTION_DATASETS:
         name = name.lower()
         keys, captions, render = _tuxpaint_rows(drop_symbols) if name == "tuxpaint" else _emoji_rows()
         dsd = _make_splits({"train": _table(key=keys, caption=captions)}, val_fraction, test_fraction,
@@ -202,6 +208,19 @@ def _emoji_rows():
         return to_rgb(canvas).resize((EMOJI_SIZE, EMOJI_SIZE), Image.Resampling.LANCZOS)
 
     return chars, [unicodedata.name(c).lower() for c in chars], render
+
+
+def _fashion_scene_splits(limits):
+    """The default `fashion_scenes` (first `limits[split]` scenes) with `caption`, its first reference."""
+    import datasets
+
+    from .scenes import DEFAULT_SIZES, load_fashion_scenes
+
+    sizes = {f"{split}_size": min(limits.get(split) or size, size) for split, size in DEFAULT_SIZES.items()}
+    dsd = load_fashion_scenes(**sizes)
+    return datasets.DatasetDict({
+        split: ds.remove_columns("mask").add_column("caption", [refs[0] for refs in ds["captions"]])
+        for split, ds in dsd.items()})
 
 
 def _table(**columns):

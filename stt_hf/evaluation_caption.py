@@ -1,4 +1,8 @@
-"""`stt-hf eval-caption`: score any saved captioner on a dataset split and write metrics JSON."""
+"""`stt-hf eval-caption`: score any saved captioner on a dataset split and write metrics JSON.
+
+A dataset with a `captions` column (several references per image) is scored against all of them; one with
+an `objects` column (`fashion_scenes`) also gets the scene metrics object F1 and relation accuracy.
+"""
 
 from __future__ import annotations
 
@@ -62,7 +66,9 @@ def run(args: argparse.Namespace) -> dict:
     generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
     generated = generate_captions(model, tokenizer, image_processor, list(data["image"]), args.batch_size,
                                   **generate_kwargs)
-    metrics = compute_caption_metrics(generated, [[c] for c in data["caption"]])
+    references = list(data["captions"]) if "captions" in data.column_names else [[c] for c in data["caption"]]
+    objects = list(data["objects"]) if "objects" in data.column_names else None
+    metrics = compute_caption_metrics(generated, references, objects)
     result = dict(model=str(args.model), dataset=args.dataset, split=args.split, samples=len(data),
                   metrics=metrics, examples=[dict(reference=r, generated=g)
                                              for r, g in zip(data["caption"], generated, strict=True)])

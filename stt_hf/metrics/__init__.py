@@ -11,7 +11,9 @@ for use as `Trainer(compute_metrics=compute_classification_metrics)`.
 
 The caption metrics (`CAPTION_METRICS`: bleu, meteor, rouge_l, cider) score as the COCO caption
 evaluation does, with pycocoevalcap and Java (see `captioning`, where their scoring lives and which their
-scripts import); `compute_caption_metrics` runs all four.
+scripts import); `compute_caption_metrics` runs all four. The scene metrics (`SCENE_METRICS`: object_f1,
+relation_accuracy) score captions of `fashion_scenes` against the scenes' `objects` (see `stt_hf.scenes`);
+`compute_caption_metrics` adds them when given the objects.
 """
 
 from __future__ import annotations
@@ -23,16 +25,20 @@ import numpy as np
 from .accuracy.accuracy import accuracy_score
 from .captioning import bleu_scores, cider_score, meteor_score, ptb_tokenize, rouge_l_score
 from .macro_f1.macro_f1 import macro_f1_score
+from .object_f1.object_f1 import object_f1_scores
+from .relation_accuracy.relation_accuracy import relation_accuracy_score
 from .top5_accuracy.top5_accuracy import top_k_accuracy
 
 METRICS_DIR = Path(__file__).resolve().parent
 CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider")
-METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1", *CAPTION_METRICS)
+SCENE_METRICS = ("object_f1", "relation_accuracy")
+METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1", *CAPTION_METRICS, *SCENE_METRICS)
 
 __all__ = [
     "CAPTION_METRICS",
     "METRICS_DIR",
     "METRIC_NAMES",
+    "SCENE_METRICS",
     "accuracy_score",
     "bleu_scores",
     "cider_score",
@@ -42,7 +48,9 @@ __all__ = [
     "macro_f1_score",
     "meteor_score",
     "metric_path",
+    "object_f1_scores",
     "ptb_tokenize",
+    "relation_accuracy_score",
     "rouge_l_score",
     "top_k_accuracy",
 ]
@@ -92,17 +100,21 @@ def compute_classification_metrics(eval_pred) -> dict[str, float]:
     }
 
 
-def compute_caption_metrics(predictions, references) -> dict[str, float]:
+def compute_caption_metrics(predictions, references, objects=None) -> dict[str, float]:
     """COCO caption scores of `predictions` (one str per image) against `references` (a list of reference
     strings per image, or one string per image), through the shipped evaluate modules.
 
     Returns `bleu_1`..`bleu_4`, `meteor`, `rouge_l` and `cider`. Captions are PTB-tokenized once (Java),
     then each module scores the tokens with `tokenize=False`. Raises ValueError for empty or mismatched
-    inputs and RuntimeError without Java.
+    inputs and RuntimeError without Java. With `objects` (one `fashion_scenes` objects dict per image),
+    also `object_f1`, `object_precision`, `object_recall` and `relation_accuracy` of the untokenized
+    predictions.
     """
-    predictions, references = ptb_tokenize(predictions, references)
+    tokens, references = ptb_tokenize(predictions, references)
     scores = {}
     for name in CAPTION_METRICS:
         metric = load_metric(name)
-        scores.update(metric.compute(predictions=predictions, references=references, tokenize=False))
+        scores.update(metric.compute(predictions=tokens, references=references, tokenize=False))
+    for name in SCENE_METRICS if objects is not None else ():
+        scores.update(load_metric(name).compute(predictions=predictions, references=objects))
     return scores

@@ -1,6 +1,7 @@
 """Image-caption scores computed as the COCO caption evaluation does (pycocoevalcap).
 
-Shared by the `bleu`, `meteor`, `rouge_l` and `cider` evaluate modules and `compute_caption_metrics`.
+Shared by the `bleu`, `meteor`, `rouge_l` and `cider` evaluate modules and `compute_caption_metrics`
+(`scene_features` and `check_scene_inputs` by the scene metrics, `object_f1` and `relation_accuracy`).
 Every scorer takes `predictions` (one caption per image) and `references` (a list of reference captions
 per image, or one string per image). With `tokenize=True` both sides first go through the Stanford PTB
 tokenizer bundled with pycocoevalcap (lower-cased, punctuation removed), as COCO does; that tokenizer and
@@ -36,6 +37,38 @@ def caption_features():
         datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
         datasets.Features({"predictions": string, "references": string}),
     ]
+
+
+def scene_features():
+    """`evaluate` features of the scene metrics: a caption and its scene's objects (class ids and boxes)."""
+    import datasets
+
+    ints = datasets.Sequence(datasets.Value("int64"))
+    return datasets.Features({"predictions": datasets.Value("string"),
+                              "references": {"class_id": ints, "box": datasets.Sequence(ints)}})
+
+
+def check_scene_inputs(predictions, objects) -> tuple[list[str], list[dict]]:
+    """Validate captions and scene annotations (`fashion_scenes` `objects`: `class_id` and `box` lists of
+    equal length, boxes [x0, y0, x1, y1]); return (captions, [{"class_id", "box"}] without other keys)."""
+    if isinstance(predictions, str) or isinstance(objects, dict):
+        raise TypeError("predictions and references must be lists (one caption and one objects dict per "
+                        "image), not a single caption or objects dict")
+    predictions, objects = list(predictions), list(objects)
+    if len(predictions) != len(objects) or not predictions:
+        raise ValueError("need one or more predictions and as many scene annotations, "
+                         f"got {len(predictions)} predictions and {len(objects)} annotations")
+    if not all(isinstance(p, str) for p in predictions):
+        raise TypeError("predictions must be strings")
+    checked = []
+    for i, scene in enumerate(objects):
+        if not isinstance(scene, dict) or "class_id" not in scene or "box" not in scene:
+            raise ValueError(f"references[{i}] must be a dict with 'class_id' and 'box' lists, got {scene!r}")
+        class_ids, boxes = [int(c) for c in scene["class_id"]], [[int(v) for v in b] for b in scene["box"]]
+        if len(class_ids) != len(boxes) or any(len(b) != 4 for b in boxes):
+            raise ValueError(f"references[{i}]: need one box [x0, y0, x1, y1] per class id, got {scene!r}")
+        checked.append({"class_id": class_ids, "box": boxes})
+    return predictions, checked
 
 
 def check_caption_inputs(predictions, references) -> tuple[list[str], list[list[str]]]:

@@ -328,6 +328,87 @@ def test_torch_export(synth):
         torch.testing.assert_close(exported.module()(x), stt(x), rtol=1e-5, atol=1e-5)
 
 
+# ------------------------------------------------------------------- TorchScript, FX (timm's contract)
+
+
+def traced_forms(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """What timm's model tests hold every model to: scripted, FX-traced, FX-traced then scripted."""
+    traced = torch.fx.symbolic_trace(module)
+    return {"script": torch.jit.script(module), "fx": traced, "fx_script": torch.jit.script(traced)}
+
+
+def output_and_grads(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor):
+    x = x.clone().requires_grad_()
+    out = fn(x)
+    return out.detach(), torch.autograd.grad((out * weight).sum(), [x, *params])
+
+
+# Every synthesizer, a mode subset, the resize=False check, and every entry of the registry.
+TRACEABLE = {
+    **{f"stt_{s}": functools.partial(make_stt, s) for s in SYNTHS},
+    "stt_hw_fixed_size": functools.partial(make_stt, "mixture", "hw", resize=False, fixed=True),
+    **{f"registry_{n}": functools.partial(create_attn, n, C, (H, W), heads=2)
+       for n in sorted(ATTN_FACTORIES)},
+}
+
+
+@pytest.mark.parametrize("name", TRACEABLE)
+def test_script_and_fx_match_eager_forward_and_backward(name, switch_on):
+    block = switch_on(TRACEABLE[name]())
+    params = [p for p in block.parameters() if p.requires_grad]
+    sizes = [(H, W)] if "flat" in name or "fixed_size" in name else [(H, W), (8, 3)]  # (8, 3): resized
+    for size in sizes:
+        x = torch.randn(2, C, *size)
+        weight = torch.randn_like(x)
+        ref_out, ref_grads = output_and_grads(block, x, params, weight)
+        assert (ref_out - x).abs().mean() > 1e-3  # the attention path contributes
+        for form, module in traced_forms(block).items():
+            out, grads = output_and_grads(module, x, params, weight)
+            torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5, msg=lambda m, f=form: f"{f}: {m}")
+            for g, r in zip(grads, ref_grads, strict=True):
+                torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=lambda m, f=form: f"{f}: {m}")
+
+
+@pytest.mark.parametrize("block", [
+    lambda: make_stt(),
+    lambda: SelfAttention2d(C),
+    lambda: FlatSynthesizer(C, feat_size=(H, W)),
+], ids=["STT", "SelfAttention2d", "FlatSynthesizer"])
+def test_traced_forms_keep_the_input_checks(block):
+    """The checks are FX leaves, not dropped: a traced or scripted block still rejects bad input."""
+    block = block()
+    name = type(block).__name__
+    for form, module in traced_forms(block).items():
+        with pytest.raises((ValueError, torch.jit.Error),
+                           match=rf"{name} was built for channels=32, got input with 16 channels"):
+            module(torch.randn(1, 16, H, W))
+        assert module(torch.randn(1, C, H, W)).shape == (1, C, H, W), form
+
+
+# ------------------------------------------------------------------------------ inference fusion
+
+
+@pytest.mark.parametrize("name", ["stt_dense", "stt_mixture", "registry_self_attn", "registry_flat_dense"])
+def test_fuse_for_inference_is_exact(name, switch_on):
+    block = switch_on(TRACEABLE[name]()).eval()
+    norms = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
+        randomize_norm(bn)
+    x = torch.randn(2, C, H, W)
+    with torch.no_grad():
+        ref = block(x)
+        assert block.fuse_for_inference() is block
+        out = block(x)
+    assert (ref - x).abs().mean() > 0.1
+    assert not [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_for_inference_needs_eval_mode():
+    with pytest.raises(RuntimeError, match=r"call \.eval\(\) first"):
+        make_stt().train().fuse_for_inference()
+
+
 # ------------------------------------------------------------------------------------ device, dtype
 
 

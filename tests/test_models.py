@@ -27,6 +27,16 @@ ATTN_TYPES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _flush_denormal():
+    """Deep nets with every branch switched on push some values (softmax tails, gradients) into the
+    float32 denormal range, which the CPU computes up to 100x slower; flushing them to zero changes
+    nothing these tests compare (below 1e-38) and keeps the sweep fast."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)  # the default (torch has no getter to restore from)
+
+
 def cfg_size(name: str) -> int:
     return timm.models.get_pretrained_cfg(name).input_size[-1]
 
@@ -112,6 +122,84 @@ def test_model_forward_backward(name, switch_on):
             assert p.grad.abs().sum() > 0, f"zero gradient for {pname}"
     stts = [m for _, m in model.attention_modules()]
     assert all(isinstance(m, STT) and m.synth == expected_synth(name) for m in stts)
+
+
+def output_and_grads(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor):
+    x = x.clone().requires_grad_()
+    out = fn(x)
+    return out.detach(), torch.autograd.grad((out * weight).sum(), [x, *params])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_torchscript_and_fx(name, switch_on):
+    """timm's contract: scripted, FX-traced and FX-traced-then-scripted, each forward and backward,
+    give the eager outputs and gradients.
+
+    Gradients are compared for the input (the whole backward chain) and every attention parameter
+    plus the stem conv: checking all 60M parameters of the deepest nets three times would cost
+    minutes and test torch's own conv backward, not this package.
+    """
+    # Training mode: batch statistics keep the deep nets' activations (and softmax gradients) in range.
+    model = switch_on(timm.create_model(name, zero_init_last=False))
+    attn_prefixes = tuple(f"{a}." for a in model.attn_names)
+    named = [(n, p) for n, p in model.named_parameters()
+             if n.startswith(attn_prefixes) or n == "conv1.weight"]
+    params = [p for _, p in named]
+    x = small_input(name)
+    weight = torch.randn(x.shape[0], model.num_classes)
+    ref_out, ref_grads = output_and_grads(model, x, params, weight)
+    for (pname, _), g in zip(named, ref_grads[1:], strict=True):
+        assert g.abs().sum() > 0, f"zero gradient for {pname}"
+    traced = torch.fx.symbolic_trace(model)
+    for form, module in (("script", torch.jit.script(model)), ("fx", traced),
+                         ("fx_script", torch.jit.script(traced))):
+        out, grads = output_and_grads(module, x, params, weight)
+        torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4, msg=lambda m, f=form: f"{f}: {m}")
+        for pname, g, r in zip(["x", *(n for n, _ in named)], grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4 * r.abs().max().item(),
+                                       msg=lambda m, f=form, p=pname: f"{f}, grad of {p}: {m}")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_features_only_fx(name, switch_on):
+    """timm's FX feature extraction (`feature_cls="fx"`, what torchvision's create_feature_extractor
+    does) gives forward_intermediates' maps, and backward reaches every parameter it keeps."""
+    torch.manual_seed(0)
+    model = switch_on(timm.create_model(name, zero_init_last=False))  # training mode: see above
+    torch.manual_seed(0)  # the same weights: both are built from the same random state
+    features = switch_on(timm.create_model(name, zero_init_last=False, features_only=True,
+                                           feature_cls="fx"))
+    assert isinstance(features, timm.models.FeatureGraphNet)
+    x = small_input(name).requires_grad_()
+    outs = features(x)
+    with torch.no_grad():
+        refs = model.forward_intermediates(x, intermediates_only=True)
+    assert len(outs) == len(refs) == 5
+    for out, ref in zip(outs, refs, strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    sum((out * torch.randn_like(out)).sum() for out in outs).backward()
+    assert x.grad.abs().sum() > 0
+    for pname, p in features.named_parameters():
+        assert p.grad is not None, pname
+        if ".se." in pname or pname.startswith(f"graph_module.layer4.{len(model.layer4)}."):
+            assert p.grad.abs().sum() > 0, pname  # the attention modules are in the graph
+
+
+def test_model_fuse_for_inference(switch_on):
+    model = randomize_bn(switch_on(timm.create_model("stt_resnet18_s_mixture", zero_init_last=False,
+                                                     attn_placement="block"))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert model.fuse_for_inference() is model
+        out = model(x)
+    for _, module in model.attention_modules():
+        assert isinstance(module.norm, torch.nn.Identity) and module.proj.bias is not None
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.jit.script(model)  # the fused model keeps timm's contract
+    torch.fx.symbolic_trace(model)
+    with pytest.raises(RuntimeError, match="eval"):
+        timm.create_model("stt_resnet10_s").train().fuse_for_inference()
 
 
 def test_model_default_cfg(eval_model):

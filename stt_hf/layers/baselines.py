@@ -73,6 +73,12 @@ class SelfAttention2d(nn.Module):
         y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
         return self.out(x, y)
 
+    @torch.jit.ignore
+    def fuse_for_inference(self):
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
+        self.out.fuse_for_inference()
+        return self
+
 
 class FlatSynthesizer(nn.Module):
     """Synthesizer (Tay et al. 2020) over the flattened map: N x N logits, N = H*W.
@@ -112,6 +118,12 @@ class FlatSynthesizer(nn.Module):
         attn = softmax_f32(logits).to(v.dtype)
         y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
         return self.out(x, y)
+
+    @torch.jit.ignore
+    def fuse_for_inference(self):
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
+        self.out.fuse_for_inference()
+        return self
 
 
 __all__ = ["FlatSynthesizer", "SelfAttention2d"]

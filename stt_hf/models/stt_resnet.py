@@ -142,6 +142,21 @@ class SttResNet(ResNet):
         """(name, module) of every placed attention module, in forward order."""
         return [(name, self.get_submodule(name)) for name in self.attn_names]
 
+    @torch.jit.ignore
+    def fuse_for_inference(self) -> SttResNet:
+        """Fold each attention block's output BatchNorm into its projection conv; returns self.
+
+        Eval mode only (the fold uses BN's running statistics); outputs stay the same to float
+        rounding. The state dict changes (`proj.bias`, no `norm.*`): fuse after loading weights.
+        The trunk is left as timm builds it.
+        """
+        if self.training:
+            raise RuntimeError("fuse_for_inference() folds BatchNorm running statistics: call .eval() first")
+        for _, module in self.attention_modules():
+            if hasattr(module, "fuse_for_inference"):  # timm's se/eca/cbam/gc end in no BatchNorm
+                module.fuse_for_inference()
+        return self
+
 
 def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
     """Load a plain timm ResNet checkpoint: attention weights it lacks keep the model's own values.

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
 
+    from .export import add_export_parser
+
+    add_export_parser(sub)
+
     from .benchmark import add_bench_parser
     from .visualize import add_visualize_parser
 

@@ -228,6 +228,7 @@ class SceneOptions:
 
     @property
     def sides(self) -> tuple[int, int]:
+        """(smallest, largest) item side in pixels."""
         return tuple(self.item_size) if self.item_size is not None else (self.canvas // 4, self.canvas // 2)
 
     @property
@@ -250,7 +251,7 @@ class SceneOptions:
         return self
 
     def _check_item_size(self) -> None:
-        sides = self.sides
+        sides = self.sides if isinstance(self.item_size, (tuple, list, type(None))) else ()
         if (len(sides) != 2 or not all(_is_int(s) for s in sides)
                 or not MIN_ITEM_SIDE <= sides[0] <= sides[1] <= self.canvas):
             raise ValueError(
@@ -397,6 +398,7 @@ def generate_split(split: str, size: int, options: SceneOptions, arrays=None, pr
 
 
 def scene_features():
+    """The `datasets.Features` of a split: image, captions, objects (class_id, box, source_index), mask."""
     import datasets
 
     ints = datasets.List(datasets.Value("int32"))
@@ -449,7 +451,7 @@ def load_fashion_scenes(canvas: int = 64, *, min_items: int = 1, max_items: int 
     import datasets
 
     options = SceneOptions(canvas=canvas, min_items=min_items, max_items=max_items,
-                           item_size=tuple(item_size) if item_size is not None else None,
+                           item_size=tuple(item_size) if isinstance(item_size, list) else item_size,
                            train_size=train_size, validation_size=validation_size, test_size=test_size,
                            seed=seed).check()
     path = Path(cache_dir if cache_dir is not None else scenes_cache_root()) / options.cache_name()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from stt_hf import scenes
-from stt_hf.data import read_fashion_mnist
+from stt_hf.data import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV, read_fashion_mnist
 from stt_hf.metrics import SCENE_METRICS, load_metric, object_f1_scores, relation_accuracy_score
 from stt_hf.scenes import (
     VISIBLE_LEVEL,
@@ -28,8 +28,7 @@ from stt_hf.scenes import (
 )
 
 pytestmark = pytest.mark.skipif(
-    not os.path.isfile("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-    and not os.environ.get("STT_HF_FASHION_MNIST_DIR"),
+    not os.path.isdir(os.environ.get(FASHION_MNIST_DIR_ENV) or DEFAULT_FASHION_MNIST_DIR),
     reason="needs the Fashion-MNIST files (Debian package dataset-fashion-mnist)")
 
 SMALL = dict(train_size=40, validation_size=10, test_size=10)
@@ -134,6 +133,22 @@ def test_mask_agrees_with_image_boxes_and_classes(small):
         assert set(np.unique(mask)) == {0, *(c + 1 for c in classes)}
 
 
+def test_layout_bounds(small):
+    """Overlap at most a tenth of the smaller box; centres S/16 apart horizontally, and horizontal and
+    vertical centre offsets S/16 apart, so order and relations are clear in the picture."""
+    margin = 64 // 16
+    for objects in small["train"]["objects"]:
+        boxes = objects["box"]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                overlap = (max(0, min(a[2], b[2]) - max(a[0], b[0]))
+                           * max(0, min(a[3], b[3]) - max(a[1], b[1])))
+                smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+                assert overlap <= 0.1 * smaller
+                dx, dy = abs(a[0] + a[2] - b[0] - b[2]) / 2, abs(a[1] + a[3] - b[1] - b[3]) / 2
+                assert dx >= margin and abs(dx - dy) >= margin
+
+
 @pytest.mark.parametrize("canvas", [128, 224])
 def test_larger_canvases(canvas):
     options = SceneOptions(canvas=canvas, **TINY).check()
@@ -153,6 +168,7 @@ def test_larger_canvases(canvas):
     (dict(min_items=3, max_items=2), "min_items=3 is not allowed: min_items must be an integer from 1 to "),
     (dict(item_size=(16, 80)), r"item_size=\(16, 80\) with canvas=64: .*no item larger than the canvas"),
     (dict(item_size=(4, 16)), "item_size=.*8 <= smallest"),
+    (dict(item_size=16), "item_size=16 with canvas=64: item sides must be two integers"),
     (dict(train_size=0), "train_size=0 is not allowed: train_size must be an integer a positive number"),
     (dict(test_size=2.5), "test_size=2.5"),
     (dict(seed=-1), "seed=-1 is not allowed"),

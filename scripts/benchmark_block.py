@@ -71,6 +71,7 @@ from stt_hf.benchmark import (
     forward_with_tensor_peak,
     markdown_table,
     proc_kb,
+    timed,
     timed_forward,
     write_csv,
 )
@@ -111,8 +112,23 @@ TARGETS = (
            "self_attn"),
     Target("stt_resnet50 params over resnet50", "params_increase", "<=", 15.0, "%"),
     Target("stt_resnet50 GMACs over resnet50", "gmacs_increase", "<=", 10.0, "%"),
-    Target("stt_resnet50 throughput relative to resnet50", "throughput_ratio", ">=", 0.9, "x"),
+    Target("stt_resnet50 throughput relative to resnet50", "throughput_ratio", ">=", 0.93, "x"),
+    Target("stt_resnet50 training step speed relative to resnet50", "train_ratio", ">=", 0.90, "x"),
+    # STT at the cost of its FLOPs: the block against its own two 1x1 convs + one BN, and those convs'
+    # GMAC/s against the trunk's 1x1 conv at the same place (ResNet-50 stages 3 and 4, reduction 16).
+    Target("STT block / its two 1x1 convs + BN, 1024:14x14", "block_vs_convs", "<=", 1.2, "x", "1024:14x14",
+           "cost"),
+    Target("STT block / its two 1x1 convs + BN, 2048:7x7", "block_vs_convs", "<=", 1.2, "x", "2048:7x7",
+           "cost"),
+    Target("trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 1024:14x14", "trunk_vs_convs_gmacs", "<=", 1.3, "x",
+           "1024:14x14", "cost"),
+    Target("trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 2048:7x7", "trunk_vs_convs_gmacs", "<=", 1.3, "x",
+           "2048:7x7", "cost"),
 )
+# Where the cost targets look: ResNet-50 stage 3 (C=1024, 14x14) and 4 (C=2048, 7x7) at 224 px, with
+# the registered models' STT options (reduction 16, 2 heads); the trunk conv is the stage's 1x1 expansion.
+COST_CONFIGS = {"1024:14x14": (256, "layer3"), "2048:7x7": (512, "layer4")}
+COST_REDUCTION = 16
 
 
 def parse_config(text: str) -> tuple[int, int, int]:
@@ -165,6 +181,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda also reports torch.cuda.max_memory_allocated as the peak memory")
     p.add_argument("--skip-models", action="store_true", help="block level only")
+    p.add_argument("--skip-cost", action="store_true",
+                   help="skip the STT-block-vs-its-convolutions rows (1024:14x14, 2048:7x7)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both models under torch.compile (inductor; minutes on a small CPU)")
     p.add_argument("--quick", action="store_true", help="smoke test: batch 2, 3 repeats")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmark_block"),
                    help="folder for blocks.csv, models.csv, targets.csv, results.json, table.md")
@@ -395,6 +415,66 @@ def add_ratios_to_stt(rows: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Block cost: an STT block against its own convolutions
+# ---------------------------------------------------------------------------------------------------
+
+def count_ops(fn) -> int:
+    """ATen operators one call of fn dispatches (views and the like included): the small-op overhead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def run_block_cost(args: argparse.Namespace) -> list[dict]:
+    """Per config: the STT block, its two 1x1 convs + BN alone, and the trunk's 1x1 conv, alternating."""
+    rows = []
+    for config, (trunk_in, _stage) in COST_CONFIGS.items():
+        channels, h, w = parse_config(config)
+        stt = STT(channels, feat_size=(h, w), reduction=COST_REDUCTION).eval()
+        trunk = torch.nn.Conv2d(trunk_in, channels, 1, bias=False).eval()
+        x = torch.randn(args.batch, channels, h, w)
+        x_trunk = torch.randn(args.batch, trunk_in, h, w)
+        cv = stt.to_v.out_channels
+        fns = {
+            "block": lambda stt=stt, x=x: stt(x),
+            "convs": lambda stt=stt, x=x: stt.norm(stt.proj(stt.to_v(x))),
+            "trunk": lambda trunk=trunk, x=x_trunk: trunk(x),
+        }
+        times = {k: [] for k in fns}
+        with torch.inference_mode():
+            for fn in fns.values():
+                for _ in range(args.warmup):
+                    fn()
+            for _ in range(args.repeats * 3):  # small and fast: more repeats for a stable median
+                for k, fn in fns.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
+            ops = count_ops(fns["block"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        conv_macs = 2 * channels * cv * h * w * args.batch
+        trunk_macs = trunk_in * channels * h * w * args.batch
+        conv_gmacs_s, trunk_gmacs_s = conv_macs / med["convs"] / 1e9, trunk_macs / med["trunk"] / 1e9
+        rows.append(dict(config=config, module="cost", batch=args.batch, block_ms=med["block"] * 1e3,
+                         convs_ms=med["convs"] * 1e3, trunk_ms=med["trunk"] * 1e3, block_ops=ops,
+                         convs_gmacs_s=conv_gmacs_s, trunk_gmacs_s=trunk_gmacs_s,
+                         block_vs_convs=med["block"] / med["convs"],
+                         trunk_vs_convs_gmacs=trunk_gmacs_s / conv_gmacs_s))
+        print(f"  cost {config}: block {med['block'] * 1e3:.2f} ms, convs+BN {med['convs'] * 1e3:.2f} ms, "
+              f"{ops} ops", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
 # Model level
 # ---------------------------------------------------------------------------------------------------
 
@@ -409,25 +489,61 @@ def run_models(args: argparse.Namespace) -> list[dict]:
     for name, model in models.items():
         rows.append(dict(model=name, batch=args.batch, img_size=args.img_size, params=count_params(model),
                          gmacs=count_macs(model, (3, args.img_size, args.img_size)) / 1e9))
-    with torch.inference_mode():
-        for model in models.values():
-            for _ in range(args.warmup):
-                timed_forward(model, x)
-        repeats = args.model_repeats
-        times = {name: [] for name in models}
-        for i in range(repeats):
-            for name, model in models.items():
-                times[name].append(timed_forward(model, x))
-            print(f"  models: repeat {i + 1}/{repeats}", flush=True)
+    times = alternate({name: (lambda m=model: m(x)) for name, model in models.items()}, args, "inference",
+                      inference=True)
+    train = {name: train_step_fn(model, x) for name, model in models.items()}
+    train_times = alternate(train, args, "training step")
+    compiled = {}
+    if args.compile:  # inductor, both models: code generation takes minutes on a small CPU
+        compiled_models = {name: torch.compile(model) for name, model in models.items()}
+        compiled = alternate({name: (lambda m=model: m(x)) for name, model in compiled_models.items()},
+                             args, "inference, torch.compile", inference=True)
     for row in rows:
         median = statistics.median(times[row["model"]])
-        row.update(latency_ms=median * 1e3, throughput=args.batch / median, repeats=repeats)
+        train_median = statistics.median(train_times[row["model"]])
+        row.update(latency_ms=median * 1e3, throughput=args.batch / median, repeats=args.model_repeats,
+                   train_step_ms=train_median * 1e3, train_throughput=args.batch / train_median)
+        if compiled:
+            row["compiled_throughput"] = args.batch / statistics.median(compiled[row["model"]])
     ref = rows[0]
     for row in rows:
         row.update(params_increase=100 * (row["params"] / ref["params"] - 1),
                    gmacs_increase=100 * (row["gmacs"] / ref["gmacs"] - 1),
-                   throughput_ratio=row["throughput"] / ref["throughput"])
+                   throughput_ratio=row["throughput"] / ref["throughput"],
+                   train_ratio=row["train_throughput"] / ref["train_throughput"])
+        if compiled:
+            row["compiled_ratio"] = row["compiled_throughput"] / ref["compiled_throughput"]
     return rows
+
+
+def train_step_fn(model: torch.nn.Module, x: torch.Tensor):
+    """One SGD step (forward, cross-entropy, backward, update) on a copy of the model in training mode."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    target = torch.randint(0, model.num_classes, (x.shape[0],), device=x.device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
+
+    return step
+
+
+def alternate(fns: dict, args: argparse.Namespace, what: str, inference: bool = False) -> dict[str, list]:
+    """Seconds per call of each fn, called in alternation, repeat by repeat, after the warmup."""
+    times = {name: [] for name in fns}
+    with torch.inference_mode(inference):
+        for fn in fns.values():
+            for _ in range(args.warmup):
+                fn()
+        for i in range(args.model_repeats):
+            for name, fn in fns.items():
+                times[name].append(timed(fn, torch.device(args.device)))
+            print(f"  models, {what}: repeat {i + 1}/{args.model_repeats}", flush=True)
+    return times
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -437,7 +553,10 @@ def run_models(args: argparse.Namespace) -> list[dict]:
 def check_targets(block_rows: list[dict], model_rows: list[dict]) -> list[dict]:
     results = []
     for t in TARGETS:
-        if t.config is not None:
+        if t.baseline == "cost":
+            row = next((r for r in block_rows if r["config"] == t.config and r["module"] == "cost"), None)
+            value = row.get(t.metric) if row else None
+        elif t.config is not None:
             row = next((r for r in block_rows if r["config"] == t.config and r["module"] == t.baseline), None)
             value = row.get(f"{t.metric}_vs_stt") if row else None
         else:
@@ -456,7 +575,8 @@ def check_targets(block_rows: list[dict], model_rows: list[dict]) -> list[dict]:
 # Reporting
 # ---------------------------------------------------------------------------------------------------
 
-def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: list[dict]) -> str:
+def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: list[dict],
+           cost_rows: list[dict] = ()) -> str:
     out = [f"## Benchmark ({meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
            f"timm {meta['timm']})", ""]
     if block_rows:
@@ -479,14 +599,28 @@ def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: 
         out += [markdown_table(["C:HxW", "module", "params", "GFLOPs/img", "latency ms", "n", "peak MB",
                                 "RSS MB", "params/STT", "FLOPs/STT", "latency/STT", "memory/STT", "RSS/STT"],
                                table), ""]
+    if cost_rows:
+        out += [f"### STT block against its own convolutions, batch {meta['batch']}, eval, reduction "
+                f"{COST_REDUCTION}", "",
+                "- convs+BN: the block's two 1x1 convs and its BN alone; trunk: ResNet-50's 1x1 expansion "
+                "conv at the same place", ""]
+        table = [[r["config"], f"{r['block_ms']:.2f}", f"{r['convs_ms']:.2f}", f"{r['block_vs_convs']:.2f}x",
+                  f"{r['convs_gmacs_s']:.1f}", f"{r['trunk_gmacs_s']:.1f}", str(r["block_ops"])]
+                 for r in cost_rows]
+        out += [markdown_table(["C:HxW", "block ms", "convs+BN ms", "block/convs", "convs GMAC/s",
+                                "trunk GMAC/s", "block ops"], table), ""]
     if model_rows:
+        compiled = "compiled_ratio" in model_rows[-1]
         out += [f"### Models, {meta['img_size']} px, batch {meta['batch']}: ratios vs {MODELS[0]}", "",
-                f"- {MODELS[1]}: {meta['model_options']}", ""]
+                f"- {MODELS[1]}: {meta['model_options']}",
+                "- training step: SGD step (forward, cross-entropy, backward, update), training mode", ""]
         table = [[r["model"], f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.3f}", f"{r['throughput']:.1f}",
                   str(r["repeats"]), f"{r['params_increase']:+.1f}%", f"{r['gmacs_increase']:+.1f}%",
-                  f"{r['throughput_ratio']:.3f}x"] for r in model_rows]
+                  f"{r['throughput_ratio']:.3f}x", f"{r['train_ratio']:.3f}x"]
+                 + ([f"{r['compiled_ratio']:.3f}x"] if compiled else []) for r in model_rows]
         out += [markdown_table(["model", "params", "GMACs/img", "img/s", "n", "params +", "GMACs +",
-                                "throughput ratio"], table), ""]
+                                "throughput ratio", "train step ratio"]
+                               + (["compiled ratio"] if compiled else []), table), ""]
     out += ["### Targets", ""]
     table = [[t["target"], fmt(t["measured"], ".2f", t["unit"]), t["required"],
               fmt(t["margin"], "+.2f", t["unit"]), t["status"]] for t in targets]
@@ -495,12 +629,14 @@ def render(meta: dict, block_rows: list[dict], model_rows: list[dict], targets: 
 
 
 def write_outputs(out: Path, meta: dict, block_rows: list[dict], model_rows: list[dict],
-                  targets: list[dict], table: str) -> None:
+                  targets: list[dict], table: str, cost_rows: list[dict] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "blocks.csv", block_rows)
+    if cost_rows:
+        write_csv(out / "cost.csv", list(cost_rows))
     write_csv(out / "models.csv", model_rows)
     write_csv(out / "targets.csv", targets)
-    results = dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets)
+    results = dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets, cost=list(cost_rows))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
 
@@ -543,14 +679,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"memory limit {mem_limit:.1f} GB ({mem_limit_source})", flush=True)
     block_rows = run_blocks(args, mem_limit)
     meta["rss_method"] = next((r["rss_method"] for r in block_rows if r["rss_method"]), "n/a")
+    cost_rows = [] if args.skip_cost else run_block_cost(args)
     model_rows = [] if args.skip_models else run_models(args)
-    targets = check_targets(block_rows, model_rows)
+    targets = check_targets(block_rows + cost_rows, model_rows)
 
-    table = render(meta, block_rows, model_rows, targets)
+    table = render(meta, block_rows, model_rows, targets, cost_rows)
     print("\n" + table, flush=True)
-    write_outputs(args.out, meta, block_rows, model_rows, targets, table)
+    write_outputs(args.out, meta, block_rows, model_rows, targets, table, cost_rows)
     print(f"\nWrote {args.out}/blocks.csv, models.csv, targets.csv, results.json, table.md", flush=True)
-    return dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets)
+    return dict(meta=meta, blocks=block_rows, models=model_rows, targets=targets, cost=cost_rows)
 
 
 if __name__ == "__main__":

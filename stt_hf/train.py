@@ -82,6 +82,10 @@ class DataArguments:
     train_crop_scale: float = field(default=0.7, metadata={
         "help": "Smallest area fraction of the random-resized-crop training augmentation."})
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+    in_memory: bool = field(default=True, metadata={
+        "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
+                "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
+                "per-image transforms."})
 
 
 def native_bf16() -> bool:
@@ -186,6 +190,20 @@ def collate(examples: list[dict]) -> dict:
             "labels": torch.tensor([e["labels"] for e in examples])}
 
 
+def training_data(model, dsd, data_args: DataArguments, channels_last: bool):
+    """(train dataset, collator): in memory with batch augmentation when it fits, else timm's transforms."""
+    from .batch_augment import BatchAugment, decode_split
+
+    data = model.config.data_config
+    collator = BatchAugment(data["mean"], data["std"], scale=(data_args.train_crop_scale, 1.0),
+                            hflip=data_args.hflip, channels_last=channels_last)
+    train_ds = decode_split(dsd["train"], model.config.input_size()) if data_args.in_memory else None
+    if train_ds is None:
+        train_tf, _ = build_transforms(model, data_args)
+        train_ds = dsd["train"].with_transform(train_tf)
+    return train_ds, collator
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run `stt-hf train` with these command-line arguments; return the results summary."""
     return run(argv)[1]
@@ -207,15 +225,15 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     model = build_model(model_args, labels)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_tf, eval_tf = build_transforms(model, data_args)
-    train_ds = dsd["train"].with_transform(train_tf)
+    _, eval_tf = build_transforms(model, data_args)
+    train_ds, collator = training_data(model, dsd, data_args, model_args.channels_last)
     val_ds = dsd["validation"].with_transform(eval_tf)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
     # We publish the finished folder ourselves (weights, code, card), not the Trainer's checkpoints.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=collate, compute_metrics=compute_classification_metrics)
+                      data_collator=collator, compute_metrics=compute_classification_metrics)
     resume = training_args.resume_from_checkpoint
     if resume in ("latest", "last", "true", "True"):
         resume = get_last_checkpoint(training_args.output_dir)

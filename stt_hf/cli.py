@@ -11,6 +11,8 @@ PASSTHROUGH = {
     "train": ("stt_hf.train", "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
     "train-caption": ("stt_hf.train_caption",
                       "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
+    "train-seg": ("stt_hf.train_seg",
+                  "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
 }
 
 
@@ -56,6 +58,14 @@ def _eval_caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_seg(args: argparse.Namespace) -> int:
+    from .evaluation_seg import run
+
+    _check_model_path(args.model)
+    run(args)
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .publish import push_folder
 
@@ -90,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_caption = sub.add_parser("eval-caption", help="score a captioner on a dataset split, write JSON")
     add_caption_arguments(evaluate_caption)
     evaluate_caption.set_defaults(func=_eval_caption)
+
+    from .evaluation_seg import add_arguments as add_seg_arguments
+
+    evaluate_seg = sub.add_parser("eval-seg",
+                                  help="score a segmenter on a dataset split: metrics JSON, overlay PNG")
+    add_seg_arguments(evaluate_seg)
+    evaluate_seg.set_defaults(func=_eval_seg)
 
     from .convert import add_convert_parser
 

@@ -14,6 +14,9 @@ evaluation does, with pycocoevalcap and Java (see `captioning`, where their scor
 scripts import); `compute_caption_metrics` runs all four. The scene metrics (`SCENE_METRICS`: object_f1,
 relation_accuracy) score captions of `fashion_scenes` against the scenes' `objects` (see `stt_hf.scenes`);
 `compute_caption_metrics` adds them when given the objects.
+
+The segmentation metrics (`SEGMENTATION_METRICS`: mean_iou, pixel_accuracy) score per-pixel label maps;
+`compute_segmentation_metrics` runs both on whole arrays for the Trainer.
 """
 
 from __future__ import annotations
@@ -25,30 +28,39 @@ import numpy as np
 from .accuracy.accuracy import accuracy_score
 from .captioning import bleu_scores, cider_score, meteor_score, ptb_tokenize, rouge_l_score
 from .macro_f1.macro_f1 import macro_f1_score
+from .mean_iou.mean_iou import intersection_union, mean_iou_score
 from .object_f1.object_f1 import object_f1_scores
+from .pixel_accuracy.pixel_accuracy import pixel_accuracy_score
 from .relation_accuracy.relation_accuracy import relation_accuracy_score
 from .top5_accuracy.top5_accuracy import top_k_accuracy
 
 METRICS_DIR = Path(__file__).resolve().parent
 CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider")
 SCENE_METRICS = ("object_f1", "relation_accuracy")
-METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1", *CAPTION_METRICS, *SCENE_METRICS)
+SEGMENTATION_METRICS = ("mean_iou", "pixel_accuracy")
+METRIC_NAMES = ("accuracy", "top5_accuracy", "macro_f1", *CAPTION_METRICS, *SCENE_METRICS,
+                *SEGMENTATION_METRICS)
 
 __all__ = [
     "CAPTION_METRICS",
     "METRICS_DIR",
     "METRIC_NAMES",
     "SCENE_METRICS",
+    "SEGMENTATION_METRICS",
     "accuracy_score",
     "bleu_scores",
     "cider_score",
     "compute_caption_metrics",
     "compute_classification_metrics",
+    "compute_segmentation_metrics",
+    "intersection_union",
     "load_metric",
     "macro_f1_score",
+    "mean_iou_score",
     "meteor_score",
     "metric_path",
     "object_f1_scores",
+    "pixel_accuracy_score",
     "ptb_tokenize",
     "relation_accuracy_score",
     "rouge_l_score",
@@ -117,4 +129,19 @@ def compute_caption_metrics(predictions, references, objects=None) -> dict[str, 
         scores.update(metric.compute(predictions=tokens, references=references, tokenize=False))
     for name in SCENE_METRICS if objects is not None else ():
         scores.update(load_metric(name).compute(predictions=predictions, references=objects))
+    return scores
+
+
+def compute_segmentation_metrics(predictions, references, num_labels: int, ignore_index: int = 255,
+                                 label_names: list[str] | None = None) -> dict[str, float]:
+    """`mean_iou`, `pixel_accuracy` and `iou_<class>` of predicted label maps (N, H, W) against
+    references of the same shape, with the functions of the shipped `mean_iou` and `pixel_accuracy`
+    modules. A class absent from both has no `iou_<class>` entry."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    iou = mean_iou_score(predictions, references, num_labels, ignore_index)
+    scores = {"mean_iou": iou["mean_iou"],
+              "pixel_accuracy": pixel_accuracy_score(predictions, references, ignore_index)}
+    names = label_names or [str(i) for i in range(num_labels)]
+    scores.update({f"iou_{name}": value for name, value in zip(names, iou["per_class_iou"], strict=True)
+                   if value == value})
     return scores

@@ -1,0 +1,1 @@
+"""The `mean_iou` evaluate metric (script: `mean_iou.py`, the name evaluate.load expects)."""

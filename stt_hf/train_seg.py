@@ -1,0 +1,303 @@
+"""`stt-hf train-seg`: train a semantic segmenter (transformers' UperNet over an STT backbone) with the
+Hugging Face Trainer.
+
+Every TrainingArguments flag works, plus the model and data arguments below; `--config FILE` (YAML or
+JSON) supplies defaults that flags override; `--resume_from_checkpoint latest` continues an interrupted
+run; `--push_to_hub` publishes the finished folder. With no arguments it trains on `fashion_scenes`
+(64 px, 4,000 training scenes) and ends in `outputs/<run>/` with safetensors weights, config and model
+code, image processor, model card, metrics JSON, training curves and a prediction overlay PNG.
+
+Masks are checked before any training (size, mode, labels in range); see `stt_hf.seg_data`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .metrics import compute_segmentation_metrics
+from .modeling_stt_seg import (
+    IGNORE_INDEX,
+    SttUperNetForSemanticSegmentation,
+    build_segmenter,
+    segmentation_image_processor,
+)
+from .seg_data import (
+    SegmentationCollator,
+    SegmentationDataset,
+    class_names,
+    decode_segmentation,
+    load_segmentation_dataset,
+    parse_class_names,
+)
+from .train import parse_with_config
+
+SEG_DEFAULTS = dict(
+    num_train_epochs=3,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    learning_rate=2e-3,
+    weight_decay=0.05,
+    warmup_steps=30,
+    lr_scheduler_type="cosine",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=2,
+    load_best_model_at_end=True,
+    metric_for_best_model="mean_iou",
+    logging_steps=10,
+    report_to="none",
+    dataloader_num_workers=0,
+    dataloader_pin_memory=False,
+    seed=42,
+)
+DATASET_CARD_NAMES = {"fashion_scenes": ("fashion_scenes (Fashion-MNIST items on a canvas, per-pixel masks)",
+                                         "fashion_scenes")}
+OVERLAY_FILE = "predictions_overlay.png"
+
+
+@dataclass
+class SegModelArguments:
+    model: str = field(default="stt_resnet10_s", metadata={
+        "help": "Registered timm STT model whose trunk is the UperNet backbone (e.g. stt_resnet18), or a "
+                "saved segmenter (folder or Hub id) to fine-tune."})
+    img_size: int | None = field(default=None, metadata={
+        "help": "Input size in pixels (square); default: the fashion_scenes canvas, else 64. Images are "
+                "resized to it (masks with nearest neighbour)."})
+    model_kwargs: str | None = field(default='{"small_input": false}', metadata={
+        "help": 'JSON of backbone options (SttConfig fields). Default: the ImageNet stem (stride 4), which '
+                'at 64 px costs a tenth of small_input; e.g. \'{"attn_layer": "none"}\' for a plain ResNet.'})
+    hidden_size: int = field(default=64, metadata={"help": "Width of the UperNet head."})
+    auxiliary_head: bool = field(default=True, metadata={
+        "help": "Train with UperNet's auxiliary FCN head on stage 3 (loss weight 0.4)."})
+
+
+@dataclass
+class SegDataArguments:
+    dataset: str = field(default="fashion_scenes", metadata={
+        "help": "fashion_scenes (built in, offline), a folder of images/ + masks/ pairs (or a save_to_disk "
+                "folder), or a Hub dataset id with image and mask columns."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    mask_column: str = field(default="mask", metadata={"help": "Column holding the label masks."})
+    class_names: str | None = field(default=None, metadata={
+        "help": "Comma-separated class names (mask value i = name i), or a file of one per line; default: "
+                "the dataset's (fashion_scenes, classes.txt), else class_0.. up to the largest label."})
+    scenes_canvas: int = field(default=64, metadata={"help": "fashion_scenes: canvas side in pixels."})
+    scenes_train: int = field(default=4000, metadata={"help": "fashion_scenes: training scenes."})
+    scenes_validation: int = field(default=500, metadata={"help": "fashion_scenes: validation scenes."})
+    scenes_test: int = field(default=500, metadata={"help": "fashion_scenes: test scenes."})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "Fraction of train held out (seeded) when the dataset has no validation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval splits."})
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+
+
+def parse_args(argv: list[str] | None = None):
+    model_args, data_args, training_args = parse_with_config(
+        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv)
+    if training_args.output_dir in (None, "trainer_output"):
+        run = f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+        training_args.output_dir = str(Path("outputs") / run)
+    return model_args, data_args, training_args
+
+
+def _is_checkpoint(model: str) -> bool:
+    return Path(model).is_dir() or "/" in model
+
+
+def build_model(model_args: SegModelArguments, labels: list[str]) -> SttUperNetForSemanticSegmentation:
+    """A fresh segmenter from a timm name, or a saved one with its classifiers resized to `labels`."""
+    if _is_checkpoint(model_args.model):
+        id2label = dict(enumerate(labels))
+        return SttUperNetForSemanticSegmentation.from_pretrained(
+            model_args.model, num_labels=len(labels), id2label=id2label,
+            label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True)
+    extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    return build_segmenter(model_args.model, labels=labels, hidden_size=model_args.hidden_size,
+                           use_auxiliary_head=model_args.auxiliary_head, img_size=model_args.img_size,
+                           **extra)
+
+
+def argmax_logits(logits, labels):
+    """preprocess_logits_for_metrics: keep the predicted label maps (N, H, W), not the logits."""
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return logits.argmax(dim=1)
+
+
+def segmentation_metrics(labels: list[str]):
+    """compute_metrics for the Trainer: mean IoU, pixel accuracy and per-class IoU."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        return compute_segmentation_metrics(eval_pred.predictions, eval_pred.label_ids, len(labels),
+                                            IGNORE_INDEX, labels)
+
+    return compute
+
+
+def image_size(model_args: SegModelArguments, data_args: SegDataArguments) -> int:
+    if model_args.img_size:
+        return model_args.img_size
+    return data_args.scenes_canvas if data_args.dataset == "fashion_scenes" else 64
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run `stt-hf train-seg` with these command-line arguments; return the results summary."""
+    return run(argv)[1]
+
+
+def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
+    """Check the masks, train, score the test split and write the outputs; return (trainer, results)."""
+    model_args, data_args, training_args = parse_args(argv)
+    started = time.time()
+    dsd, names = load_segmentation_dataset(
+        data_args.dataset, image_column=data_args.image_column, mask_column=data_args.mask_column,
+        val_fraction=data_args.val_fraction, seed=training_args.seed, scene_canvas=data_args.scenes_canvas,
+        scene_sizes={"train": data_args.scenes_train, "validation": data_args.scenes_validation,
+                     "test": data_args.scenes_test},
+        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
+    names = parse_class_names(data_args.class_names) or names
+    if model_args.img_size is None and _is_checkpoint(model_args.model):
+        size = None  # the checkpoint's own input size, read below
+    else:
+        model_args.img_size = size = image_size(model_args, data_args)
+    if size is None:
+        from transformers import AutoConfig
+
+        size = AutoConfig.from_pretrained(model_args.model).backbone_config.img_size
+        size = size if isinstance(size, int) else size[0]
+    arrays, num_labels = decode_segmentation(dsd, size, len(names) if names else None)  # before training
+    labels = class_names(names, num_labels)
+    model = build_model(model_args, labels)
+    data = model.config.backbone_config.data_config
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    trainer = Trainer(model=model, args=training_args,
+                      train_dataset=SegmentationDataset(arrays["train"], hflip=data_args.hflip),
+                      eval_dataset=SegmentationDataset(arrays["validation"]),
+                      data_collator=SegmentationCollator(data["mean"], data["std"]),
+                      compute_metrics=segmentation_metrics(labels),
+                      preprocess_logits_for_metrics=argmax_logits)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "last", "true", "True"):
+        resume = get_last_checkpoint(training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+
+    eval_split = "test" if "test" in arrays else "validation"
+    eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)
+    results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
+                   global_step=trainer.state.global_step, wall_time_s=round(time.time() - started, 1),
+                   labels=labels)
+    if trainer.is_world_process_zero():
+        results["paths"] = write_seg_outputs(
+            trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays,
+            results=results,
+            command=shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])]))
+        print_summary(results)
+    if push_to_hub and trainer.is_world_process_zero():
+        from .publish import push_folder
+
+        push_folder(training_args.output_dir, training_args.hub_model_id
+                    or Path(training_args.output_dir).name, token=training_args.hub_token,
+                    commit_message="Upload STT segmenter")
+    return trainer, results
+
+
+def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, results: dict,
+                      command: str) -> dict:
+    """Final segmenter (safetensors + config + code + image processor), card, metrics JSON, curves PNG
+    and a prediction overlay PNG of the first images of the evaluated split."""
+    from .evaluation_seg import predict_maps, save_overlay
+    from .model_card import render_model_card
+    from .profiling import count_macs, count_params
+    from .publish import BUILTIN_DATASET_NAMES, atomic_save, plot_training_curves, write_json
+
+    out = Path(trainer.args.output_dir)
+    model, config = trainer.model, trainer.model.config
+    atomic_save(out, model.save_pretrained, segmentation_image_processor(config).save_pretrained)
+    split = results["eval_split"]
+    scores = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()}
+    metrics = {k: scores[k] for k in ("mean_iou", "pixel_accuracy") if k in scores}
+    per_class = {name: scores.get(f"iou_{name}") for name in results["labels"]}
+    args = trainer.args
+    backbone = config.backbone_config
+    hyperparameters = {
+        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
+        "batch size (per device x devices x accumulation)":
+            f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
+        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
+        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay, "seed": args.seed,
+        "hflip": data_args["hflip"], "best checkpoint by": f"validation {args.metric_for_best_model}",
+        "wall time (s)": results["wall_time_s"],
+    }
+    size = backbone.input_size()
+    dataset_name, dataset_id = {**BUILTIN_DATASET_NAMES, **DATASET_CARD_NAMES}.get(
+        data_args["dataset"], (data_args["dataset"], data_args["dataset"]))
+    overlay = out / OVERLAY_FILE
+    images = arrays[split].images[:8]
+    save_overlay(overlay, images, arrays[split].masks[:8], predict_maps(model, images), results["labels"])
+    template = resources.files("stt_hf").joinpath("templates/segmentation_model_card.md")
+    card = render_model_card(
+        model_id=out.name, dataset_name=dataset_name, dataset_id=dataset_id, metrics=metrics,
+        eval_split=split, task="image-segmentation", template=str(template),
+        context=dict(
+            description=f"UperNet over `{backbone.timm_architecture()}`, trained with `stt-hf train-seg`.",
+            architecture=backbone.timm_architecture(), attn_layer=backbone.attn_layer or "none",
+            placement=backbone.attn_placement, stages=", ".join(str(s) for s in backbone.placed_stages()),
+            small_input=backbone.small_input, channels=list(backbone.channels),
+            hidden_size=config.hidden_size, auxiliary=config.use_auxiliary_head,
+            params_m=f"{count_params(model) / 1e6:.2f}",
+            backbone_params_m=f"{count_params(model.backbone) / 1e6:.2f}",
+            gmacs=f"{count_macs(model, size) / 1e9:.3f}", img_size=size[-1],
+            mean=tuple(round(m, 4) for m in backbone.data_config["mean"]),
+            std=tuple(round(s, 4) for s in backbone.data_config["std"]),
+            per_class=[(name, "-" if v is None else f"{v:.4f}") for name, v in per_class.items()],
+            eval_samples=len(arrays[split]), train_samples=len(arrays["train"]),
+            val_samples=len(arrays["validation"]), hyperparameters=hyperparameters, command=command,
+            repo_or_path=str(out), overlay=OVERLAY_FILE),
+    )
+    card_path = out / "README.md"
+    card.save(card_path)
+    return {
+        "weights": str(out / "model.safetensors"),
+        "config": str(out / "config.json"),
+        "processor": str(out / "preprocessor_config.json"),
+        "model card": str(card_path),
+        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics,
+                                                          "per_class_iou": per_class})),
+        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png",
+                                                    score="mean_iou")),
+        "overlay": str(overlay),
+    }
+
+
+def print_summary(results: dict) -> None:
+    split = results["eval_split"]
+    scores = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
+              if k.removeprefix(f"{split}_") in ("mean_iou", "pixel_accuracy")}
+    print(f"\n== done in {results['wall_time_s']:.0f} s; {split} split: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    for name, path in results["paths"].items():
+        print(f"   {name:16s} {path}")
+    sys.stdout.flush()
+
+
+__all__ = ["SEG_DEFAULTS", "SegDataArguments", "SegModelArguments", "build_model", "main", "run",
+           "segmentation_metrics", "write_seg_outputs"]
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

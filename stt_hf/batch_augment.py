@@ -79,12 +79,18 @@ class BatchAugment:
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> the same shape, each image cropped, resized and maybe flipped."""
         b = x.shape[0]
-        area = torch.empty(b).uniform_(*self.scale)
-        ratio = torch.empty(b).uniform_(*self.log_ratio).exp()
-        # Crop width and height as fractions of the image (at most all of it), then a centre that
-        # keeps the crop inside: affine_grid's coordinates run from -1 to 1.
-        w = (area * ratio).sqrt().clamp(max=1.0)
-        h = (area / ratio).sqrt().clamp(max=1.0)
+        # Crop width and height as fractions of the image. Like timm, a crop that does not fit is
+        # drawn again, up to 10 times, and then the whole image is used.
+        w, h = torch.ones(b), torch.ones(b)
+        todo = torch.ones(b, dtype=torch.bool)
+        for _ in range(10):
+            area = torch.empty(b).uniform_(*self.scale)
+            ratio = torch.empty(b).uniform_(*self.log_ratio).exp()
+            w_new, h_new = (area * ratio).sqrt(), (area / ratio).sqrt()
+            fits = todo & (w_new <= 1) & (h_new <= 1)
+            w, h = torch.where(fits, w_new, w), torch.where(fits, h_new, h)
+            todo &= ~fits
+        # A centre that keeps the crop inside: affine_grid's coordinates run from -1 to 1.
         cx = (torch.rand(b) * 2 - 1) * (1 - w)
         cy = (torch.rand(b) * 2 - 1) * (1 - h)
         flip = torch.where(torch.rand(b) < self.hflip, -1.0, 1.0)

@@ -41,6 +41,9 @@ def test_identity_crop_and_flip_are_exact():
     flip = BatchAugment((0.0,) * 3, (1.0,) * 3, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
     torch.testing.assert_close(keep.augment(x), x, atol=1e-5, rtol=0)
     torch.testing.assert_close(flip.augment(x), x.flip(-1), atol=1e-5, rtol=0)
+    # As in timm, a whole-area crop with a jittered aspect ratio cannot fit: the whole image is used.
+    whole = BatchAugment((0.0,) * 3, (1.0,) * 3, scale=(1.0, 1.0), hflip=0.0)
+    torch.testing.assert_close(whole.augment(x), x, atol=1e-5, rtol=0)
 
 
 def test_crops_zoom_in_by_the_sampled_area():

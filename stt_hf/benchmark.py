@@ -557,6 +557,21 @@ def render_scaling(fits: list[dict], targets: list[dict]) -> list[str]:
     return out
 
 
+# Speed targets of a model against its plain counterpart: eager images/s ratios, measured in alternation.
+MODEL_SPEED_TARGETS = {("stt_resnet50", "resnet50"): (("infer", 0.93), ("train", 0.90))}
+
+
+def model_targets(rows: list[dict], reference: str) -> list[str]:
+    """One line per speed target that applies to these rows, with its PASS / MISS."""
+    lines = []
+    for row in rows:
+        for kind, threshold in MODEL_SPEED_TARGETS.get((row["model"], reference), ()):
+            value = row[f"{kind}_speed_vs_ref"]
+            lines.append(f"- target: {row['model']} {kind} speed >= {threshold:.2f}x {reference}: "
+                         f"{value:.3f}x {'PASS' if value >= threshold else 'MISS'}")
+    return lines
+
+
 def render_models(rows: list[dict], reference: str) -> list[str]:
     table = [[r["model"], str(r["img_size"]), f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.2f}",
               f"{r['infer_ms']:.1f}", f"{r['infer_img_s']:.2f}", f"{r['train_step_ms']:.1f}",
@@ -565,8 +580,9 @@ def render_models(rows: list[dict], reference: str) -> list[str]:
               f"{r['train_speed_vs_ref']:.3f}x", r["note"]] for r in rows]
     header = ["model", "px", "params", "GMACs/img", "infer ms", "infer img/s", "train step ms", "train img/s",
               "peak train MB", "params", "GMACs", "infer speed", "train speed", "note"]
+    targets = model_targets(rows, reference)
     return [f"Ratios are model / {reference} (speed: images per second, higher is faster).", "",
-            markdown_table(header, table)]
+            markdown_table(header, table)] + (["", *targets] if targets else [])
 
 
 def render(meta: dict, sections: list[dict]) -> str:
@@ -826,6 +842,8 @@ def run(args: argparse.Namespace) -> dict:
                           f"infer {row['infer_speed_vs_ref']:.2f}x  train {row['train_speed_vs_ref']:.2f}x  "
                           f"params {row['params_vs_ref']:.2f}x  "
                           f"GMACs {row['gmacs_vs_ref']:.2f}x  (vs {args.reference})", flush=True)
+                for line in model_targets(section["models"], args.reference):
+                    print(" " + line[1:], flush=True)
         written = write_outputs(args.out, meta, sections)
         print("\nWrote " + ", ".join(str(p) for p in written), flush=True)
         return dict(meta=meta, sections=sections)

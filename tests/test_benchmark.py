@@ -125,3 +125,13 @@ def test_cli_and_script_entry_points():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main is benchmark.main
+
+
+def test_model_speed_targets_pass_and_miss():
+    rows = [dict(model="resnet50", infer_speed_vs_ref=1.0, train_speed_vs_ref=1.0),
+            dict(model="stt_resnet50", infer_speed_vs_ref=0.95, train_speed_vs_ref=0.85)]
+    assert benchmark.model_targets(rows, "resnet50") == [
+        "- target: stt_resnet50 infer speed >= 0.93x resnet50: 0.950x PASS",
+        "- target: stt_resnet50 train speed >= 0.90x resnet50: 0.850x MISS",
+    ]
+    assert benchmark.model_targets(rows, "resnet18") == []  # no target against another reference

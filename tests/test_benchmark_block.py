@@ -62,13 +62,20 @@ def test_quick_run_writes_blocks_models_and_targets(bench, tmp_path, capsys):
         for key in ("params", "gmacs", "throughput", "latency_ms"):
             assert row[key] > 0, (key, row)
     assert results["models"][1]["params"] > results["models"][0]["params"]
-    assert results["models"][0]["throughput_ratio"] == 1.0
+    assert results["models"][0]["throughput_ratio"] == 1.0 and results["models"][0]["train_ratio"] == 1.0
+    assert results["models"][1]["train_step_ms"] > 0
+
+    cost = results["cost"]  # the STT block against its own convolutions, at the cost configs
+    assert [r["config"] for r in cost] == list(bench.COST_CONFIGS)
+    for row in cost:
+        assert row["block_ms"] > 0 and row["convs_ms"] > 0 and row["trunk_gmacs_s"] > 0
+        assert 20 < row["block_ops"] < 200  # the operators one forward dispatches
 
     targets = read_csv(tmp_path / "targets.csv")
     assert len(targets) == len(bench.TARGETS)
     statuses = {t["target"]: t["status"] for t in targets}
-    for target in bench.TARGETS:  # block targets need configs this run skipped
-        expected = {"n/a (not measured)"} if target.config else {"PASS", "MISS"}
+    for target in bench.TARGETS:  # block targets need configs this run skipped; cost rows always run
+        expected = {"n/a (not measured)"} if target.config and target.baseline != "cost" else {"PASS", "MISS"}
         assert statuses[target.label] in expected, target
     assert "| 16:8x8 | self_attn |" in (tmp_path / "table.md").read_text()
     assert "### Targets" in printed
@@ -76,7 +83,7 @@ def test_quick_run_writes_blocks_models_and_targets(bench, tmp_path, capsys):
 
 def test_rows_over_the_memory_limit_are_na_not_a_crash(bench, tmp_path, capsys):
     result = run(bench, ["--quick", "--configs", "16:8x8", "--max-mem-gb", "0", "--skip-models",
-                         "--threads", "1", "--out", str(tmp_path)])
+                         "--skip-cost", "--threads", "1", "--out", str(tmp_path)])
     assert [r["module"] for r in result["blocks"]] == list(bench.MODULES)
     for row in result["blocks"]:
         assert row["latency_ms"] is None and row["peak_mem_mb"] is None and row["rss_mb"] is None

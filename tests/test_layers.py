@@ -352,9 +352,13 @@ TRACEABLE = {
 }
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", TRACEABLE)
-def test_script_and_fx_match_eager_forward_and_backward(name, switch_on):
-    block = switch_on(TRACEABLE[name]())
+def test_script_and_fx_match_eager_forward_and_backward(name, train, switch_on):
+    block = switch_on(TRACEABLE[name]()).train(train)
+    if not train:  # eval-mode BN from running statistics (STT folds it into its projection then)
+        for bn in (m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            randomize_norm(bn)
     params = [p for p in block.parameters() if p.requires_grad]
     sizes = [(H, W)] if "flat" in name or "fixed_size" in name else [(H, W), (8, 3)]  # (8, 3): resized
     for size in sizes:

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from timm.layers import get_attn
-from timm.models.resnet import BasicBlock
+from timm.models.resnet import BasicBlock, Bottleneck
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 from stt_hf.layers import ATTN_FACTORIES, STT, FlatSynthesizer, SelfAttention2d
@@ -23,6 +23,7 @@ CHEAP = ("stt_resnet10_s", "stt_resnet18", "stt_resnet26", "stt_resnet34")
 DEEP = ("stt_resnet101", "stt_resnet152")
 ATTN_TYPES = {
     "stt": STT, "self_attn": SelfAttention2d, "flat_dense": FlatSynthesizer, "flat_random": FlatSynthesizer,
+    "res_block": Bottleneck,  # the capacity control: a plain residual block, no attention
     **{name: get_attn(name) for name in ("se", "eca", "cbam", "gc")},  # timm's own classes
 }
 
@@ -474,10 +475,16 @@ def test_attn_layer_baselines(attn_layer):
     modules = [m for _, m in model.attention_modules()]
     assert len(modules) == 1 and all(type(m) is ATTN_TYPES[attn_layer] for m in modules)
     assert bool(model.pretrained_cfg.get("fixed_input_size", False)) == attn_layer.startswith("flat_")
-    out = model(torch.randn(2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
     assert out.shape == (2, 10)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+    traced = torch.fx.symbolic_trace(model)  # timm's contract holds for every attn_layer too
+    for form, module in (("script", torch.jit.script(model)), ("fx", traced),
+                         ("fx_script", torch.jit.script(traced))):
+        torch.testing.assert_close(module(x), model(x), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m, f=form: f"{f}: {m}")
 
 
 def test_flat_attention_is_tied_to_its_input_size():

@@ -270,8 +270,9 @@ class STT(nn.Module):
     def fuse_for_inference(self) -> "STT":
         """Fold the output BatchNorm into the projection conv (eval mode only); returns self.
 
-        Same outputs (to float rounding), one op fewer. The state dict changes (`proj.bias`, no
-        `norm.*`), so fuse after loading weights, not before saving them.
+        Same outputs (to float rounding). Eval mode already folds on the fly at every call; this does
+        it once, so exported graphs and scripted models carry no BatchNorm at all. The state dict
+        changes (`proj.bias`, no `norm.*`), so fuse after loading weights, not before saving them.
         """
         check_foldable(self)
         if isinstance(self.norm, nn.BatchNorm2d):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+from pathlib import Path
 
 import hub_fixtures
 import huggingface_hub.constants
@@ -31,16 +32,18 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 import stt_hf  # noqa: F401  (registers the STT backbone)
 from stt_hf import SttConfig, cli, train_seg
 from stt_hf.metrics import compute_segmentation_metrics, load_metric
-from stt_hf.modeling_stt_seg import SttUperNetForSemanticSegmentation, build_segmenter
 
 local_hub = hub_fixtures.local_hub
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 NARROW = '{"small_input": false, "channels": [8, 16, 32, 64]}'
 TINY = ["--scenes_train", "48", "--scenes_validation", "16", "--scenes_test", "16",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", "--logging_steps", "1",
         "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
         "--warmup_steps", "0", "--hidden_size", "16", "--model_kwargs", NARROW, "--disable_tqdm", "true"]
+# For runs whose checkpoints and evaluations during training are not under test.
+NO_CHECKPOINTS = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +80,8 @@ def assert_same_model(saved, loaded) -> None:
         assert torch.equal(state[key], reloaded[key]), key
     saved.eval(), loaded.eval()
     with torch.no_grad():
-        assert torch.equal(saved(pixel_values=pixels()).logits, loaded(pixel_values=pixels()).logits)
+        x = pixels(size=32)
+        assert torch.equal(saved(pixel_values=x).logits, loaded(pixel_values=x).logits)
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -116,12 +120,12 @@ def test_metrics_reject_labels_out_of_range_and_shape_mismatch():
 # --- STT inside transformers' UperNet -----------------------------------------------------------------
 
 def test_upernet_with_stt_backbone_config_trains_saves_and_reloads_bit_exact(tmp_path):
-    backbone = SttConfig.from_timm_name("stt_resnet18", out_features=STAGES, img_size=64)
+    backbone = SttConfig.from_timm_name("stt_resnet18", out_features=STAGES, img_size=32)
     model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=3,
-                                                         hidden_size=32, auxiliary_channels=16))
+                                                         hidden_size=16, auxiliary_channels=16))
     assert type(model.backbone).__name__ == "SttBackbone"
     before = model.decode_head.classifier.weight.clone()
-    assert np.isfinite(train_step(model))
+    assert np.isfinite(train_step(model, size=32))
     assert not torch.equal(before, model.decode_head.classifier.weight)  # the step changed the weights
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
@@ -133,12 +137,12 @@ def test_upernet_with_stt_backbone_config_trains_saves_and_reloads_bit_exact(tmp
 def test_timm_route_through_a_timm_backbone_config(tmp_path):
     """The timm name route that works offline: a TimmBackboneConfig, which transformers takes as is."""
     backbone = TimmBackboneConfig(backbone="stt_resnet18", out_indices=[1, 2, 3, 4])
-    config = UperNetConfig(backbone_config=backbone, num_labels=3, hidden_size=32, auxiliary_channels=16)
+    config = UperNetConfig(backbone_config=backbone, num_labels=3, hidden_size=16, auxiliary_channels=16)
     model = UperNetForSemanticSegmentation(config)
     assert type(model.backbone).__name__ == "TimmBackbone"
     assert any(type(m).__name__ == "STT" for m in model.backbone.modules())  # timm built stt_resnet18
-    assert model(pixel_values=pixels()).logits.shape == (2, 3, 64, 64)
-    train_step(model)
+    assert model(pixel_values=pixels(size=32)).logits.shape == (2, 3, 32, 32)
+    train_step(model, size=32)
     model.save_pretrained(tmp_path)
     assert_same_model(model, AutoModelForSemanticSegmentation.from_pretrained(tmp_path))
 
@@ -319,7 +323,8 @@ def test_train_seg_on_a_folder_of_image_mask_pairs(tmp_path):
     write_pairs(data, 20)
     (data / "classes.txt").write_text("background\nsquare\nbright square\n")
     out = tmp_path / "out"
-    _, results = train_seg.run([*TINY, "--dataset", str(data), "--img_size", "32", "--max_steps", "2",
+    _, results = train_seg.run([*TINY, *NO_CHECKPOINTS, "--dataset", str(data), "--img_size", "32",
+                                "--max_steps", "2",
                                 "--output_dir", str(out), "--val_fraction", "0.25"])
     assert results["labels"] == ["background", "square", "bright square"]
     assert results["eval_split"] == "validation" and results["global_step"] == 2
@@ -337,7 +342,8 @@ def test_train_seg_reads_a_saved_dataset_with_other_column_names(tmp_path):
     renamed = datasets.DatasetDict({split: ds.rename_columns({"image": "picture", "mask": "segmentation"})
                                     for split, ds in scenes.items()})
     renamed.save_to_disk(str(tmp_path / "saved"))
-    _, results = train_seg.run([*TINY, "--dataset", str(tmp_path / "saved"), "--image_column", "picture",
+    _, results = train_seg.run([*TINY, *NO_CHECKPOINTS, "--dataset", str(tmp_path / "saved"),
+                                "--image_column", "picture",
                                 "--mask_column", "segmentation", "--max_steps", "1",
                                 "--output_dir", str(tmp_path / "out")])
     largest = max(int(np.asarray(mask).max()) for ds in scenes.values() for mask in ds["mask"])
@@ -367,7 +373,8 @@ def test_bad_masks_are_rejected_before_training(tmp_path, problem, capsys):
 def test_push_to_hub_publishes_the_finished_folder(tmp_path, local_hub):
     out = tmp_path / "pushed"
     env = {**os.environ, **local_hub.env, "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "stt_hf.cli", "train-seg", *TINY, "--max_steps", "1",
+    proc = subprocess.run([sys.executable, "-m", "stt_hf.cli", "train-seg", *TINY, *NO_CHECKPOINTS,
+                           "--max_steps", "1",
                            "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "stt/scenes-seg"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -378,9 +385,19 @@ def test_push_to_hub_publishes_the_finished_folder(tmp_path, local_hub):
     assert not any(name.startswith("checkpoint-") for name in files)
 
 
-def test_build_segmenter_is_an_stt_upernet():
-    model = build_segmenter("stt_resnet10_s", labels=["bg", "fg"], hidden_size=16, img_size=32,
-                            small_input=False, channels=[8, 16, 32, 64])
-    assert isinstance(model, SttUperNetForSemanticSegmentation)
-    assert isinstance(model, UperNetForSemanticSegmentation)
-    assert model(pixel_values=pixels(size=32)).logits.shape == (2, 2, 32, 32)
+# --- the README ---------------------------------------------------------------------------------------
+
+def test_readme_segmentation_code_runs(tmp_path, monkeypatch):
+    """The Python blocks of the README's Segmentation section, run in order in one namespace."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Segmentation"):readme.index("### Training: `stt-hf train-seg`")]
+    blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert type(namespace["model"].backbone).__name__ == "TimmBackbone"
+    assert type(namespace["reloaded"].backbone).__name__ == "SttBackbone"
+    assert (tmp_path / "segmenter" / "modeling_stt_seg.py").is_file()
+    assert namespace["segment"]["mask"].size == (80, 60)

@@ -19,6 +19,7 @@ This module is copied flat into saved folders: it imports only modules that sit 
 import os
 
 from transformers import AutoBackbone, AutoConfig, SegformerImageProcessor, UperNetConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.upernet.modeling_upernet import UperNetForSemanticSegmentation
 
 from .configuration_stt import SttConfig, write_remote_code
@@ -33,8 +34,11 @@ IGNORE_INDEX = 255  # mask value that no loss or metric counts (UperNet's loss_i
 
 
 def _register_backbone() -> None:
-    """Make "stt" configs resolvable and buildable as backbones (a no-op where stt_hf did it already)."""
-    AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
+    """Make "stt" configs resolvable and buildable as backbones. Where stt_hf registered its own classes
+    already, "stt" stays theirs (this module, loaded as remote code beside the package, does not take the
+    name over)."""
+    if SttConfig.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(SttConfig.model_type, SttConfig)
     AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
 
 

@@ -47,6 +47,16 @@ NO_CHECKPOINTS = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best
 
 
 @pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for this module: these small convolutions gain nothing from two, and on a busy
+    machine two threads wait on each other for most of a step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def scenes_cache(tmp_path_factory):
     """fashion_scenes generated into this module's own cache folder."""
     old = os.environ.get("STT_HF_SCENES_CACHE")
@@ -372,7 +382,7 @@ def test_bad_masks_are_rejected_before_training(tmp_path, problem, capsys):
 
 def test_push_to_hub_publishes_the_finished_folder(tmp_path, local_hub):
     out = tmp_path / "pushed"
-    env = {**os.environ, **local_hub.env, "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, **local_hub.env, "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "stt_hf.cli", "train-seg", *TINY, *NO_CHECKPOINTS,
                            "--max_steps", "1",
                            "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "stt/scenes-seg"],

@@ -361,6 +361,47 @@ def test_train_seg_reads_a_saved_dataset_with_other_column_names(tmp_path):
     assert results["labels"] == [f"class_{i}" for i in range(largest + 1)]  # no names: up to the largest
 
 
+def test_fine_tune_a_saved_segmenter_on_other_classes(trained, tmp_path):
+    out, _, _ = trained
+    data = tmp_path / "pairs"
+    write_pairs(data, 20)
+    _, results = train_seg.run([*TINY, *NO_CHECKPOINTS, "--model", str(out), "--dataset", str(data),
+                                "--class_names", "bg,dim,bright", "--learning_rate", "0", "--max_steps", "1",
+                                "--output_dir", str(tmp_path / "tuned")])
+    assert results["labels"] == ["bg", "dim", "bright"]
+    base = safetensors.torch.load_file(out / "model.safetensors")
+    tuned = safetensors.torch.load_file(tmp_path / "tuned" / "model.safetensors")
+    assert tuned["decode_head.classifier.weight"].shape[0] == 3
+    assert base["decode_head.classifier.weight"].shape[0] == 11
+    trunk = [k for k in base if k.startswith("backbone.") and k.endswith(".weight")]
+    assert trunk and all(torch.equal(base[k], tuned[k]) for k in trunk)  # learning rate 0: the checkpoint's
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["backbone_config"]["img_size"] == 64
+
+
+def test_a_hub_dataset_id_is_read_with_datasets_and_its_columns(tmp_path, monkeypatch):
+    """An ORG/NAME id goes to datasets.load_dataset (stood in for here: the tests have no dataset Hub);
+    the named columns are used, and a missing validation split is carved from train."""
+    import datasets
+
+    from stt_hf.scenes import load_fashion_scenes
+
+    scenes = load_fashion_scenes(train_size=24, validation_size=8, test_size=8, progress=False)
+    columns = {"image": "pixels", "mask": "label"}
+    hub = datasets.DatasetDict({split: scenes[split].rename_columns(columns) for split in ("train", "test")})
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: asked.append(name) or hub)
+    _, results = train_seg.run([*TINY, *NO_CHECKPOINTS, "--dataset", "org/scenes", "--image_column",
+                                "pixels", "--mask_column", "label",
+                                "--class_names", ",".join(f"c{i}" for i in range(11)),
+                                "--max_steps", "1", "--output_dir", str(tmp_path / "out")])
+    assert asked == ["org/scenes"] and results["eval_split"] == "test"
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["labels"][10] == "c10"
+    with pytest.raises(ValueError, match="no column 'picture'"):
+        train_seg.run([*TINY, "--dataset", "org/scenes", "--image_column", "picture",
+                       "--output_dir", str(tmp_path / "bad")])
+
+
 @pytest.mark.parametrize("problem", ["size", "range", "mode"])
 def test_bad_masks_are_rejected_before_training(tmp_path, problem, capsys):
     data = tmp_path / "pairs"

@@ -182,6 +182,9 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     data = model.config.backbone_config.data_config
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    if len(arrays["train"]) % training_args.per_device_train_batch_size == 1:
+        # A last batch of one image cannot train: the pooling branch of UperNet's PPM normalizes a 1x1 map.
+        training_args.dataloader_drop_last = True
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Trainer(model=model, args=training_args,

@@ -56,7 +56,8 @@ CASES = {
     "train-missing-dataset": (["train", "--dataset", "{missing}", "--output_dir", "{out}"],
                               ["missing", "fix: check the path"]),
     "train-rejected-arguments": (
-        ["train", "--save_steps", "20", "--eval_steps", "40", "--output_dir", "{out}"],
+        ["train", "--eval_strategy", "steps", "--save_strategy", "steps", "--save_steps", "20",
+         "--eval_steps", "40", "--output_dir", "{out}"],
         ["load_best_model_at_end", "round multiple"]),
     "train-bad-flag-value": (["train", "--learning_rate", "fast"],
                              ["--learning_rate", "invalid float value"]),
@@ -128,7 +129,8 @@ def test_debug_shows_the_traceback(where, bad, capsys, monkeypatch):
 def test_debug_before_a_trainer_command(bad):
     """train's own --debug is a TrainingArguments flag, so the CLI's goes before the command."""
     with pytest.raises(ValueError, match="round multiple"):
-        main(["--debug", "train", "--save_steps", "20", "--eval_steps", "40", "--output_dir", bad["out"]])
+        main(["--debug", "train", "--eval_strategy", "steps", "--save_strategy", "steps",
+              "--save_steps", "20", "--eval_steps", "40", "--output_dir", bad["out"]])
 
 
 def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch):

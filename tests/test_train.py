@@ -41,7 +41,11 @@ def sha256(path: Path) -> str:
 
 
 def run_cli(args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    import torch
+
+    # The same thread count as this process: results compared across the two then match bit for bit.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "stt_hf.cli", *args], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

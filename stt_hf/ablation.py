@@ -240,9 +240,9 @@ def run(config: AblationConfig) -> list[dict]:
 # --------------------------------------------------------------------------------------- report
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds for each (dataset, variant), in VARIANTS order."""
-    order = {v: i for i, v in enumerate(VARIANTS)}
+def summarize(runs: list[dict], variants=tuple(VARIANTS)) -> list[dict]:
+    """Mean and sample std over seeds for each (dataset, variant), in the order of `variants`."""
+    order = {v: i for i, v in enumerate(variants)}
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["variant"]), []).append(r)
@@ -329,20 +329,26 @@ def plot(summary: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def write_csvs(out: Path, runs: list[dict], summary: list[dict]) -> None:
+    """runs.csv (one row per run) and summary.csv (one row per dataset and variant) in `out`."""
+    import csv
+
+    for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
+        with (out / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def report(out_dir: str | Path) -> dict:
     """Write runs.csv, summary.csv, results.md and the plots from runs.jsonl; return the summary."""
-    import csv
 
     out = Path(out_dir)
     runs = read_runs(out / "runs.jsonl")
     if not runs:
         raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the ablation first")
     summary = summarize(runs)
-    for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
-        with (out / name).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csvs(out, runs, summary)
     (out / "results.md").write_text(markdown(summary))
     plot(summary, out)
     return dict(runs=len(runs), summary=summary)

@@ -23,10 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .ablation import CORRUPTIONS, corrupt, load_tensors, read_runs
+from .ablation import CORRUPTIONS, corrupt, load_tensors, read_runs, summarize, write_csvs
 
 # name -> the model's attn_layer options (everything else is the main job's default model).
 VARIANTS: dict[str, dict] = {
@@ -141,24 +140,6 @@ def run(config: ComparisonConfig) -> list[dict]:
     return read_runs(runs_path)
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds per (dataset, variant), in VARIANTS order."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["dataset"], r["variant"]), []).append(r)
-    order = list(VARIANTS)
-    rows = []
-    for (dataset, variant), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
-        row = dict(dataset=dataset, variant=variant, seeds=len(group), params=group[0]["params"],
-                   macs=group[0]["macs"], train_s=float(np.mean([r["train_s"] for r in group])))
-        for metric in ("acc", *CORRUPTIONS):
-            values = np.array([r[metric] for r in group])
-            row[metric] = float(values.mean())
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        rows.append(row)
-    return rows
-
-
 def verdict(summary: list[dict], dataset: str, variant: str = "stt",
             against: tuple[str, ...] = ("plain", "res_block")) -> str:
     """Whether `variant` beats each of `against` by more than the larger seed std (one sentence)."""
@@ -197,18 +178,13 @@ def markdown(summary: list[dict]) -> str:
 
 def report(out_dir: str | Path) -> dict:
     """runs.csv, summary.csv, results.md and accuracy.png from runs.jsonl; returns the summary."""
-    import csv
 
     out = Path(out_dir)
     runs = read_runs(out / "runs.jsonl")
     if not runs:
         raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the comparison first")
-    summary = summarize(runs)
-    for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
-        with (out / name).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    summary = summarize(runs, VARIANTS)
+    write_csvs(out, runs, summary)
     (out / "results.md").write_text(markdown(summary))
     plot(summary, out / "accuracy.png")
     return dict(runs=len(runs), summary=summary)

@@ -206,7 +206,12 @@ def test_upload_shows_labels_and_attention(browser_page, served, photo, tmp_path
     picture.wait_for()
     channel = picture.get_attribute("src")
     page.get_by_label("width").check()  # the mode switch redraws the picture
-    page.wait_for_function("s => document.querySelector('#attention-picture img').src !== s", arg=channel)
+    # the new picture is in place and decoded (naturalWidth is 0 until the image has loaded)
+    page.wait_for_function(
+        "s => { const img = document.querySelector('#attention-picture img');"
+        " return img.src !== s && img.complete && img.naturalWidth > 0; }",
+        arg=channel,
+    )
     assert page.locator("#attention-picture img").evaluate("img => img.naturalWidth") > 300
     page.wait_for_function(SETTLED, arg="#attention-picture")  # the pending fade is over
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)

@@ -4,10 +4,10 @@
     python scripts/benchmark.py --quick      # smoke test
     python scripts/benchmark.py -h           # every option
 
-See stt_hf/benchmark.py for what is measured and how.
+See stt_hf/experiments/benchmark.py for what is measured and how.
 """
 
-from stt_hf.benchmark import main
+from stt_hf.experiments.benchmark import main
 
 if __name__ == "__main__":
     main()

@@ -63,7 +63,7 @@ import torch
 import stt_hf
 
 # Timing, tensor-peak memory and reporting helpers are shared with `stt-hf bench`.
-from stt_hf.benchmark import (
+from stt_hf.experiments.benchmark import (
     MIN_REPEATS,  # noqa: F401  (part of this script's interface: its tests read it)
     budgeted_repeats,
     cpu_name,
@@ -75,10 +75,10 @@ from stt_hf.benchmark import (
     timed_forward,
     write_csv,
 )
-from stt_hf.benchmark import estimate_peak_gb as estimate_block_gb
+from stt_hf.experiments.benchmark import estimate_peak_gb as estimate_block_gb
 from stt_hf.layers import STT, create_attn
 from stt_hf.models import SttResNet
-from stt_hf.profiling import count_macs, count_params
+from stt_hf.reporting.profiling import count_macs, count_params
 
 # ---------------------------------------------------------------------------------------------------
 # What is compared
@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Process memory (timing and tensor-peak memory come from stt_hf.benchmark)
+# Process memory (timing and tensor-peak memory come from stt_hf.experiments.benchmark)
 # ---------------------------------------------------------------------------------------------------
 
 class RssPeak:

@@ -5,12 +5,12 @@
     python scripts/convert_checkpoint.py HF_DIR TIMM_DIR                 # transformers -> timm folder
     python scripts/convert_checkpoint.py weights.pth HF_DIR --model-name stt_resnet18_s --allow-pickle
 
-The direction follows from the source; see `stt_hf.convert` for the formats.
+The direction follows from the source; see `stt_hf.hf.convert` for the formats.
 """
 
 import sys
 
-from stt_hf.convert import main
+from stt_hf.hf.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

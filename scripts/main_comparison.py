@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""The main job's recipe with every attention module at the same place (see stt_hf/main_comparison.py)."""
+"""The main job's recipe with every attention module at the same place.
+
+See stt_hf/experiments/main_comparison.py.
+"""
 
 import sys
 
-from stt_hf.main_comparison import main
+from stt_hf.experiments.main_comparison import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@
 import os
 import sys
 
-from stt_hf.train_caption import main
+from stt_hf.tasks.train_caption import main
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

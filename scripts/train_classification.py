@@ -2,7 +2,7 @@
 
 import sys
 
-from stt_hf.train import main
+from stt_hf.tasks.train import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -7,12 +7,11 @@ captioning encoder `SttVisionEncoder` that VisionEncoderDecoderModel builds thro
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
-from . import models
-from .captioning import ImageToTextPipeline, build_captioner, caption_pipeline, train_caption_tokenizer
-from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
-from .convert import load_checkpoint, save_timm_format, timm_from_pretrained
-from .layers import STT, FlatSynthesizer, SelfAttention2d, create_attn
-from .modeling_stt import (
+from . import compat, models
+from .hf.captioning import ImageToTextPipeline, build_captioner, caption_pipeline, train_caption_tokenizer
+from .hf.configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
+from .hf.convert import load_checkpoint, save_timm_format, timm_from_pretrained
+from .hf.modeling_stt import (
     CheckpointError,
     SttBackbone,
     SttCaptioner,
@@ -22,9 +21,12 @@ from .modeling_stt import (
     SttVisionEncoder,
     register_auto_classes,
 )
+from .layers import STT, FlatSynthesizer, SelfAttention2d, create_attn
 from .models import SttResNet
 
 __version__ = "0.1.0"
+
+compat.install()  # the 0.1 module paths (stt_hf.configuration_stt, ...) keep importing
 
 AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
 AutoModel.register(SttConfig, SttModel, exist_ok=True)

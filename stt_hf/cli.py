@@ -8,10 +8,11 @@ import sys
 
 # Subcommands whose own parser (HfArgumentParser) reads the rest of the command line.
 PASSTHROUGH = {
-    "train": ("stt_hf.train", "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
-    "train-caption": ("stt_hf.train_caption",
+    "train": ("stt_hf.tasks.train",
+              "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
+    "train-caption": ("stt_hf.tasks.train_caption",
                       "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
-    "train-seg": ("stt_hf.train_seg",
+    "train-seg": ("stt_hf.tasks.train_seg",
                   "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
 }
 
@@ -19,7 +20,7 @@ PASSTHROUGH = {
 def _models(args: argparse.Namespace) -> int:
     import timm
 
-    from .profiling import model_complexity
+    from .reporting.profiling import model_complexity
 
     names = timm.list_models(args.filter)
     if not names:
@@ -43,7 +44,7 @@ def _check_model_path(spec: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation import run
+    from .tasks.evaluation import run
 
     _check_model_path(args.model)
     run(args)
@@ -51,7 +52,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_caption(args: argparse.Namespace) -> int:
-    from .evaluation_caption import run
+    from .tasks.evaluation_caption import run
 
     _check_model_path(args.model)
     run(args)
@@ -59,7 +60,7 @@ def _eval_caption(args: argparse.Namespace) -> int:
 
 
 def _eval_seg(args: argparse.Namespace) -> int:
-    from .evaluation_seg import run
+    from .tasks.evaluation_seg import run
 
     _check_model_path(args.model)
     run(args)
@@ -67,7 +68,7 @@ def _eval_seg(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .publish import push_folder
+    from .reporting.publish import push_folder
 
     try:
         push_folder(args.folder, args.repo_id, token=args.token, private=args.private)
@@ -89,35 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in PASSTHROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
 
-    from .evaluation import add_arguments
+    from .tasks.evaluation import add_arguments
 
     evaluate = sub.add_parser("eval", help="score a checkpoint on a dataset split, write metrics JSON")
     add_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
 
-    from .evaluation_caption import add_arguments as add_caption_arguments
+    from .tasks.evaluation_caption import add_arguments as add_caption_arguments
 
     evaluate_caption = sub.add_parser("eval-caption", help="score a captioner on a dataset split, write JSON")
     add_caption_arguments(evaluate_caption)
     evaluate_caption.set_defaults(func=_eval_caption)
 
-    from .evaluation_seg import add_arguments as add_seg_arguments
+    from .tasks.evaluation_seg import add_arguments as add_seg_arguments
 
     evaluate_seg = sub.add_parser("eval-seg",
                                   help="score a segmenter on a dataset split: metrics JSON, overlay PNG")
     add_seg_arguments(evaluate_seg)
     evaluate_seg.set_defaults(func=_eval_seg)
 
-    from .convert import add_convert_parser
+    from .hf.convert import add_convert_parser
 
     add_convert_parser(sub)
 
-    from .export import add_export_parser
+    from .tasks.export import add_export_parser
 
     add_export_parser(sub)
 
-    from .benchmark import add_bench_parser
-    from .visualize import add_visualize_parser
+    from .experiments.benchmark import add_bench_parser
+    from .reporting.visualize import add_visualize_parser
 
     add_bench_parser(sub)
     add_visualize_parser(sub)
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_push)
 
-    from .demo import add_demo_parsers
+    from .tasks.demo import add_demo_parsers
 
     add_demo_parsers(sub)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stt_hf import ablation
-from stt_hf.ablation import CORRUPTIONS, VARIANTS, AblationConfig
+from stt_hf.experiments.ablation import CORRUPTIONS, VARIANTS, AblationConfig
 
 
 def tiny_config(tmp_path, **overrides) -> AblationConfig:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from stt_hf import batch_augment
-from stt_hf.batch_augment import BatchAugment, decode_split
+from stt_hf.data.batch_augment import BatchAugment, decode_split
 
 
 def image_dataset(sizes, mode="L"):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from stt_hf import caption_data
-from stt_hf.caption_data import load_caption_dataset, to_rgb, validate_caption_dataset
+from stt_hf.data.captions import load_caption_dataset, to_rgb, validate_caption_dataset
 
 # Counts of tuxpaint-stamps-default 2022.06.04: 785 described PNG stamps, 247 of them under symbols/.
 TUXPAINT_ALL, TUXPAINT_NO_SYMBOLS = 785, 538

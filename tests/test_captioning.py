@@ -32,7 +32,7 @@ from stt_hf import (
     caption_pipeline,
     train_caption_tokenizer,
 )
-from stt_hf.captioning import configure_generation, decoder_config, encode_captions
+from stt_hf.hf.captioning import configure_generation, decoder_config, encode_captions
 
 CAPTIONS = ["A ripe, red tomato!", "A green apple.", "A stripey fish.", "A pink cake with candles.",
             "A yellow school bus.", "A red apple."] * 3
@@ -234,7 +234,7 @@ def quiet_transformers():
 
 
 def test_train_caption_takes_a_named_tokenizer(tokenizer, tmp_path):
-    from stt_hf.train_caption import CaptionModelArguments, load_tokenizer
+    from stt_hf.tasks.train_caption import CaptionModelArguments, load_tokenizer
 
     tokenizer.save_pretrained(tmp_path / "tok")
     loaded = load_tokenizer(CaptionModelArguments(tokenizer=str(tmp_path / "tok"), max_caption_length=20), [])

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel, AutoModelForImageClassification
 
 from stt_hf import CheckpointError, SttConfig, SttForImageClassification, load_checkpoint, save_timm_format
-from stt_hf.convert import (
+from stt_hf.hf.convert import (
     add_convert_parser,
     config_from_timm_model,
     hf_to_timm,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from stt_hf import data
-from stt_hf.data import FASHION_MNIST_CLASSES, load_image_dataset, validate_dataset
+from stt_hf.data.classification import FASHION_MNIST_CLASSES, load_image_dataset, validate_dataset
 
 
 def write_idx(path, array):

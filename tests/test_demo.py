@@ -20,7 +20,7 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from stt_hf.demo import (  # noqa: E402  (after the Gradio setting)
+from stt_hf.tasks.demo import (  # noqa: E402  (after the Gradio setting)
     ALL_MODES,
     Captioner,
     DemoError,
@@ -75,7 +75,7 @@ def classifier_folder(tmp_path_factory) -> Path:
 def captioner(tmp_path_factory) -> Captioner:
     """A small untrained captioner saved and reloaded the way `stt-hf train-caption` writes it."""
     from stt_hf import build_captioner, train_caption_tokenizer
-    from stt_hf.demo import load_captioner
+    from stt_hf.tasks.demo import load_captioner
 
     captions = ["a red tomato", "a green frog on a leaf", "a yellow sun", "a blue fish in water"] * 4
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=12)
@@ -111,7 +111,7 @@ def test_bad_uploads_are_refused_with_the_reason(tmp_path, photo):
 
 def test_checkpoint_folder_keeps_its_labels_and_scores(classifier_folder, photo):
     from stt_hf import SttForImageClassification
-    from stt_hf.visualize import preprocess
+    from stt_hf.reporting.visualize import preprocess
 
     demo_model = load_classifier(str(classifier_folder))
     assert not demo_model.untrained and demo_model.labels == ["cat", "dog", "bird", "fish", "frog", "horse"]
@@ -256,7 +256,7 @@ def test_push_space_publishes_a_space_that_runs(local_hub, classifier_folder, tm
         "import sys; from stt_hf.cli import main; sys.exit(main(sys.argv[1:]))",
         "push-space", "--repo_id", "user/stt-demo", "--model", str(classifier_folder), timeout=300)
     files = local_hub.files("user/stt-demo", repo_type="space")
-    for name in ("app.py", "requirements.txt", "README.md", "stt_hf/__init__.py", "stt_hf/demo.py",
+    for name in ("app.py", "requirements.txt", "README.md", "stt_hf/__init__.py", "stt_hf/tasks/demo.py",
                  "stt_hf/templates/model_card.md", "model/config.json", "model/model.safetensors",
                  "examples/fashion_mnist-dress.png"):
         assert name in files, f"{name} missing from the Space: {sorted(files)}"

@@ -10,9 +10,9 @@ import torch
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 from stt_hf.cli import main as cli_main
-from stt_hf.configuration_stt import SttConfig
-from stt_hf.export import export_onnx, load_for_export, max_abs_diff
-from stt_hf.modeling_stt import SttForImageClassification
+from stt_hf.hf.configuration_stt import SttConfig
+from stt_hf.hf.modeling_stt import SttForImageClassification
+from stt_hf.tasks.export import export_onnx, load_for_export, max_abs_diff
 
 local_hub = hub_fixtures.local_hub
 

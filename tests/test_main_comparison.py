@@ -10,9 +10,9 @@ import torch
 
 import stt_hf  # noqa: F401  (registers the models)
 from stt_hf import main_comparison
-from stt_hf.ablation import CORRUPTIONS
-from stt_hf.main_comparison import VARIANTS, ComparisonConfig
-from stt_hf.profiling import count_macs, count_params
+from stt_hf.experiments.ablation import CORRUPTIONS
+from stt_hf.experiments.main_comparison import VARIANTS, ComparisonConfig
+from stt_hf.reporting.profiling import count_macs, count_params
 
 TINY_TRAIN = ["--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
               "--per_device_train_batch_size", "32", "--bf16", "false"]

@@ -590,7 +590,7 @@ def test_pretrained_bad_checkpoint_raises(edit, match, plain_resnet18, tmp_path)
 
 
 def test_count_macs_leaves_model_state_alone():
-    from stt_hf.profiling import count_macs
+    from stt_hf.reporting.profiling import count_macs
 
     model = timm.create_model("stt_resnet10_s", num_classes=10).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

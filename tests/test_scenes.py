@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from stt_hf import scenes
-from stt_hf.data import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV, read_fashion_mnist
-from stt_hf.metrics import SCENE_METRICS, load_metric, object_f1_scores, relation_accuracy_score
-from stt_hf.scenes import (
+from stt_hf.data.classification import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV, read_fashion_mnist
+from stt_hf.data.scenes import (
     VISIBLE_LEVEL,
     SceneOptions,
     describe_scene,
@@ -26,6 +25,7 @@ from stt_hf.scenes import (
     reading_order,
     relation,
 )
+from stt_hf.metrics import SCENE_METRICS, load_metric, object_f1_scores, relation_accuracy_score
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(os.environ.get(FASHION_MNIST_DIR_ENV) or DEFAULT_FASHION_MNIST_DIR),
@@ -366,8 +366,8 @@ def test_compute_caption_metrics_adds_the_scene_metrics(monkeypatch):
 
 def test_train_caption_loads_fashion_scenes(tmp_path, monkeypatch):
     """train-caption's own argument parsing and dataset loading (not a training run)."""
-    from stt_hf.caption_data import load_caption_dataset
-    from stt_hf.train_caption import load_tokenizer, parse_args
+    from stt_hf.data.captions import load_caption_dataset
+    from stt_hf.tasks.train_caption import load_tokenizer, parse_args
 
     monkeypatch.setenv(scenes.SCENES_CACHE_ENV, str(tmp_path))
     model_args, data_args, training_args = parse_args(

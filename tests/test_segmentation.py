@@ -348,7 +348,7 @@ def test_train_seg_on_a_folder_of_image_mask_pairs(tmp_path):
 def test_train_seg_reads_a_saved_dataset_with_other_column_names(tmp_path):
     import datasets
 
-    from stt_hf.scenes import load_fashion_scenes
+    from stt_hf.data.scenes import load_fashion_scenes
 
     scenes = load_fashion_scenes(train_size=24, validation_size=8, test_size=8, progress=False)
     renamed = datasets.DatasetDict({split: ds.rename_columns({"image": "picture", "mask": "segmentation"})
@@ -385,7 +385,7 @@ def test_a_hub_dataset_id_is_read_with_datasets_and_its_columns(tmp_path, monkey
     the named columns are used, and a missing validation split is carved from train."""
     import datasets
 
-    from stt_hf.scenes import load_fashion_scenes
+    from stt_hf.data.scenes import load_fashion_scenes
 
     scenes = load_fashion_scenes(train_size=24, validation_size=8, test_size=8, progress=False)
     columns = {"image": "pixels", "mask": "label"}

@@ -158,7 +158,7 @@ def test_bad_dataset_fails_before_training(tmp_path, problem):
 
 
 def test_interrupted_save_keeps_the_previous_model(trained_run, tmp_path, monkeypatch):
-    from stt_hf.publish import atomic_save
+    from stt_hf.reporting.publish import atomic_save
 
     out, _ = trained_run
     before = sha256(out / "model.safetensors")

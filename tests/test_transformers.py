@@ -38,7 +38,7 @@ from stt_hf import (
     SttResNet,
     timm_from_pretrained,
 )
-from stt_hf.configuration_stt import TIMM_KWARGS
+from stt_hf.hf.configuration_stt import TIMM_KWARGS
 from stt_hf.models.stt_resnet import MODEL_ARGS
 
 NAME = "stt_resnet10_s"  # the smallest model: 32 px, half width

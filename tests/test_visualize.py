@@ -10,7 +10,7 @@ from PIL import Image
 
 from stt_hf import SttConfig, SttForImageClassification, save_timm_format
 from stt_hf.cli import main as cli_main
-from stt_hf.visualize import capture, head_map, load_model, preprocess, stt_blocks, visualize
+from stt_hf.reporting.visualize import capture, head_map, load_model, preprocess, stt_blocks, visualize
 
 
 def assert_png(path, min_width=600, min_height=400):

@@ -7,7 +7,7 @@ Run it locally from a source checkout with `stt-hf demo`, or here with `python a
 import os
 from pathlib import Path
 
-from stt_hf.demo import create_demo
+from stt_hf.tasks.demo import create_demo
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,7 +3,7 @@
 An `evaluate` metric script; load it offline with `evaluate.load(<this folder>)` or
 `stt_hf.metrics.load_metric("object_f1")`.
 
-Each caption is read with the `fashion_scenes` grammar (`stt_hf.scenes.parse_caption`): every noun phrase
+Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scenes.parse_caption`): every noun phrase
 names as many items of its class as its count word says ("two bags": 2 bags; "a bag": 1). Per caption,
 the items named correctly are, summed over classes, min(named, present). Over all captions (micro
 average): precision = correct / named, recall = correct / present, F1 = 2 correct / (named + present).
@@ -12,8 +12,8 @@ A caption naming nothing the grammar knows (unparsable) names 0 items: it lowers
 
 import evaluate
 
+from stt_hf.data.scenes import parse_caption
 from stt_hf.metrics.captioning import check_scene_inputs, scene_features
-from stt_hf.scenes import parse_caption
 
 _DESCRIPTION = "Micro-averaged F1 of the items (class and count) a caption names versus the items present."
 

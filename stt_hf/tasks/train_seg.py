@@ -7,7 +7,7 @@ run; `--push_to_hub` publishes the finished folder. With no arguments it trains 
 (64 px, 4,000 training scenes) and ends in `outputs/<run>/` with safetensors weights, config and model
 code, image processor, model card, metrics JSON, training curves and a prediction overlay PNG.
 
-Masks are checked before any training (size, mode, labels in range); see `stt_hf.seg_data`.
+Masks are checked before any training (size, mode, labels in range); see `stt_hf.data.segmentation`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from .metrics import compute_segmentation_metrics
-from .modeling_stt_seg import (
-    IGNORE_INDEX,
-    SttUperNetForSemanticSegmentation,
-    build_segmenter,
-    segmentation_image_processor,
-)
-from .seg_data import (
+from ..data.segmentation import (
     SegmentationCollator,
     SegmentationDataset,
     class_names,
@@ -39,6 +32,13 @@ from .seg_data import (
     load_segmentation_dataset,
     parse_class_names,
 )
+from ..hf.modeling_stt_seg import (
+    IGNORE_INDEX,
+    SttUperNetForSemanticSegmentation,
+    build_segmenter,
+    segmentation_image_processor,
+)
+from ..metrics import compute_segmentation_metrics
 from .train import parse_with_config
 
 SEG_DEFAULTS = dict(
@@ -210,7 +210,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
             command=shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from .publish import push_folder
+        from ..reporting.publish import push_folder
 
         push_folder(training_args.output_dir, training_args.hub_model_id
                     or Path(training_args.output_dir).name, token=training_args.hub_token,
@@ -222,10 +222,10 @@ def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, res
                       command: str) -> dict:
     """Final segmenter (safetensors + config + code + image processor), card, metrics JSON, curves PNG
     and a prediction overlay PNG of the first images of the evaluated split."""
+    from ..reporting.model_card import render_model_card
+    from ..reporting.profiling import count_macs, count_params
+    from ..reporting.publish import BUILTIN_DATASET_NAMES, atomic_save, plot_training_curves, write_json
     from .evaluation_seg import predict_maps, save_overlay
-    from .model_card import render_model_card
-    from .profiling import count_macs, count_params
-    from .publish import BUILTIN_DATASET_NAMES, atomic_save, plot_training_curves, write_json
 
     out = Path(trainer.args.output_dir)
     model, config = trainer.model, trainer.model.config

@@ -2,7 +2,7 @@
 
 Sources (`load_segmentation_dataset`):
 
-- `fashion_scenes` (default): the scenes of `stt_hf.scenes` with their per-pixel masks; classes
+- `fashion_scenes` (default): the scenes of `stt_hf.data.scenes` with their per-pixel masks; classes
   "background" (0) and the ten Fashion-MNIST classes (class id + 1);
 - a local folder of pairs: `images/` and `masks/` holding files of the same stem (`scene1.png` and
   `scene1.png`), either at the top or in `train/`, `validation/`, `test/` subfolders; an optional
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling_stt_seg import IGNORE_INDEX
+from ..hf.modeling_stt_seg import IGNORE_INDEX
 
 SCENE_CLASSES = ("background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot")

@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from .layers.create import create_attn
-from .profiling import count_macs, count_params
+from ..layers.create import create_attn
+from ..reporting.profiling import count_macs, count_params
 
 # ---------------------------------------------------------------------------------------------------
 # What is compared

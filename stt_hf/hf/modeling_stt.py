@@ -19,8 +19,8 @@ from transformers.modeling_outputs import (
     ImageClassifierOutputWithNoAttention,
 )
 
+from ..models.stt_resnet import ARCHS, SttResNet
 from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
-from .models.stt_resnet import ARCHS, SttResNet
 
 
 class CheckpointError(ValueError):

@@ -9,10 +9,10 @@ feature (decodes to PIL) and `caption` a string. Sources:
   `symbols/` stamps (letters, digits, coins, chess pieces: "The letter T."), about a third of them;
 - `emoji`: the single-codepoint emoji of the Debian package `fonts-noto-color-emoji`, rendered on white at
   72x72 pixels and captioned with their lowercase Unicode name ("grinning face");
-- `fashion_scenes`: the scenes of `stt_hf.scenes` (default options, seed 0, whatever the `seed` here), with
-  `caption` its first reference and the columns `captions` (all references) and `objects` kept for the
-  scene metrics; `limits` generate only the first scenes of each split (independent draws, so a random
-  subset, and the first rows of the full split);
+- `fashion_scenes`: the scenes of `stt_hf.data.scenes` (default options, seed 0, whatever the `seed`
+  here), with `caption` its first reference and the columns `captions` (all references) and `objects`
+  kept for the scene metrics; `limits` generate only the first scenes of each split (independent
+  draws, so a random subset, and the first rows of the full split);
 - a local directory: a `save_to_disk` dataset, or an image folder with a `metadata.csv` that has a
   `file_name` column and the caption column;
 - anything else: a Hub dataset id, loaded with `datasets.load_dataset(name_or_path)`.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (
+from .classification import (
     _MAX_REPORTED,
     _carve_indices,
     _check_images_decode,

@@ -149,7 +149,7 @@ class ImageToTextPipeline(Pipeline):
     def preprocess(self, image, timeout=None):
         from transformers.image_utils import load_image
 
-        from .caption_data import to_rgb
+        from ..data.captions import to_rgb
 
         return self.image_processor(images=to_rgb(load_image(image, timeout=timeout)), return_tensors="pt")
 

@@ -20,7 +20,7 @@ SCORES = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")
 
 
 def run(out_dir: str | Path, encoders: list[str], train_args: list[str]) -> dict:
-    from .train_caption import main as train_caption
+    from ..tasks.train_caption import main as train_caption
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def _without(args: list[str], flag: str) -> list[str]:
 
 def _encoder_kwargs(args: list[str], attn_layer: str) -> dict:
     """The run's encoder options (given, or train-caption's default) with `attn_layer` set."""
-    from .train_caption import CaptionModelArguments
+    from ..tasks.train_caption import CaptionModelArguments
 
     given = (args[args.index("--encoder_kwargs") + 1] if "--encoder_kwargs" in args
              else CaptionModelArguments().encoder_kwargs)
@@ -102,7 +102,7 @@ def grid(summary: dict, results: dict, path: Path, count: int = 8) -> Path:
 
 def _test_images(result: dict) -> list:
     """The test images of a run, in the order of its examples (same dataset, seed and limits)."""
-    from .caption_data import load_caption_dataset, to_rgb
+    from ..data.captions import load_caption_dataset, to_rgb
 
     data = result["data_args"]
     dsd = load_caption_dataset(data["dataset"], image_column=data["image_column"],

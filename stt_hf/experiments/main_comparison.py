@@ -105,8 +105,8 @@ def run_one(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> 
     for checkpoint in out.glob("checkpoint-*"):  # the final folder holds the best weights
         shutil.rmtree(checkpoint)
 
-    from .modeling_stt import SttForImageClassification
-    from .profiling import count_macs, count_params
+    from ..hf.modeling_stt import SttForImageClassification
+    from ..reporting.profiling import count_macs, count_params
 
     model = SttForImageClassification.from_pretrained(out)
     return dict(variant=variant, dataset=dataset, seed=seed, params=count_params(model),

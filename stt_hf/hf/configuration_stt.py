@@ -22,9 +22,9 @@ from timm.models import get_pretrained_cfg
 from transformers import AutoConfig, BitImageProcessor, PretrainedConfig, VisionEncoderDecoderConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN
-from .layers.stt import MODES, SYNTHS
-from .models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, PLACEMENTS, placed_stages
+from ..layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN
+from ..layers.stt import MODES, SYNTHS
+from ..models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, PLACEMENTS, placed_stages
 
 # Fields passed to timm / SttResNet as keyword arguments, under the same names.
 TIMM_KWARGS = MODEL_KWARGS

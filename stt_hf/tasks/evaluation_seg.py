@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import compute_segmentation_metrics
-from .modeling_stt_seg import IGNORE_INDEX
-from .publish import write_json
-from .seg_data import class_names, decode_segmentation, load_segmentation_dataset, normalize
+from ..data.segmentation import class_names, decode_segmentation, load_segmentation_dataset, normalize
+from ..hf.modeling_stt_seg import IGNORE_INDEX
+from ..metrics import compute_segmentation_metrics
+from ..reporting.publish import write_json
 
 OVERLAY_ALPHA = 0.55
 
@@ -99,7 +99,7 @@ def save_overlay(path, images: torch.Tensor, masks: torch.Tensor, predictions: t
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .modeling_stt_seg import SttUperNetForSemanticSegmentation
+    from ..hf.modeling_stt_seg import SttUperNetForSemanticSegmentation
 
     model = SttUperNetForSemanticSegmentation.from_pretrained(args.model).eval()
     dsd, _ = load_segmentation_dataset(

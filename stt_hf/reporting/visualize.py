@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .layers.stt import MODE_DIMS, STT, mode_product
+from ..layers.stt import MODE_DIMS, STT, mode_product
 
 # scikit-image's photos bundled with the package (the others download on first use).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -54,7 +54,7 @@ def load_model(spec: str | nn.Module) -> nn.Module:
         return spec.eval()
     import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 
-    from .convert import timm_from_pretrained
+    from ..hf.convert import timm_from_pretrained
 
     if Path(spec).exists() or "/" in spec:  # a folder (either format), or a Hub id to fetch
         return timm_from_pretrained(spec)

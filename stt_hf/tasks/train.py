@@ -23,8 +23,8 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data import load_image_dataset, validate_dataset
-from .metrics import compute_classification_metrics
+from ..data.classification import load_image_dataset, validate_dataset
+from ..metrics import compute_classification_metrics
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
@@ -151,8 +151,8 @@ def _is_checkpoint(model: str) -> bool:
 
 def build_model(model_args: ModelArguments, labels: list[str]):
     """A fresh STT model from a timm name, or a checkpoint with its head resized to `labels`."""
-    from .configuration_stt import SttConfig
-    from .modeling_stt import SttForImageClassification
+    from ..hf.configuration_stt import SttConfig
+    from ..hf.modeling_stt import SttForImageClassification
 
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
@@ -194,7 +194,7 @@ def collate(examples: list[dict]) -> dict:
 
 def training_data(model, dsd, data_args: DataArguments, channels_last: bool):
     """(train dataset, collator): in memory with batch augmentation when it fits, else timm's transforms."""
-    from .batch_augment import BatchAugment, decode_split
+    from ..data.batch_augment import BatchAugment, decode_split
 
     data = model.config.data_config
     collator = BatchAugment(data["mean"], data["std"], scale=(data_args.train_crop_scale, 1.0),
@@ -247,7 +247,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                    global_step=trainer.state.global_step, best=best_checkpoint(trainer),
                    wall_time_s=round(time.time() - started, 1))
     if trainer.is_world_process_zero():
-        from .publish import write_run_outputs
+        from ..reporting.publish import write_run_outputs
 
         results["paths"] = write_run_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
@@ -255,7 +255,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
             command=shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from .publish import push_folder
+        from ..reporting.publish import push_folder
 
         push_folder(training_args.output_dir, training_args.hub_model_id
                     or Path(training_args.output_dir).name, token=training_args.hub_token)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from .caption_data import load_caption_dataset, to_rgb
-from .captioning import build_captioner, encode_captions, train_caption_tokenizer
+from ..data.captions import load_caption_dataset, to_rgb
+from ..hf.captioning import build_captioner, encode_captions, train_caption_tokenizer
 from .train import parse_with_config
 
 CAPTION_DEFAULTS = dict(
@@ -150,7 +150,7 @@ class CaptionCollator:
 def caption_metrics(tokenizer, metrics: tuple[str, ...] | None = None):
     """compute_metrics for Seq2SeqTrainer: decode generated ids and labels, score with the shipped
     caption metrics (all of them, or only `metrics`)."""
-    from .metrics import compute_caption_metrics, load_metric, ptb_tokenize
+    from ..metrics import compute_caption_metrics, load_metric, ptb_tokenize
 
     def compute(eval_pred) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
@@ -217,7 +217,7 @@ def run(argv: list[str] | None = None):
                    examples=[dict(reference=r, generated=g) for r, g in zip(dsd["test"]["caption"], generated,
                                                                              strict=True)])
     if trainer.is_world_process_zero():
-        from .publish import write_caption_outputs
+        from ..reporting.publish import write_caption_outputs
 
         results["paths"] = write_caption_outputs(
             trainer, tokenizer=tokenizer, model_args=asdict(model_args), data_args=asdict(data_args),
@@ -225,7 +225,7 @@ def run(argv: list[str] | None = None):
             command=shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from .publish import push_folder
+        from ..reporting.publish import push_folder
 
         push_folder(training_args.output_dir, training_args.hub_model_id
                     or Path(training_args.output_dir).name, token=training_args.hub_token,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models.stt_resnet import SttResNet
+from ..models.stt_resnet import SttResNet
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -56,7 +56,7 @@ def load_for_export(source: str, *, pretrained: bool = False) -> tuple[nn.Module
     if not os.path.isdir(source) and is_timm_name(source):
         model = timm.create_model(source, pretrained=pretrained or source.startswith("hf-hub:")).eval()
         return model, tuple(model.pretrained_cfg["input_size"])
-    from .modeling_stt import SttForImageClassification
+    from ..hf.modeling_stt import SttForImageClassification
 
     hf_model = SttForImageClassification.from_pretrained(source).eval()
     size = hf_model.config.img_size

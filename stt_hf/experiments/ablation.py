@@ -88,7 +88,7 @@ class AblationConfig:
 
 def load_tensors(dataset: str, train: int | None, test: int | None) -> dict[str, tuple]:
     """{"train"/"test": (images float (N, 1, 28, 28) in [0, 1], labels long)}; subsets fixed by seed 0."""
-    from .data import _read_fashion_mnist, _read_mnist_5k
+    from ..data.classification import _read_fashion_mnist, _read_mnist_5k
 
     arrays = {"fashion_mnist": _read_fashion_mnist, "mnist_5k": _read_mnist_5k}[dataset]()
     if arrays is None:
@@ -149,7 +149,7 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, device: str, bat
 def train_one(config: AblationConfig, variant: str, dataset: str, seed: int,
               threads: int | None = None) -> dict:
     """Train one (variant, dataset, seed) and score it clean and under every corruption."""
-    from .profiling import count_macs, count_params
+    from ..reporting.profiling import count_macs, count_params
 
     if threads:
         torch.set_num_threads(threads)

@@ -24,9 +24,9 @@ import timm
 import torch
 from torch import nn
 
+from ..models.stt_resnet import SttResNet
 from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
 from .modeling_stt import CheckpointError, SttForImageClassification, SttModel, SttPreTrainedModel
-from .models.stt_resnet import SttResNet
 
 SAFE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".ckpt")

@@ -6,7 +6,7 @@ already at the model's input size (Fashion-MNIST and MNIST are, at 28 px), it is
 uint8 tensor and the same augmentation as timm's training transform (random-resized crop, horizontal
 flip, normalization) is applied to each batch with one `grid_sample`.
 
-Other datasets keep timm's per-image transforms (`stt_hf.train.build_transforms`).
+Other datasets keep timm's per-image transforms (`stt_hf.tasks.train.build_transforms`).
 """
 
 from __future__ import annotations

@@ -42,14 +42,14 @@ consecutive items; the `object_f1` and `relation_accuracy` metrics score caption
 
 Python API::
 
-    from stt_hf.scenes import load_fashion_scenes
+    from stt_hf.data.scenes import load_fashion_scenes
     dsd = load_fashion_scenes(canvas=64, max_items=4, train_size=20_000, seed=0)
 
 Generated once and cached with `save_to_disk` under `<datasets cache>/stt_hf/fashion_scenes/`
 (`STT_HF_SCENES_CACHE` overrides the folder) in `v<GENERATOR_VERSION>-<hash of the options>`; a new
 `GENERATOR_VERSION` generates afresh. Writing goes to a temporary folder renamed into place at the end,
 so an interrupted generation never leaves a folder that a later call would read.
-`python -m stt_hf.scenes --grid FILE.png` draws a picture grid of test scenes with their captions.
+`python -m stt_hf.data.scenes --grid FILE.png` draws a picture grid of test scenes with their captions.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import png_bytes, read_fashion_mnist
+from .classification import png_bytes, read_fashion_mnist
 
 GENERATOR_VERSION = 1
 SCENES_CACHE_ENV = "STT_HF_SCENES_CACHE"

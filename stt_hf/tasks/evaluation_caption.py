@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .caption_data import load_caption_dataset, to_rgb
-from .metrics import compute_caption_metrics
-from .publish import write_json
+from ..data.captions import load_caption_dataset, to_rgb
+from ..metrics import compute_caption_metrics
+from ..reporting.publish import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

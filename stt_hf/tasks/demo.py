@@ -31,14 +31,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .data import (
+from ..data.classification import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR_ENV,
     FASHION_MNIST_FILES,
     read_idx,
 )
-from .visualize import (
+from ..reporting.visualize import (
     MODE_TITLES,
     SKIMAGE_PHOTOS,
     capture,
@@ -57,7 +57,7 @@ FALLBACK_MODEL = "stt_resnet10_s"  # the main job's architecture, built untraine
 MODES = {"channel": "c", "height": "h", "width": "w"}
 ALL_MODES = "all modes"
 MAX_PIXELS = 40_000_000  # larger uploads are refused before they are decoded
-SPACE_DIR = Path(__file__).resolve().parents[1] / "spaces" / "stt-demo"
+SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces" / "stt-demo"
 
 
 class DemoError(ValueError):
@@ -141,7 +141,7 @@ def fresh_classifier() -> Classifier:
 
     import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 
-    from .configuration_stt import SttConfig
+    from ..hf.configuration_stt import SttConfig
 
     config = SttConfig.from_timm_name(FALLBACK_MODEL, num_labels=len(FASHION_MNIST_CLASSES), img_size=28)
     torch.manual_seed(0)
@@ -430,7 +430,7 @@ def stage_space(out: str | os.PathLike, *, model: str | None = None, captioner: 
     """Assemble the Space's files in `out`: the Space folder, this package's source (the Space installs
     the dependencies from requirements.txt, not stt-hf itself), and the models under model/ and
     captioner/."""
-    from .publish import LOCAL_ONLY_PATTERNS, PUBLISHED_PATTERNS
+    from ..reporting.publish import LOCAL_ONLY_PATTERNS, PUBLISHED_PATTERNS
 
     space_dir, out = Path(space_dir), Path(out)
     if not (space_dir / "app.py").is_file():
@@ -438,7 +438,7 @@ def stage_space(out: str | os.PathLike, *, model: str | None = None, captioner: 
                                 "checkout of stt-hf or pass --space_dir")
     shutil.copytree(space_dir, out, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "model", "captioner", "stt_hf"))
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the stt_hf package folder
     for pattern in SPACE_PACKAGE_PATTERNS:
         for src in package.rglob(pattern):
             if "__pycache__" not in src.parts:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
 
-from .data import load_image_dataset, validate_dataset
-from .metrics import compute_classification_metrics
-from .publish import write_json
+from ..data.classification import load_image_dataset, validate_dataset
+from ..metrics import compute_classification_metrics
+from ..reporting.publish import write_json
 from .train import DataArguments, build_transforms, collate
 
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .modeling_stt import SttForImageClassification
+    from ..hf.modeling_stt import SttForImageClassification
 
     model = SttForImageClassification.from_pretrained(args.model).eval()
     dsd = load_image_dataset(args.dataset, image_column=args.image_column, label_column=args.label_column,

@@ -1,0 +1,1 @@
+"""transformers classes that wrap the timm network: configs, models, captioner, segmenter, conversion."""

@@ -1,0 +1,1 @@
+"""What runs leave behind: atomic outputs, curves, model cards, attention pictures, model complexity."""

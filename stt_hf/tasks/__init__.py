@@ -1,0 +1,1 @@
+"""The applications behind the `stt-hf` subcommands: train, evaluate, export, demo."""

@@ -1,24 +1,20 @@
-"""stt-hf bench: a --quick run writes its tables and plots; the exponent fit and the memory cap work."""
+"""stt-hf bench: a tiny run writes one schema (CSV, JSON, Markdown, plots), each block row measured in its
+own worker process with its RSS; the targets table, exponent fit, memory cap and option checks work."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from stt_hf import benchmark
 from stt_hf.cli import build_parser
-
-ROOT = Path(__file__).resolve().parents[1]
-BLOCK_COLUMNS = {"device", "precision", "module", "channels", "resolution", "n", "batch", "params", "gflops",
-                 "est_mem_gb", "status", "note", "repeats", "fwd_ms", "fwd_bwd_ms", "fwd_img_s",
-                 "fwd_bwd_img_s", "peak_fwd_mb", "peak_fwd_bwd_mb"}
-MODEL_COLUMNS = {"model", "img_size", "params", "gmacs", "infer_ms", "infer_img_s", "train_step_ms",
-                 "train_img_s", "peak_train_mb", "params_vs_ref", "infer_speed_vs_ref", "train_speed_vs_ref"}
+from stt_hf.experiments import benchmark
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -26,47 +22,168 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def run(argv: list[str]) -> dict:
+    """benchmark.main(argv) on the CPU with one thread, leaving this process's thread count as it was."""
+    threads = torch.get_num_threads()
+    try:
+        return benchmark.main([*argv, "--device", "cpu", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """A --quick run at one tiny grid point; records what each block worker said when it was ready."""
     out = tmp_path_factory.mktemp("bench")
-    result = benchmark.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)])
-    return out, result
+    ready = []
+
+    class RecordingWorker(benchmark.BlockWorker):
+        def request(self, command=None):
+            reply = super().request(command)
+            if reply.get("ready"):
+                ready.append(reply)
+            return reply
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmark, "BlockWorker", RecordingWorker)
+        result = run(["--quick", "--resolutions", "7", "--modules", "stt_dense", "self_attn", "--img_size",
+                      "32", "--out", str(out)])
+    return out, result, ready
 
 
-def test_quick_run_writes_csv_markdown_and_plots(quick):
-    out, result = quick
+def test_quick_run_writes_one_schema(quick):
+    out, result, _ = quick
+    for name, columns in (("blocks.csv", benchmark.BLOCK_COLUMNS), ("exponents.csv", benchmark.FIT_COLUMNS),
+                          ("cost.csv", benchmark.COST_COLUMNS), ("models.csv", benchmark.MODEL_COLUMNS),
+                          ("targets.csv", benchmark.TARGET_COLUMNS)):
+        with (out / name).open() as f:
+            assert tuple(next(csv.reader(f))) == columns, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["preset"] == "quick" and saved["meta"]["command"].startswith("stt-hf bench ")
+    section = saved["sections"][0]
+    for key, columns in (("blocks", benchmark.BLOCK_COLUMNS), ("cost", benchmark.COST_COLUMNS),
+                         ("models", benchmark.MODEL_COLUMNS), ("targets", benchmark.TARGET_COLUMNS)):
+        assert section[key] and all(tuple(row) == columns for row in section[key]), key
+    assert result["sections"][0]["targets"] == section["targets"]
+
+
+def test_block_rows_run_in_their_own_processes_with_rss(quick):
+    out, _, ready = quick
+    pids = [reply["pid"] for reply in ready]
+    assert len(pids) == 2 and len(set(pids)) == 2 and os.getpid() not in pids  # one fresh worker per row
+
     blocks = read_csv(out / "blocks.csv")
-    assert BLOCK_COLUMNS <= set(blocks[0])
-    grid = [(c, r, b) for b in benchmark.QUICK["batch_sizes"] for c in benchmark.QUICK["channels"]
-            for r in benchmark.QUICK["resolutions"]]
-    expected = [(str(c), str(r), str(b), m) for c, r, b in grid for m in benchmark.BLOCK_MODULES]
-    assert [(r["channels"], r["resolution"], r["batch"], r["module"]) for r in blocks] == expected
+    assert [(r["channels"], r["resolution"], r["batch"], r["module"]) for r in blocks] == [
+        ("16", "7", "1", "stt_dense"), ("16", "7", "1", "self_attn")]
     for row in blocks:
-        assert row["status"] == "ok", row
-        for key in ("params", "fwd_ms", "fwd_bwd_ms", "fwd_img_s", "peak_fwd_mb", "peak_fwd_bwd_mb"):
-            assert float(row[key]) > 0, (key, row)
+        assert row["status"] == "ok" and row["note"] == "", row
         assert int(row["repeats"]) >= benchmark.MIN_REPEATS
+        for key in ("params", "gflops", "fwd_ms", "fwd_bwd_ms", "fwd_img_s", "peak_fwd_mb", "peak_fwd_bwd_mb",
+                    "rss_mb", "fwd_vs_stt", "peak_fwd_vs_stt", "rss_vs_stt"):
+            assert float(row[key]) > 0, (key, row)
+        assert row["rss_method"] in ("VmHWM", "ru_maxrss")
+    assert float(blocks[0]["fwd_vs_stt"]) == 1.0  # STT against itself
 
-    fits = read_csv(out / "exponents.csv")
-    assert {f["module"] for f in fits} == set(benchmark.BLOCK_MODULES)
-    targets = result["sections"][0]["targets"]
-    assert {t["module"] for t in targets} == {*benchmark.STT_VARIANTS, "self_attn"}
-    assert {t["status"] for t in targets} <= {"PASS", "MISS"}
+
+def test_quick_run_measures_cost_models_and_targets(quick):
+    out, _, _ = quick
+    cost = read_csv(out / "cost.csv")
+    assert [r["config"] for r in cost] == list(benchmark.COST_CONFIGS)
+    for row in cost:
+        for key in ("block_ms", "convs_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs"):
+            assert float(row[key]) > 0, (key, row)
+        assert 20 < int(row["block_ops"]) < 200  # the operators one STT forward dispatches
 
     models = read_csv(out / "models.csv")
-    assert MODEL_COLUMNS <= set(models[0])
-    assert [m["model"] for m in models] == [benchmark.REFERENCE_MODEL, *benchmark.QUICK["models"]]
+    assert [m["model"] for m in models] == [benchmark.REFERENCE_MODEL, "stt_resnet50"]
     assert float(models[0]["infer_speed_vs_ref"]) == 1.0 and float(models[0]["train_speed_vs_ref"]) == 1.0
     assert float(models[1]["params_vs_ref"]) > 1.0  # STT adds parameters to resnet50
+    assert models[1]["compiled_infer_ms"] == ""  # no --compile
+
+    status = {t["target"]: t["status"] for t in read_csv(out / "targets.csv")}
+    assert list(status) == [t.label for t in benchmark.TARGETS]
+    for target in benchmark.TARGETS:  # one grid point: no exponents, no 256:56 or 128:112 block rows
+        measured = target.kind in ("cost", "model")
+        assert (status[target.label] in ("PASS", "MISS")) == measured, target
 
     md = (out / "results.md").read_text()
-    for heading in ("## Blocks (CPU, float32)", "## Scaling with N = H*W", "## Models (CPU, float32)"):
+    for heading in ("## Blocks (CPU, float32)", "## Scaling with N = H*W", "## STT block cost",
+                    "## Models (CPU, float32)", "## Targets (CPU, float32)"):
         assert heading in md
     assert "| stt_dense |" in md and "| self_attn |" in md and "| stt_resnet50 |" in md
     for name in ("cpu_latency_vs_n", "cpu_train_latency_vs_n", "cpu_memory_vs_n", "cpu_models"):
         with Image.open(out / f"{name}.png") as img:
             assert img.format == "PNG" and img.size[0] >= 400 and img.size[1] >= 200
         assert f"({name}.png)" in md
+
+
+def test_a_killed_worker_is_reported_not_raised_past():
+    spec = dict(module="stt_dense", channels=8, size=4, batch=1, device="cpu", precision="fp32",
+                reduction=None, forward_only=True, threads=1)
+    worker = benchmark.BlockWorker(spec)
+    try:
+        worker.proc.kill()  # as the kernel's OOM killer would
+        with pytest.raises(RuntimeError, match="killed by signal 9, likely out of memory"):
+            worker.request("profile")
+    finally:
+        worker.close()
+
+
+def section(blocks=(), cost=(), models=(), fits=()) -> dict:
+    return dict(device="cpu", precision="fp32", blocks=list(blocks), cost=list(cost), models=list(models),
+                fits=list(fits), targets=[])
+
+
+def test_targets_pass_and_miss_on_synthetic_numbers():
+    def block(module, channels, size, batch, fwd, peak):
+        return dict(module=module, channels=channels, resolution=size, batch=batch, fwd_vs_stt=fwd,
+                    peak_fwd_vs_stt=peak)
+
+    def fit(module, k):
+        return dict(device="cpu", module=module, channels=64, batch=1, points=4, n_min=196, n_max=12544,
+                    k_fwd=k)
+
+    blocks = [block("self_attn", 256, 56, 1, 6.0, 9.0),  # the largest batch measured decides
+              block("self_attn", 256, 56, 8, 4.0, 9.0), block("stt_dense", 256, 56, 8, 1.0, 1.0),
+              block("self_attn", 128, 112, 8, 25.0, 60.0)]
+    cost = [dict(config="1024:14x14", batch=8, block_vs_convs=1.1, trunk_vs_convs_gmacs=1.4)]
+    models = [dict(model="resnet50", reference="resnet50", img_size=224, params_vs_ref=1.0, gmacs_vs_ref=1.0,
+                   infer_speed_vs_ref=1.0, train_speed_vs_ref=1.0),
+              dict(model="stt_resnet50", reference="resnet50", img_size=224, params_vs_ref=1.10,
+                   gmacs_vs_ref=1.12, infer_speed_vs_ref=0.95, train_speed_vs_ref=0.85)]
+    fits = [fit("stt_dense", 1.2), fit("stt_random", 1.7), fit("self_attn", 1.9)]
+    results = {t["target"]: t for t in benchmark.check_targets(section(blocks, cost, models, fits))}
+    status = {label: t["status"] for label, t in results.items()}
+    assert status == {
+        "stt_dense: forward latency ~ N^k": "PASS",
+        "stt_random: forward latency ~ N^k": "MISS",
+        "stt_factorized_random: forward latency ~ N^k": "n/a (not measured)",
+        "stt_mixture: forward latency ~ N^k": "n/a (not measured)",
+        "self_attn: forward latency ~ N^k": "PASS",
+        "self_attn / STT forward latency, 256:56x56": "MISS",
+        "self_attn / STT peak memory, 256:56x56": "PASS",
+        "self_attn / STT forward latency, 128:112x112": "PASS",
+        "STT block / its two 1x1 convs + BN, 1024:14x14": "PASS",
+        "STT block / its two 1x1 convs + BN, 2048:7x7": "n/a (not measured)",
+        "trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 1024:14x14": "MISS",
+        "trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 2048:7x7": "n/a (not measured)",
+        "stt_resnet50 / resnet50 params": "PASS",
+        "stt_resnet50 / resnet50 GMACs": "MISS",
+        "stt_resnet50 / resnet50 inference speed": "PASS",
+        "stt_resnet50 / resnet50 training step speed": "MISS",
+    }
+    latency = results["self_attn / STT forward latency, 256:56x56"]
+    assert latency["measured"] == 4.0 and latency["where"] == "B=8"
+    assert latency["margin"] == pytest.approx(-1.0)
+    assert results["stt_resnet50 / resnet50 params"]["margin"] == pytest.approx(0.05)
+    assert results["stt_random: forward latency ~ N^k"]["margin"] == pytest.approx(-0.1)
+
+    other = [dict(m, reference="resnet18") for m in models]  # the model targets are against resnet50 only
+    checked = benchmark.check_targets(section(models=other))
+    assert {t["status"] for t in checked if "resnet50 /" in t["target"]} == {"n/a (not measured)"}
+    table = "\n".join(benchmark.render_targets(benchmark.check_targets(section(cost=cost))))
+    row = "| STT block / its two 1x1 convs + BN, 1024:14x14 | 1.10x | <= 1.2x | +0.10x | PASS | B=8 |"
+    assert row in table
 
 
 @pytest.mark.parametrize("k", [0.5, 1.5, 2.0])
@@ -83,55 +200,59 @@ def test_exponent_fit_needs_two_sizes():
     assert benchmark.fit_exponent([196, 784, 3136], [1.0, None, 4.0]) == pytest.approx(0.5)
 
 
-def test_exponent_targets_pass_and_miss():
-    def fit(module, k):
-        return dict(device="cpu", module=module, channels=64, batch=1, points=4, n_min=196, n_max=12544,
-                    k_fwd=k, k_fwd_bwd=k, k_flops=k, k_peak_mem=k)
-
-    headline = benchmark.headline_fits([fit("stt_dense", 1.2), fit("stt_random", 1.7), fit("self_attn", 1.9)])
-    status = {t["module"]: t["status"] for t in benchmark.check_exponents(headline, "cpu")}
-    assert status["stt_dense"] == "PASS" and status["stt_random"] == "MISS" and status["self_attn"] == "PASS"
-    assert status["stt_mixture"] == "n/a (not measured)"
-
-
 def test_memory_estimate_skips_the_quadratic_baselines_at_112():
-    # The default cap (4 GB) keeps STT at 112x112, batch 8, and skips the N x N baselines there.
+    # The grid's cap (4 GB) keeps STT at 112x112, batch 8, and skips the N x N baselines there.
     for module in ("self_attn", "flat_dense"):
         assert benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True) > 4
     for module in ("stt_dense", "se", "cbam"):
         assert benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True) < 4
 
 
-def test_rows_over_the_cap_are_skipped_not_run(tmp_path, capsys):
-    # At C=16, 14x14 the STT estimate is ~0.15 MB and self-attention's ~0.7 MB: a 0.4 MB cap splits them.
-    result = benchmark.main(["--channels", "16", "--resolutions", "14", "--batch_sizes", "1",
-                             "--repeats", "1", "--modules", "stt_dense", "self_attn", "--models", "none",
-                             "--max_mem_gb", "0.0004", "--device", "cpu", "--threads", "1",
-                             "--out", str(tmp_path)])
-    rows = {r["module"]: r for r in result["sections"][0]["blocks"]}
-    assert rows["stt_dense"]["status"] == "ok"
-    assert rows["self_attn"]["status"] == "skipped" and rows["self_attn"]["note"].startswith("est. ")
-    assert rows["self_attn"]["fwd_ms"] is None and rows["self_attn"]["params"] > 0  # counted, not run
-    csv_rows = read_csv(tmp_path / "blocks.csv")
-    assert [r["status"] for r in csv_rows] == ["ok", "skipped"]
-    assert not (tmp_path / "models.csv").exists()
+def test_rows_over_the_cap_are_counted_not_run(tmp_path, capsys):
+    result = run(["--configs", "16:14x14", "--batch_sizes", "1", "--modules", "stt_dense", "self_attn",
+                  "--max_mem_gb", "0", "--skip_cost", "--skip_models", "--out", str(tmp_path)])
+    for row in result["sections"][0]["blocks"]:
+        assert row["status"] == "skipped" and row["note"].startswith("est. "), row
+        assert row["fwd_ms"] is None and row["rss_mb"] is None and row["params"] > 0  # counted, not run
+    assert [r["status"] for r in read_csv(tmp_path / "blocks.csv")] == ["skipped", "skipped"]
+    assert not (tmp_path / "models.csv").exists() and not (tmp_path / "cost.csv").exists()
     assert "skipped (est. " in capsys.readouterr().out
 
 
-def test_cli_and_script_entry_points():
-    args = build_parser().parse_args(["bench", "--quick", "--max-mem-gb", "2", "--batch_sizes", "1", "2"])
-    assert args.func is benchmark.run_command and args.max_mem_gb == 2.0 and args.batch_sizes == [1, 2]
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.main is benchmark.main
+def parse(argv: list[str]):
+    return build_parser().parse_args(["bench", *argv])
 
 
-def test_model_speed_targets_pass_and_miss():
-    rows = [dict(model="resnet50", infer_speed_vs_ref=1.0, train_speed_vs_ref=1.0),
-            dict(model="stt_resnet50", infer_speed_vs_ref=0.95, train_speed_vs_ref=0.85)]
-    assert benchmark.model_targets(rows, "resnet50") == [
-        "- target: stt_resnet50 infer speed >= 0.93x resnet50: 0.950x PASS",
-        "- target: stt_resnet50 train speed >= 0.90x resnet50: 0.850x MISS",
-    ]
-    assert benchmark.model_targets(rows, "resnet18") == []  # no target against another reference
+def test_presets_fill_what_is_not_given():
+    args = benchmark.resolve_args(parse(["--preset", "targets"]))
+    assert args.configs == ["256:28x28", "256:56x56", "128:112x112"] and args.batch_sizes == [8]
+    assert args.forward_only and args.channels == [128, 256] and args.resolutions == [28, 56, 112]
+    assert args.max_mem_source == "80% of available memory" and args.max_mem_gb > 0
+    args = benchmark.resolve_args(parse(["--preset", "targets", "--channels", "32", "--no-forward_only"]))
+    assert not args.configs and args.channels == [32] and args.resolutions == [28, 56, 112]
+    assert not args.forward_only
+    args = benchmark.resolve_args(parse(["--quick", "--models", "none", "--compile"]))
+    assert args.models == [] and args.repeats == 1 and args.compile == "inductor"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configs", "16:8x9"], "H = W"),
+    (["--configs", "abc"], "not C:HxW"),
+    (["--configs", "16:8", "--channels", "16"], "one or the other"),
+    (["--warmup", "0"], "--warmup must be at least 1"),
+    (["--batch_sizes", "0"], "--batch_sizes must be positive"),
+])
+def test_bad_options_fail_with_a_message(argv, message, capsys, tmp_path):
+    args = parse([*argv, "--out", str(tmp_path)])
+    assert args.func is benchmark.run_command
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_unparsable_options_are_argparse_errors(capsys):
+    for argv in (["--max_mem_gb", "lots"], ["--modules", "nope"], ["--preset", "huge"]):
+        with pytest.raises(SystemExit) as err:
+            parse(argv)
+        assert err.value.code == 2
+    assert "expected a number of GB or 'auto'" in capsys.readouterr().err

@@ -1,48 +1,72 @@
-"""Benchmark STT against attention baselines: blocks over a grid, scaling with N = H*W, whole models.
+"""Benchmark STT against attention baselines: blocks, scaling with N = H*W, block cost, models, targets.
 
 `stt-hf bench` (or `python scripts/benchmark.py`) measures, in one run on one machine:
 
 1. Blocks. Each attention module applied to a (B, C, H, W) feature map, over a grid of channels C,
-   resolutions H = W and batch sizes B: parameters, forward FLOPs, the median latency of a forward
-   and of a forward+backward, throughput and peak tensor memory. The modules: the STT variants
-   (`stt_dense`, `stt_random`, `stt_factorized_random`, `stt_mixture`), dot-product self-attention
-   (`self_attn`), the flattened Synthesizer (`flat_dense`; `flat_random` on request) and timm's SE,
-   ECA, CBAM and GC, all built by `stt_hf.create_attn` with its defaults, so all sit at the same
-   placement (a module mapping the map to a map of the same shape).
+   resolutions H = W and batch sizes B (or the explicit C:HxW points of --configs): parameters,
+   forward FLOPs, the median latency of a forward and of a forward+backward, throughput, peak tensor
+   memory and the process's peak RSS, each also as a ratio to STT (`stt_dense`, STT's defaults) at
+   the same point. The modules: the STT variants (`stt_dense`, `stt_random`, `stt_factorized_random`,
+   `stt_mixture`), dot-product self-attention (`self_attn`), the flattened Synthesizer (`flat_dense`;
+   `flat_random` on request) and timm's SE, ECA, CBAM and GC, all built by `stt_hf.create_attn` with
+   its defaults (or the shared --reduction), so all sit at the same placement.
 2. Scaling. Forward latency against N = H*W on log-log axes, with a fitted exponent k per module
    (latency ~ N^k, np.polyfit of log latency on log N) for every (C, B) series of the grid. The
-   targets: STT k <= 1.6, self-attention k >= 1.8, printed as PASS / MISS on each module's series
-   with the most work per call (largest C x B with at least three sizes). At small N fixed per-op
-   overheads flatten every curve, so the exponents depend on the resolutions measured.
-3. Models. stt_resnet50 and its random / mixture variants against timm's resnet50, seresnet50,
+   exponent targets are checked on each module's series with the most work per call (largest C x B
+   with at least three sizes). At small N fixed per-op overheads flatten every curve, so the
+   exponents depend on the resolutions measured.
+3. Block cost. An STT block (reduction 16, as in stt_resnet50) against its own two 1x1 convs + BN
+   and against the trunk's 1x1 expansion conv at the same place (ResNet-50 stages 3 and 4 at 224 px:
+   1024:14x14 and 2048:7x7): block / convs latency, the convs' and the trunk conv's GMAC/s, and the
+   ATen operators one block forward dispatches.
+4. Models. stt_resnet50 and its random / mixture variants against timm's resnet50, seresnet50,
    ecaresnet50d, botnet26t_256, halonet26t and lambda_resnet26t (random init, nothing downloaded):
-   inference (batch 8) and one SGD training step (a small batch), as ratios to resnet50 measured in
-   the same run. Models that cannot run at --img_size (botnet26t_256 has a fixed 256 px input,
-   halonet26t needs a multiple of its 8 px halo blocks at every stage) run at their own default
-   input size, which the table says.
+   inference and one SGD training step, as ratios to resnet50 measured in the same run; with
+   --compile also inference under torch.compile. Models that cannot run at --img_size
+   (botnet26t_256 has a fixed 256 px input, halonet26t needs a multiple of its 8 px halo blocks at
+   every stage) run at their own default input size, which the table says.
+5. Targets. Every project target that the run measured, in one table, PASS / MISS with the margin
+   (n/a where the run did not measure it): the exponents, STT against self-attention at 256:56x56 and
+   128:112x112, the block-cost ratios and stt_resnet50 against resnet50.
 
-With CUDA available the same tables are measured again on the GPU in bf16 under autocast and
-reported separately.
+Presets (--preset; options given explicitly still win): `grid` (the default: C {64, 256} x H=W
+{14, 28, 56, 112} x B {1, 8}, every module, forward and forward+backward, models at 224 px),
+`targets` (the points the block targets name, 256:28x28, 256:56x56 and 128:112x112 at batch 8,
+STT against the N x N baselines, forward only, memory cap 80% of what is available) and `quick`
+(--quick: a tiny grid and one model pair at 64 px, a smoke test). With CUDA available the tables are
+measured again on the GPU in bf16 under autocast and reported separately.
 
 How each number is measured:
 
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` on the meta device (no memory, no compute); it
   counts matrix products and convolutions, not softmax, normalization or element-wise ops.
-- Latency: the median of --repeats calls, after one untimed warm-up call. A forward runs in eval
-  mode under `torch.inference_mode()`; a forward+backward runs in train mode with an input that
-  requires grad (as inside a network). The modules of one grid point (and the models) are timed in
-  alternation, one call each per round, so load changes on a shared machine hit them alike. A slow
-  row gets fewer repeats (at least 2) so that it stays within about --row_budget_s.
-- Peak memory: the peak of bytes held by live tensors allocated during the warm-up call. On CPU it
-  is read from `torch.profiler` (profile_memory=True) by summing its allocation and free events in
-  time order; on CUDA it is the growth of `torch.cuda.max_memory_allocated()`. It is deterministic.
+- Isolation: every block row (one module at one grid point) runs in its own fresh worker process
+  (`python -m stt_hf.experiments.benchmark --worker SPEC`), so no row inherits another's allocator
+  state. The modules of one grid point are timed in alternation, one call each per round, so load
+  changes on a shared machine hit them alike; the models and the cost rows alternate the same way.
+- Latency: the median of --repeats calls, after --warmup untimed ones. A forward runs in eval mode
+  under `torch.inference_mode()`; a forward+backward runs in train mode with an input that requires
+  grad (as inside a network). A slow row gets fewer repeats (at least 2) so that it stays within
+  about --row_budget_s.
+- Peak memory: the peak of bytes held by live tensors during the first warm-up call. On CPU it is
+  read from `torch.profiler` (profile_memory=True) by summing its allocation and free events in time
+  order; on CUDA it is the growth of `torch.cuda.max_memory_allocated()`. It is deterministic.
+- RSS: the worker's peak resident-set growth over all its calls, from the moment the block is built
+  and its input allocated: the kernel's VmHWM after resetting it through /proc/self/clear_refs
+  (Linux >= 4.0), else `resource.getrusage().ru_maxrss` growth (a lower bound). It includes the C
+  allocator's slack and code paged in on the first call, so it is larger than the tensor peak and
+  varies by some 15% from run to run for small rows.
 - Training step: forward, cross-entropy, backward and a plain SGD step (no optimizer state).
-- Skips: a combination whose estimated forward+backward memory exceeds --max_mem_gb is not run and
-  is marked `skipped` in the CSV (the N x N maps of the flattened baselines reach tens of GB at
-  112 x 112); a combination that fails is marked `failed` with the error.
+- Skips: a row whose estimated memory exceeds --max_mem_gb is not run and is marked `skipped`
+  (the N x N maps of the flattened baselines reach tens of GB at 112 x 112); a row that fails (its
+  worker raises or is killed, for example for memory) is marked `failed` with the reason.
+
+Outputs in --out: blocks.csv, exponents.csv, cost.csv, models.csv, targets.csv, results.json (all
+of them with the run's settings), results.md and the plots.
 
 Usage:
-    stt-hf bench                        # default grid, about 10 minutes on 2 CPU cores
+    stt-hf bench                           # the default grid, about 20 minutes on 2 CPU cores
+    stt-hf bench --preset targets          # the targets check, about 5 minutes on 2 CPU cores
     stt-hf bench --quick --out outputs/bench_quick   # smoke test: a tiny grid, one model pair
     stt-hf bench --channels 128 --resolutions 14 28 56 --batch_sizes 4 --models resnet50 stt_resnet50
 """
@@ -51,10 +75,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -70,6 +99,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ..layers.create import create_attn
+from ..layers.stt import STT
 from ..reporting.profiling import count_macs, count_params
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,6 +108,7 @@ from ..reporting.profiling import count_macs, count_params
 
 STT_VARIANTS = {"stt_dense": "dense", "stt_random": "random", "stt_factorized_random": "factorized_random",
                 "stt_mixture": "mixture"}
+STT_REFERENCE = "stt_dense"  # STT with its defaults: the block ratios (`*_vs_stt`) divide by this row
 BLOCK_MODULES = (*STT_VARIANTS, "self_attn", "flat_dense", "se", "eca", "cbam", "gc")
 ALL_BLOCK_MODULES = (*BLOCK_MODULES, "flat_random")
 QUADRATIC = ("self_attn", "flat_dense", "flat_random")  # hold (B, N, N) maps
@@ -86,19 +117,117 @@ REFERENCE_MODEL = "resnet50"
 DEFAULT_MODELS = ("stt_resnet50", "stt_resnet50_random", "stt_resnet50_mixture", "resnet50", "seresnet50",
                   "ecaresnet50d", "botnet26t_256", "halonet26t", "lambda_resnet26t")
 
-# Scaling targets on the fitted forward-latency exponent: (modules, operator, threshold).
-EXPONENT_TARGETS = ((tuple(STT_VARIANTS), "<=", 1.6), (("self_attn",), ">=", 1.8))
+# Block cost: ResNet-50 stage 3 (C=1024, 14x14) and 4 (C=2048, 7x7) at 224 px with the registered
+# models' STT reduction; the trunk conv is the stage's 1x1 expansion conv (its input channels here).
+COST_CONFIGS = {"1024:14x14": 256, "2048:7x7": 512}
+COST_REDUCTION = 16
 
-# Grid and repeat defaults; --quick swaps in the second set (options given explicitly still win).
-DEFAULTS = dict(channels=[64, 256], resolutions=[14, 28, 56, 112], batch_sizes=[1, 8], repeats=5,
-                model_repeats=3, models=list(DEFAULT_MODELS), img_size=224, infer_batch=8, train_batch=2,
-                row_budget_s=6.0)
-QUICK = dict(channels=[16], resolutions=[7, 14], batch_sizes=[1], repeats=1, model_repeats=1,
-             models=["stt_resnet50"], img_size=64, infer_batch=2, train_batch=2, row_budget_s=1.0)
+# Presets of the grid, repeat and model options (options given explicitly win). "auto" memory cap:
+# 80% of the memory available at the start.
+PRESETS = {
+    "grid": dict(configs=None, channels=[64, 256], resolutions=[14, 28, 56, 112], batch_sizes=[1, 8],
+                 modules=list(BLOCK_MODULES), repeats=5, warmup=1, row_budget_s=6.0, max_mem_gb=4.0,
+                 forward_only=False, models=list(DEFAULT_MODELS), img_size=224, infer_batch=8,
+                 train_batch=2, model_repeats=3),
+    "targets": dict(configs=["256:28x28", "256:56x56", "128:112x112"], channels=[128, 256],
+                    resolutions=[28, 56, 112],
+                    batch_sizes=[8], modules=[STT_REFERENCE, *QUADRATIC], repeats=10, warmup=1,
+                    row_budget_s=20.0, max_mem_gb="auto", forward_only=True, models=["stt_resnet50"],
+                    img_size=224, infer_batch=8, train_batch=8, model_repeats=5),
+    "quick": dict(configs=None, channels=[16], resolutions=[7, 14], batch_sizes=[1],
+                  modules=list(BLOCK_MODULES), repeats=1, warmup=1, row_budget_s=1.0, max_mem_gb=4.0,
+                  forward_only=False, models=["stt_resnet50"], img_size=64, infer_batch=2, train_batch=2,
+                  model_repeats=1),
+}
+
+# ---------------------------------------------------------------------------------------------------
+# The one output schema: the columns of each CSV (and of each row list in results.json)
+# ---------------------------------------------------------------------------------------------------
+
+BLOCK_COLUMNS = ("device", "precision", "module", "channels", "resolution", "n", "batch", "params", "gflops",
+                 "est_mem_gb", "status", "note", "repeats", "fwd_ms", "fwd_bwd_ms", "fwd_img_s",
+                 "fwd_bwd_img_s", "peak_fwd_mb", "peak_fwd_bwd_mb", "rss_mb", "rss_method", "fwd_vs_stt",
+                 "fwd_bwd_vs_stt", "peak_fwd_vs_stt", "rss_vs_stt")
+FIT_COLUMNS = ("device", "precision", "module", "channels", "batch", "points", "n_min", "n_max", "k_fwd",
+               "k_fwd_bwd", "k_flops", "k_peak_mem")
+COST_COLUMNS = ("device", "precision", "config", "channels", "resolution", "trunk_in", "batch", "reduction",
+                "repeats", "block_ms", "convs_ms", "trunk_ms", "block_ops", "convs_gmacs_s", "trunk_gmacs_s",
+                "block_vs_convs", "trunk_vs_convs_gmacs")
+MODEL_COLUMNS = ("device", "precision", "model", "reference", "img_size", "note", "params", "gmacs",
+                 "infer_batch", "train_batch", "peak_infer_mb", "peak_train_mb", "repeats", "infer_ms",
+                 "infer_img_s", "train_step_ms", "train_img_s", "compiled_infer_ms", "compiled_infer_img_s",
+                 "params_vs_ref", "gmacs_vs_ref", "infer_speed_vs_ref", "train_speed_vs_ref",
+                 "compiled_speed_vs_ref")
+TARGET_COLUMNS = ("device", "precision", "target", "measured", "unit", "required", "margin", "status",
+                  "where")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Measurement primitives (also used by scripts/benchmark_block.py)
+# Targets
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """One goal: a measured value must satisfy `op threshold`.
+
+    kind "exponent": `metric` of `module`'s headline scaling fit; "block": the `metric` column (a ratio
+    to STT) of `module`'s row at `config`, at the largest batch measured; "cost": the `metric` column
+    of the cost row at `config`; "model": the `metric` column (a ratio to resnet50) of model `module`.
+    """
+
+    label: str
+    kind: str
+    metric: str
+    op: str  # ">=" or "<="
+    threshold: float
+    module: str = ""
+    config: str = ""  # "C:HxW"
+    unit: str = "x"
+
+
+TARGETS = (
+    *(Target(f"{m}: forward latency ~ N^k", "exponent", "k_fwd", "<=", 1.6, m, unit="")
+      for m in STT_VARIANTS),
+    Target("self_attn: forward latency ~ N^k", "exponent", "k_fwd", ">=", 1.8, "self_attn", unit=""),
+    Target("self_attn / STT forward latency, 256:56x56", "block", "fwd_vs_stt", ">=", 5.0, "self_attn",
+           "256:56x56"),
+    Target("self_attn / STT peak memory, 256:56x56", "block", "peak_fwd_vs_stt", ">=", 5.0, "self_attn",
+           "256:56x56"),
+    Target("self_attn / STT forward latency, 128:112x112", "block", "fwd_vs_stt", ">=", 20.0, "self_attn",
+           "128:112x112"),
+    *(Target(f"STT block / its two 1x1 convs + BN, {c}", "cost", "block_vs_convs", "<=", 1.2, config=c)
+      for c in COST_CONFIGS),
+    *(Target(f"trunk 1x1 conv GMAC/s / STT convs' GMAC/s, {c}", "cost", "trunk_vs_convs_gmacs", "<=", 1.3,
+             config=c) for c in COST_CONFIGS),
+    Target("stt_resnet50 / resnet50 params", "model", "params_vs_ref", "<=", 1.15, "stt_resnet50"),
+    Target("stt_resnet50 / resnet50 GMACs", "model", "gmacs_vs_ref", "<=", 1.10, "stt_resnet50"),
+    Target("stt_resnet50 / resnet50 inference speed", "model", "infer_speed_vs_ref", ">=", 0.93,
+           "stt_resnet50"),
+    Target("stt_resnet50 / resnet50 training step speed", "model", "train_speed_vs_ref", ">=", 0.90,
+           "stt_resnet50"),
+)
+TARGET_REFERENCE = "resnet50"  # the model targets are ratios to this model
+
+
+def parse_config(text: str) -> tuple[int, int]:
+    """'256:56x56' (or '256:56') -> (channels, size); the maps are square."""
+    channels, sep, size = text.partition(":")
+    h, _, w = size.partition("x")
+    try:
+        c, h, w = int(channels), int(h), int(w or h)
+    except ValueError:
+        raise ValueError(f"--configs: {text!r} is not C:HxW, e.g. 256:56x56") from None
+    if not sep or min(c, h) < 1 or h != w:
+        raise ValueError(f"--configs: {text!r} must be C:HxW with positive C and H = W, e.g. 256:56x56")
+    return c, h
+
+
+def config_name(channels: int, size: int) -> str:
+    return f"{channels}:{size}x{size}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurement primitives
 # ---------------------------------------------------------------------------------------------------
 
 def synchronize(device: torch.device) -> None:
@@ -113,11 +242,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
-
-
-def timed_forward(model: nn.Module, x: torch.Tensor) -> float:
-    """Seconds for one forward pass (synchronized on CUDA)."""
-    return timed(lambda: model(x), x.device)
 
 
 MIN_REPEATS = 2
@@ -171,9 +295,23 @@ def tensor_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, 
     return seconds, peak
 
 
-def forward_with_tensor_peak(model: nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    """One forward; returns (seconds, peak bytes held by tensors allocated during it)."""
-    return tensor_peak(lambda: model(x), x.device)
+class RssPeak:
+    """Peak resident-set growth of this process from the moment of construction."""
+
+    def __init__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the kernel's peak-RSS mark (VmHWM) to the current RSS
+            self.method = "VmHWM"
+            self.baseline = proc_kb("/proc/self/status", "VmRSS") * 1024
+        except OSError:
+            self.method = "ru_maxrss"
+            self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def peak_bytes(self) -> int:
+        if self.method == "VmHWM":
+            return proc_kb("/proc/self/status", "VmHWM") * 1024 - self.baseline
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline
 
 
 def estimate_peak_gb(module: str, channels: int, height: int, width: int, batch: int, params: int, *,
@@ -195,6 +333,16 @@ def estimate_peak_gb(module: str, channels: int, height: int, width: int, batch:
     return (activations + weights) / 2**30
 
 
+def memory_cap_gb(value: float | str) -> tuple[float, str]:
+    """(cap in GB, where it came from) for a --max_mem_gb value: a number, or "auto" (80% available)."""
+    if value != "auto":
+        return float(value), "--max_mem_gb"
+    try:
+        return 0.8 * proc_kb("/proc/meminfo", "MemAvailable") / 2**20, "80% of available memory"
+    except (OSError, KeyError):
+        return 8.0, "8 GB (available memory unknown)"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on CUDA; float32 (no autocast) otherwise."""
     if precision == "bf16":
@@ -203,32 +351,23 @@ def autocast(device: torch.device, precision: str):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Block level
+# Block level: one worker process per row
 # ---------------------------------------------------------------------------------------------------
 
-def build_block(module: str, channels: int, size: int, device: torch.device | str) -> nn.Module:
-    """The block `module` for a (channels, size, size) map, with create_attn's defaults."""
+def build_block(module: str, channels: int, size: int, device: torch.device | str,
+                reduction: int | None = None) -> nn.Module:
+    """The block `module` for a (channels, size, size) map, with create_attn's defaults (and `reduction`)."""
+    options = {} if reduction is None else dict(reduction=reduction)
     if module in STT_VARIANTS:
-        return create_attn("stt", channels, (size, size), synth=STT_VARIANTS[module], device=device)
-    return create_attn(module, channels, (size, size), device=device)
+        options["synth"] = STT_VARIANTS[module]
+        module = "stt"
+    return create_attn(module, channels, (size, size), device=device, **options)
 
 
-def block_static(module: str, channels: int, size: int, batch: int) -> dict:
+def block_static(module: str, channels: int, size: int, batch: int, reduction: int | None = None) -> dict:
     """Parameters and forward GFLOPs (for the whole batch) of one block, counted on the meta device."""
-    block = build_block(module, channels, size, "meta").eval()
+    block = build_block(module, channels, size, "meta", reduction).eval()
     return dict(params=count_params(block), gflops=2 * count_macs(block, (channels, size, size), batch) / 1e9)
-
-
-@dataclass
-class BlockCase:
-    """One module at one grid point while it is measured: its calls and what they measured."""
-
-    row: dict
-    forward: Callable[[], None]
-    forward_backward: Callable[[], None]
-    repeats: int = 0
-    fwd: list[float] = field(default_factory=list)
-    fwd_bwd: list[float] = field(default_factory=list)
 
 
 def block_steps(block: nn.Module, x: torch.Tensor, x_grad: torch.Tensor, precision: str):
@@ -251,77 +390,193 @@ def block_steps(block: nn.Module, x: torch.Tensor, x_grad: torch.Tensor, precisi
     return forward, forward_backward
 
 
-def measure_grid_point(modules: Sequence[str], channels: int, size: int, batch: int, device: torch.device,
-                       precision: str, args: argparse.Namespace) -> list[dict]:
-    """All module rows at one (C, size, B): built together, warmed up, profiled, then timed in alternation."""
-    rows, cases = [], []
+def serve_block(spec: dict) -> None:
+    """Worker side: build one block, then answer requests from stdin, one JSON line each, until "rss".
+
+    "profile": each call once under the memory profiler -> seconds and tensor peaks (the first warm-up);
+    "time": each call once, timed -> seconds;  "rss": the process's peak RSS growth, then exit.
+    The calls are the forward, then (unless spec["forward_only"]) the forward+backward.
+    """
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    channels, size, batch = spec["channels"], spec["size"], spec["batch"]
+    block = build_block(spec["module"], channels, size, device, spec["reduction"])
     x = torch.randn(batch, channels, size, size, device=device)
     x_grad = x.clone().requires_grad_(True)
-    for module in modules:
-        row = dict(device=device.type, precision=precision, module=module, channels=channels,
-                   resolution=size, n=size * size, batch=batch, **block_static(module, channels, size, batch),
-                   est_mem_gb=None, status="ok", note="", repeats=0, fwd_ms=None, fwd_bwd_ms=None,
-                   fwd_img_s=None, fwd_bwd_img_s=None, peak_fwd_mb=None, peak_fwd_bwd_mb=None)
-        estimate = estimate_peak_gb(module, channels, size, size, batch, row["params"], backward=True)
-        row["est_mem_gb"] = float(f"{estimate:.4g}")
-        rows.append(row)
-        if estimate > args.max_mem_gb:
-            row.update(status="skipped", note=f"est. {estimate:.3g} GB > cap {args.max_mem_gb:g} GB")
-            continue
-        block = build_block(module, channels, size, device)
-        cases.append(BlockCase(row, *block_steps(block, x, x_grad, precision)))
+    forward, forward_backward = block_steps(block, x, x_grad, spec["precision"])
+    calls = (forward,) if spec["forward_only"] else (forward, forward_backward)
+    rss = RssPeak()  # baseline: block built, inputs allocated
 
-    def attempt(case: BlockCase, fn: Callable[[], object]):
-        """fn(); None (and the row marked failed) if it raises, e.g. out of memory."""
+    def reply(message: dict) -> None:
+        print(json.dumps(message), flush=True)
+
+    reply(dict(ready=True, pid=os.getpid()))
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "profile":
+            measured = [tensor_peak(call, device) for call in calls]
+            reply(dict(seconds=[s for s, _ in measured], peak_mb=[p / 2**20 for _, p in measured]))
+        elif command == "time":
+            reply(dict(seconds=[timed(call, device) for call in calls]))
+        else:
+            reply(dict(rss_mb=rss.peak_bytes() / 2**20, rss_method=rss.method))
+            return
+
+
+WORKER_MODULE = "stt_hf.experiments.benchmark"
+
+
+class BlockWorker:
+    """Parent side: one block row in its own Python process, driven by JSON lines."""
+
+    def __init__(self, spec: dict):
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        cmd = [sys.executable, "-m", WORKER_MODULE, "--worker", json.dumps(spec)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True)
+
+    def request(self, command: str | None = None) -> dict:
+        """Send `command` (None: only wait for the next reply); raise RuntimeError if the worker died."""
         try:
-            return fn()
-        except Exception as err:  # one failing module must not end the run
-            case.row.update(status="failed", note=f"{type(err).__name__}: {str(err)[:120]}")
-            cases.remove(case)
+            if command:
+                self.proc.stdin.write(command + "\n")
+                self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            while line and not line.startswith("{"):  # skip anything else a library printed
+                line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise RuntimeError(self.failure())
+        return json.loads(line)
+
+    def failure(self) -> str:
+        code = self.proc.wait()
+        if code < 0:
+            return f"worker killed by signal {-code}, likely out of memory"
+        self.stderr.seek(0)
+        last = (self.stderr.read().strip().splitlines() or ["no message"])[-1]
+        return f"worker failed: {last[:120]}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            stream.close()
+
+
+def block_row(device: torch.device, precision: str, module: str, channels: int, size: int, batch: int,
+              reduction: int | None) -> dict:
+    """A block row with its static numbers and every measured column still empty."""
+    row = dict.fromkeys(BLOCK_COLUMNS)
+    row.update(device=device.type, precision=precision, module=module, channels=channels, resolution=size,
+               n=size * size, batch=batch, **block_static(module, channels, size, batch, reduction),
+               status="ok", note="", repeats=0, rss_method="")
+    return row
+
+
+def measure_grid_point(modules: Sequence[str], channels: int, size: int, batch: int, device: torch.device,
+                       precision: str, args: argparse.Namespace) -> list[dict]:
+    """All module rows at one (C, size, B): one worker each, started together, then timed in alternation."""
+    rows, workers = {}, {}
+    for module in modules:
+        row = rows[module] = block_row(device, precision, module, channels, size, batch, args.reduction)
+        estimate = estimate_peak_gb(module, channels, size, size, batch, row["params"],
+                                    backward=not args.forward_only)
+        row["est_mem_gb"] = float(f"{estimate:.4g}")
+        if estimate > args.max_mem_gb:
+            row.update(status="skipped", note=f"est. {estimate:.3g} GB > cap {args.max_mem_gb:.3g} GB")
+            continue
+        spec = dict(module=module, channels=channels, size=size, batch=batch, device=device.type,
+                    precision=precision, reduction=args.reduction, forward_only=args.forward_only,
+                    threads=args.threads)
+        workers[module] = BlockWorker(spec)  # workers start (import, build) in parallel
+
+    def request(module: str, command: str | None = None) -> dict | None:
+        """The worker's reply; None once it has failed (the row says why; the worker is dropped)."""
+        try:
+            return workers[module].request(command)
+        except RuntimeError as err:
+            rows[module].update(status="failed", note=str(err))
+            workers.pop(module).close()
             return None
 
-    for case in list(cases):  # the untimed warm-up calls measure peak memory; their time sets the repeats
-        warm = attempt(case, lambda c=case: (tensor_peak(c.forward, device),
-                                             tensor_peak(c.forward_backward, device)))
-        if warm is not None:
-            (fwd_s, fwd_peak), (fwd_bwd_s, fwd_bwd_peak) = warm
-            case.row.update(peak_fwd_mb=fwd_peak / 2**20, peak_fwd_bwd_mb=fwd_bwd_peak / 2**20)
-            case.repeats = budgeted_repeats(args.repeats, fwd_s + fwd_bwd_s, args.row_budget_s)
-    for i in range(max((c.repeats for c in cases), default=0)):
-        for case in list(cases):
-            if i < case.repeats:
-                pair = attempt(case, lambda c=case: (timed(c.forward, device),
-                                                     timed(c.forward_backward, device)))
-                if pair is not None:
-                    case.fwd.append(pair[0])
-                    case.fwd_bwd.append(pair[1])
-    for case in cases:
-        fwd, fwd_bwd = statistics.median(case.fwd), statistics.median(case.fwd_bwd)
-        case.row.update(repeats=len(case.fwd), fwd_ms=fwd * 1e3, fwd_bwd_ms=fwd_bwd * 1e3,
-                        fwd_img_s=batch / fwd, fwd_bwd_img_s=batch / fwd_bwd)
-    return rows
+    times: dict[str, list[list[float]]] = {}
+    repeats: dict[str, int] = {}
+    try:
+        for module in list(workers):  # wait until built, then warm up; the warm-up time sets the repeats
+            if request(module) is None or (warm := request(module, "profile")) is None:
+                continue
+            peaks = warm["peak_mb"] + [None]
+            rows[module].update(peak_fwd_mb=peaks[0], peak_fwd_bwd_mb=peaks[1])
+            for _ in range(args.warmup - 1):
+                warm = request(module, "time") or warm
+            repeats[module] = budgeted_repeats(args.repeats, sum(warm["seconds"]), args.row_budget_s)
+            times[module] = []
+        for i in range(max(repeats.values(), default=0)):
+            for module in list(workers):
+                if i < repeats[module] and (reply := request(module, "time")) is not None:
+                    times[module].append(reply["seconds"])
+        for module in list(workers):
+            if (reply := request(module, "rss")) is not None and times[module]:
+                fwd = statistics.median(t[0] for t in times[module])
+                rows[module].update(repeats=len(times[module]), fwd_ms=fwd * 1e3, fwd_img_s=batch / fwd,
+                                    **reply)
+                if not args.forward_only:
+                    fwd_bwd = statistics.median(t[1] for t in times[module])
+                    rows[module].update(fwd_bwd_ms=fwd_bwd * 1e3, fwd_bwd_img_s=batch / fwd_bwd)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return list(rows.values())
+
+
+def add_ratios_to_stt(rows: list[dict]) -> None:
+    """`*_vs_stt`: a row's value / the STT row's at the same (device, C, H, B); STT itself gets 1.0."""
+    def point(row: dict) -> tuple:
+        return row["device"], row["precision"], row["channels"], row["resolution"], row["batch"]
+
+    reference = {point(r): r for r in rows if r["module"] == STT_REFERENCE}
+    for row in rows:
+        ref = reference.get(point(row), {})
+        for key, ratio in (("fwd_ms", "fwd_vs_stt"), ("fwd_bwd_ms", "fwd_bwd_vs_stt"),
+                           ("peak_fwd_mb", "peak_fwd_vs_stt"), ("rss_mb", "rss_vs_stt")):
+            value, base = row.get(key), ref.get(key)
+            row[ratio] = value / base if value and base else None
 
 
 def describe_block_row(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']} ({row['note']})"
-    return (f"fwd {row['fwd_ms']:9.2f} ms, fwd+bwd {row['fwd_bwd_ms']:9.2f} ms (n={row['repeats']}), "
-            f"peak {row['peak_fwd_mb']:.1f} / {row['peak_fwd_bwd_mb']:.1f} MB")
+    text = f"fwd {row['fwd_ms']:9.2f} ms"
+    if row["fwd_bwd_ms"] is not None:
+        text += f", fwd+bwd {row['fwd_bwd_ms']:9.2f} ms"
+    return (f"{text} (n={row['repeats']}), peak {fmt(row['peak_fwd_mb'], '.1f')} / "
+            f"{fmt(row['peak_fwd_bwd_mb'], '.1f')} MB, RSS {row['rss_mb']:.0f} MB")
+
+
+def grid_points(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(channels, size) of every block grid point: the --configs, else channels x resolutions."""
+    if args.configs:
+        return [parse_config(c) for c in args.configs]
+    return list(itertools.product(args.channels, args.resolutions))
 
 
 def run_blocks(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
     """Every row of the block grid on one device."""
     rows = []
-    total = len(args.batch_sizes) * len(args.channels) * len(args.resolutions) * len(args.modules)
+    points = grid_points(args)
+    total = len(args.batch_sizes) * len(points) * len(args.modules)
     start = time.perf_counter()
     for batch in args.batch_sizes:
-        for channels in args.channels:
-            for size in args.resolutions:
-                for row in measure_grid_point(args.modules, channels, size, batch, device, precision, args):
-                    rows.append(row)
-                    print(f"[{len(rows)}/{total} {time.perf_counter() - start:5.0f}s] {device.type} "
-                          f"C={channels} {size}x{size} B={batch} {row['module']:<22} "
-                          f"{describe_block_row(row)}", flush=True)
+        for channels, size in points:
+            for row in measure_grid_point(args.modules, channels, size, batch, device, precision, args):
+                rows.append(row)
+                print(f"[{len(rows)}/{total} {time.perf_counter() - start:5.0f}s] {device.type} "
+                      f"C={channels} {size}x{size} B={batch} {row['module']:<22} "
+                      f"{describe_block_row(row)}", flush=True)
+    add_ratios_to_stt(rows)
     return rows
 
 
@@ -357,7 +612,8 @@ def scaling_fits(rows: list[dict]) -> list[dict]:
                          k_fwd=fit_exponent(n, [r["fwd_ms"] for r in points]),
                          k_fwd_bwd=fit_exponent(n, [r["fwd_bwd_ms"] for r in points]),
                          k_flops=fit_exponent(n, [r["gflops"] for r in points]),
-                         k_peak_mem=fit_exponent(n, [r["peak_fwd_bwd_mb"] for r in points])))
+                         k_peak_mem=fit_exponent(n, [r["peak_fwd_bwd_mb"] or r["peak_fwd_mb"]
+                                                     for r in points])))
     return fits
 
 
@@ -379,20 +635,64 @@ def headline_fits(fits: list[dict]) -> dict[tuple[str, str], dict]:
     return {key: fit for key, (_, fit) in best.items()}
 
 
-def check_exponents(headline: dict[tuple[str, str], dict], device: str) -> list[dict]:
-    """PASS / MISS of the exponent targets on one device's headline fits (n/a where not measured)."""
-    results = []
-    for modules, op, threshold in EXPONENT_TARGETS:
-        for module in modules:
-            fit = headline.get((device, module))
-            k = fit["k_fwd"] if fit else None
-            status = "n/a (not measured)"
-            if k is not None:
-                status = "PASS" if (k <= threshold if op == "<=" else k >= threshold) else "MISS"
-            results.append(dict(device=device, module=module, k_fwd=k, required=f"{op} {threshold:g}",
-                                status=status, series=(f"C={fit['channels']}, B={fit['batch']}, "
-                                                       f"N={fit['n_min']}..{fit['n_max']}" if fit else "")))
-    return results
+# ---------------------------------------------------------------------------------------------------
+# Block cost: an STT block against its own convolutions and the trunk's
+# ---------------------------------------------------------------------------------------------------
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """ATen operators one call of fn dispatches (views and the like included): the small-op overhead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
+    """Per cost config: the STT block, its two 1x1 convs + BN alone, and the trunk's 1x1 conv, alternating.
+
+    Eval mode, batch --infer_batch; 3 x --repeats rounds, as these calls are short.
+    """
+    rows, batch = [], args.infer_batch
+    for config, trunk_in in COST_CONFIGS.items():
+        channels, size = parse_config(config)
+        stt = STT(channels, feat_size=(size, size), reduction=COST_REDUCTION, device=device).eval()
+        trunk = nn.Conv2d(trunk_in, channels, 1, bias=False, device=device).eval()
+        x = torch.randn(batch, channels, size, size, device=device)
+        x_trunk = torch.randn(batch, trunk_in, size, size, device=device)
+        calls = {"block": lambda stt=stt, x=x: stt(x),
+                 "convs": lambda stt=stt, x=x: stt.norm(stt.proj(stt.to_v(x))),
+                 "trunk": lambda trunk=trunk, x=x_trunk: trunk(x)}
+        times = {k: [] for k in calls}
+        with torch.inference_mode(), autocast(device, precision):
+            for call in calls.values():
+                for _ in range(args.warmup):
+                    call()
+            for _ in range(3 * args.repeats):
+                for k, call in calls.items():
+                    times[k].append(timed(call, device))
+            ops = count_ops(calls["block"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        cv = stt.to_v.out_channels
+        convs_gmacs_s = 2 * channels * cv * size * size * batch / med["convs"] / 1e9
+        trunk_gmacs_s = trunk_in * channels * size * size * batch / med["trunk"] / 1e9
+        rows.append(dict(device=device.type, precision=precision, config=config, channels=channels,
+                         resolution=size, trunk_in=trunk_in, batch=batch, reduction=COST_REDUCTION,
+                         repeats=len(times["block"]), block_ms=med["block"] * 1e3,
+                         convs_ms=med["convs"] * 1e3, trunk_ms=med["trunk"] * 1e3, block_ops=ops,
+                         convs_gmacs_s=convs_gmacs_s, trunk_gmacs_s=trunk_gmacs_s,
+                         block_vs_convs=med["block"] / med["convs"],
+                         trunk_vs_convs_gmacs=trunk_gmacs_s / convs_gmacs_s))
+        print(f"cost: {device.type} {config}: block {med['block'] * 1e3:.2f} ms, convs+BN "
+              f"{med['convs'] * 1e3:.2f} ms, trunk conv {med['trunk'] * 1e3:.2f} ms, {ops} ops", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,15 +728,18 @@ def model_input(name: str, img_size: int) -> tuple[int, str, dict]:
 
 @dataclass
 class ModelCase:
+    """One model while it is measured: its calls (inference, training step, compiled inference)."""
+
     row: dict
     infer: Callable[[], None]
     train_step: Callable[[], None]
-    infer_times: list[float] = field(default_factory=list)
-    train_times: list[float] = field(default_factory=list)
+    compiled_infer: Callable[[], None] | None = None
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
-def model_case(name: str, device: torch.device, precision: str, args: argparse.Namespace) -> ModelCase:
-    """A random-init model with its inference and training-step closures."""
+def model_case(name: str, reference: str, device: torch.device, precision: str,
+               args: argparse.Namespace) -> ModelCase:
+    """A random-init model with its inference and training-step closures (and compiled inference)."""
     size, note, static = model_input(name, args.img_size)
     model = timm.create_model(name, pretrained=False, **model_kwargs(name, size)).to(device)
     # Plain SGD keeps no state, so every step (the first, profiled one too) allocates the same tensors.
@@ -445,10 +748,12 @@ def model_case(name: str, device: torch.device, precision: str, args: argparse.N
     x_train = torch.randn(args.train_batch, 3, size, size, device=device)
     labels = torch.randint(0, model.num_classes, (args.train_batch,), device=device)
 
-    def infer() -> None:
-        model.eval()
-        with torch.inference_mode(), autocast(device, precision):
-            model(x_infer)
+    def inference(net: nn.Module) -> Callable[[], None]:
+        def infer() -> None:
+            model.eval()
+            with torch.inference_mode(), autocast(device, precision):
+                net(x_infer)
+        return infer
 
     def train_step() -> None:
         model.train()
@@ -458,9 +763,11 @@ def model_case(name: str, device: torch.device, precision: str, args: argparse.N
         loss.backward()
         optimizer.step()
 
-    row = dict(device=device.type, precision=precision, model=name, img_size=size, note=note, **static,
-               infer_batch=args.infer_batch, train_batch=args.train_batch)
-    return ModelCase(row, infer, train_step)
+    row = dict.fromkeys(MODEL_COLUMNS)
+    row.update(device=device.type, precision=precision, model=name, reference=reference, img_size=size,
+               note=note, **static, infer_batch=args.infer_batch, train_batch=args.train_batch)
+    compiled = inference(torch.compile(model, backend=args.compile)) if args.compile else None
+    return ModelCase(row, inference(model), train_step, compiled)
 
 
 def run_models(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
@@ -469,37 +776,85 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
     cases = []
     for name in names:
         start = time.perf_counter()
-        case = model_case(name, device, precision, args)
-        # The untimed warm-up calls measure the peak memory.
+        case = model_case(name, args.reference, device, precision, args)
+        # The first warm-up calls measure the peak memory.
         _, peak_infer = tensor_peak(case.infer, device)
         _, peak_train = tensor_peak(case.train_step, device)
+        for _ in range(args.warmup - 1):
+            case.infer()
+            case.train_step()
+        for _ in range(args.warmup if case.compiled_infer else 0):  # the first compiles
+            case.compiled_infer()
         case.row.update(peak_infer_mb=peak_infer / 2**20, peak_train_mb=peak_train / 2**20)
         cases.append(case)
         print(f"models: {device.type} {name} ready at {case.row['img_size']} px "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     for i in range(args.model_repeats):
-        for case in cases:
-            case.infer_times.append(timed(case.infer, device))
-        for case in cases:
-            case.train_times.append(timed(case.train_step, device))
+        for kind in ("infer", "train_step", "compiled_infer"):
+            for case in cases:
+                if (call := getattr(case, kind)) is not None:
+                    case.times[kind].append(timed(call, device))
         print(f"models: {device.type} repeat {i + 1}/{args.model_repeats}", flush=True)
     rows = []
     for case in cases:
-        infer, train = statistics.median(case.infer_times), statistics.median(case.train_times)
-        case.row.update(repeats=len(case.infer_times), infer_ms=infer * 1e3,
-                        infer_img_s=args.infer_batch / infer, train_step_ms=train * 1e3,
-                        train_img_s=args.train_batch / train)
+        med = {kind: statistics.median(times) for kind, times in case.times.items()}
+        case.row.update(repeats=len(case.times["infer"]), infer_ms=med["infer"] * 1e3,
+                        infer_img_s=args.infer_batch / med["infer"], train_step_ms=med["train_step"] * 1e3,
+                        train_img_s=args.train_batch / med["train_step"])
+        if "compiled_infer" in med:
+            case.row.update(compiled_infer_ms=med["compiled_infer"] * 1e3,
+                            compiled_infer_img_s=args.infer_batch / med["compiled_infer"])
         rows.append(case.row)
     ref = rows[0]
     for row in rows:
         row.update(params_vs_ref=row["params"] / ref["params"], gmacs_vs_ref=row["gmacs"] / ref["gmacs"],
                    infer_speed_vs_ref=row["infer_img_s"] / ref["infer_img_s"],
                    train_speed_vs_ref=row["train_img_s"] / ref["train_img_s"])
+        if row["compiled_infer_img_s"] is not None:
+            row["compiled_speed_vs_ref"] = row["compiled_infer_img_s"] / ref["compiled_infer_img_s"]
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reporting: CSV, Markdown, plots
+# Targets: PASS / MISS
+# ---------------------------------------------------------------------------------------------------
+
+def target_value(target: Target, section: dict) -> tuple[float | None, str]:
+    """(measured value, where it was measured) of one target in one device's results."""
+    if target.kind == "exponent":
+        fit = headline_fits(section["fits"]).get((section["device"], target.module))
+        if fit is None:
+            return None, ""
+        return fit[target.metric], f"C={fit['channels']}, B={fit['batch']}, N={fit['n_min']}..{fit['n_max']}"
+    if target.kind == "block":
+        channels, size = parse_config(target.config)
+        rows = [r for r in section["blocks"] if (r["module"], r["channels"], r["resolution"])
+                == (target.module, channels, size) and r[target.metric] is not None]
+        row = max(rows, key=lambda r: r["batch"], default=None)
+        return (row[target.metric], f"B={row['batch']}") if row else (None, "")
+    if target.kind == "cost":
+        row = next((r for r in section["cost"] if r["config"] == target.config), None)
+        return (row[target.metric], f"B={row['batch']}") if row else (None, "")
+    row = next((r for r in section["models"] if r["model"] == target.module
+                and r["reference"] == TARGET_REFERENCE), None)
+    return (row[target.metric], f"{row['img_size']} px") if row else (None, "")
+
+
+def check_targets(section: dict, targets: Sequence[Target] = TARGETS) -> list[dict]:
+    """One row per target: measured, required, margin (positive: met with room) and PASS / MISS / n/a."""
+    results = []
+    for t in targets:
+        value, where = target_value(t, section)
+        margin = None if value is None else (value - t.threshold if t.op == ">=" else t.threshold - value)
+        status = "n/a (not measured)" if margin is None else "PASS" if margin >= 0 else "MISS"
+        results.append(dict(device=section["device"], precision=section["precision"], target=t.label,
+                            measured=value, unit=t.unit, required=f"{t.op} {t.threshold:g}{t.unit}",
+                            margin=margin, status=status, where=where))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting: CSV, JSON, Markdown, plots
 # ---------------------------------------------------------------------------------------------------
 
 def fmt(value, spec: str, suffix: str = "", missing: str = "n/a") -> str:
@@ -512,11 +867,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
+def write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
+    """Rows as CSV with exactly `columns` (None written empty); a row with another key is an error."""
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -538,81 +892,110 @@ def render_blocks(rows: list[dict]) -> list[str]:
     table = [[str(r["channels"]), f"{r['resolution']}x{r['resolution']}", str(r["batch"]), r["module"],
               f"{r['params'] / 1e3:.1f}k", f"{r['gflops']:.3f}", fmt(r["fwd_ms"], ".2f"),
               fmt(r["fwd_bwd_ms"], ".2f"), fmt(r["fwd_img_s"], ".3g"), fmt(r["peak_fwd_mb"], ".1f"),
-              fmt(r["peak_fwd_bwd_mb"], ".1f"), str(r["repeats"]),
-              "" if r["status"] == "ok" else f"{r['status']}: {r['note']}"] for r in rows]
-    return [markdown_table(["C", "HxW", "B", "module", "params", "GFLOPs fwd", "fwd ms", "fwd+bwd ms",
-                            "fwd img/s", "peak fwd MB", "peak fwd+bwd MB", "n", "note"], table)]
+              fmt(r["peak_fwd_bwd_mb"], ".1f"), fmt(r["rss_mb"], ".0f"), str(r["repeats"]),
+              fmt(r["fwd_vs_stt"], ".2f", "x"), fmt(r["peak_fwd_vs_stt"], ".2f", "x"),
+              fmt(r["rss_vs_stt"], ".2f", "x"), "" if r["status"] == "ok" else f"{r['status']}: {r['note']}"]
+             for r in rows]
+    return [f"Ratios /STT are the row's value over {STT_REFERENCE}'s at the same C, HxW and B.", "",
+            markdown_table(["C", "HxW", "B", "module", "params", "GFLOPs fwd", "fwd ms", "fwd+bwd ms",
+                            "fwd img/s", "peak fwd MB", "peak fwd+bwd MB", "RSS MB", "n", "fwd /STT",
+                            "peak /STT", "RSS /STT", "note"], table)]
 
 
-def render_scaling(fits: list[dict], targets: list[dict]) -> list[str]:
-    out = [markdown_table(["module", "k (fwd latency)", "required", "result", "series"],
-                          [[t["module"], fmt(t["k_fwd"], ".2f"), t["required"], t["status"], t["series"]]
-                           for t in targets]), "",
-           "All series (k: fitted exponent of latency, FLOPs or peak memory ~ N^k over the N measured):", ""]
+def render_scaling(fits: list[dict]) -> list[str]:
     table = [[f["module"], str(f["channels"]), str(f["batch"]), f"{f['n_min']}..{f['n_max']}",
               str(f["points"]), fmt(f["k_fwd"], ".2f"), fmt(f["k_fwd_bwd"], ".2f"), fmt(f["k_flops"], ".2f"),
               fmt(f["k_peak_mem"], ".2f")] for f in fits]
-    out.append(markdown_table(["module", "C", "B", "N", "points", "k fwd", "k fwd+bwd", "k FLOPs",
-                               "k peak mem"], table))
-    return out
+    return ["k: fitted exponent of latency, FLOPs or peak memory ~ N^k over the N measured, per (C, B) "
+            "series; the targets use each module's series with the largest C x B (at least 3 sizes).", "",
+            markdown_table(["module", "C", "B", "N", "points", "k fwd", "k fwd+bwd", "k FLOPs", "k peak mem"],
+                           table)]
 
 
-# Speed targets of a model against its plain counterpart: eager images/s ratios, measured in alternation.
-MODEL_SPEED_TARGETS = {("stt_resnet50", "resnet50"): (("infer", 0.93), ("train", 0.90))}
+def render_cost(rows: list[dict]) -> list[str]:
+    table = [[r["config"], str(r["batch"]), f"{r['block_ms']:.2f}", f"{r['convs_ms']:.2f}",
+              f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x", f"{r['convs_gmacs_s']:.1f}",
+              f"{r['trunk_gmacs_s']:.1f}", f"{r['trunk_vs_convs_gmacs']:.2f}x", str(r["block_ops"])]
+             for r in rows]
+    return [f"STT (reduction {COST_REDUCTION}, eval) against its two 1x1 convs + BN alone, and the trunk's "
+            "1x1 expansion conv at the same place in ResNet-50; block ops: ATen operators per forward.", "",
+            markdown_table(["C:HxW", "B", "block ms", "convs+BN ms", "trunk conv ms", "block/convs",
+                            "convs GMAC/s", "trunk GMAC/s", "trunk/convs GMAC/s", "block ops"], table)]
 
 
-def model_targets(rows: list[dict], reference: str) -> list[str]:
-    """One line per speed target that applies to these rows, with its PASS / MISS."""
-    lines = []
-    for row in rows:
-        for kind, threshold in MODEL_SPEED_TARGETS.get((row["model"], reference), ()):
-            value = row[f"{kind}_speed_vs_ref"]
-            lines.append(f"- target: {row['model']} {kind} speed >= {threshold:.2f}x {reference}: "
-                         f"{value:.3f}x {'PASS' if value >= threshold else 'MISS'}")
-    return lines
-
-
-def render_models(rows: list[dict], reference: str) -> list[str]:
+def render_models(rows: list[dict]) -> list[str]:
+    compiled = any(r["compiled_infer_ms"] is not None for r in rows)
     table = [[r["model"], str(r["img_size"]), f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.2f}",
               f"{r['infer_ms']:.1f}", f"{r['infer_img_s']:.2f}", f"{r['train_step_ms']:.1f}",
               f"{r['train_img_s']:.2f}", f"{r['peak_train_mb']:.0f}", f"{r['params_vs_ref']:.3f}x",
               f"{r['gmacs_vs_ref']:.3f}x", f"{r['infer_speed_vs_ref']:.3f}x",
-              f"{r['train_speed_vs_ref']:.3f}x", r["note"]] for r in rows]
+              f"{r['train_speed_vs_ref']:.3f}x"]
+             + ([fmt(r["compiled_infer_img_s"], ".2f"), fmt(r["compiled_speed_vs_ref"], ".3f", "x")]
+                if compiled else []) + [r["note"]] for r in rows]
     header = ["model", "px", "params", "GMACs/img", "infer ms", "infer img/s", "train step ms", "train img/s",
-              "peak train MB", "params", "GMACs", "infer speed", "train speed", "note"]
-    targets = model_targets(rows, reference)
-    return [f"Ratios are model / {reference} (speed: images per second, higher is faster).", "",
-            markdown_table(header, table)] + (["", *targets] if targets else [])
+              "peak train MB", "params", "GMACs", "infer speed", "train speed"]
+    header += ["compiled img/s", "compiled speed"] if compiled else []
+    return [f"Ratios are model / {rows[0]['reference']} (speed: images per second, higher is faster).", "",
+            markdown_table(header + ["note"], table)]
+
+
+def render_targets(targets: list[dict]) -> list[str]:
+    table = [[t["target"], fmt(t["measured"], ".2f", t["unit"]), t["required"],
+              fmt(t["margin"], "+.2f", t["unit"]), t["status"], t["where"]] for t in targets]
+    return [markdown_table(["target", "measured", "required", "margin", "result", "where"], table)]
 
 
 def render(meta: dict, sections: list[dict]) -> str:
+    """results.md: the run's settings, then per device the blocks, scaling, cost, models and targets."""
+    if meta["configs"]:
+        grid = f"points C:HxW {', '.join(meta['configs'])}, B {meta['batch_sizes']}"
+    else:
+        grid = f"C {meta['channels']}, H=W {meta['resolutions']}, B {meta['batch_sizes']}"
+    calls = "forward only" if meta["forward_only"] else "forward and forward+backward"
+    models = [f"- models: {', '.join(meta['models'])} against {meta['reference']}, random init at "
+              f"{meta['img_size']} px, inference batch {meta['infer_batch']}, training step batch "
+              f"{meta['train_batch']} (SGD), {meta['model_repeats']} repeats"
+              + (f", torch.compile ({meta['compile']})" if meta["compile"] else "")] if meta["models"] else []
     out = ["# STT benchmark", "",
            f"- machine: {meta['machine']}; {meta['threads']} threads; torch {meta['torch']}, "
            f"timm {meta['timm']}, Python {meta['python']}; {meta['date']}",
            f"- command: `{meta['command']}`",
-           f"- grid: C {meta['channels']}, H=W {meta['resolutions']}, B {meta['batch_sizes']}; "
-           f"{meta['repeats']} repeats (median; at least 2 for rows over {meta['row_budget_s']:g} s); "
-           f"memory cap {meta['max_mem_gb']:g} GB",
-           f"- models: random init at {meta['img_size']} px, inference batch {meta['infer_batch']}, "
-           f"training step batch {meta['train_batch']} (SGD), {meta['model_repeats']} repeats",
+           f"- blocks: {grid}; {calls}; {meta['repeats']} repeats after {meta['warmup']} warm-up (median; "
+           f"at least 2 for rows over {meta['row_budget_s']:g} s); memory cap {meta['max_mem_gb']:.3g} GB "
+           f"({meta['max_mem_source']}); one worker process per row",
+           *models,
            "- FLOPs: matmuls and convolutions (FlopCounterMode); peak MB: live tensor bytes in one call "
-           "(torch.profiler on CPU, max_memory_allocated on CUDA); timings on a shared machine are noisy",
-           ""]
+           "(torch.profiler on CPU, max_memory_allocated on CUDA); RSS MB: the worker's peak resident-set "
+           f"growth ({meta['rss_method'] or 'n/a'}); timings on a shared machine are noisy",
+           *(f"- note: {note}" for note in meta.get("notes", ())), ""]
     for s in sections:
         label, tag = device_label(s["device"], s["precision"]), s["device"]
         if s["blocks"]:
-            out += [f"## Blocks ({label})", "", *render_blocks(s["blocks"]), "",
-                    f"## Scaling with N = H*W ({label})", "", *render_scaling(s["fits"], s["targets"]), "",
-                    f"![forward latency vs N]({tag}_latency_vs_n.png)", "",
-                    f"![forward+backward latency vs N]({tag}_train_latency_vs_n.png)", "",
-                    f"![peak memory vs N]({tag}_memory_vs_n.png)", ""]
+            out += [f"## Blocks ({label})", "", *render_blocks(s["blocks"]), ""]
+        if s["fits"]:
+            out += [f"## Scaling with N = H*W ({label})", "", *render_scaling(s["fits"]), ""]
+            out += [f"![{title}]({tag}_{name}.png)\n" for name, _, title, _ in PLOTS
+                    if plotted(s["blocks"], name)]
+        if s["cost"]:
+            out += [f"## STT block cost ({label})", "", *render_cost(s["cost"]), ""]
         if s["models"]:
-            out += [f"## Models ({label})", "", *render_models(s["models"], meta["reference"]), "",
+            out += [f"## Models ({label})", "", *render_models(s["models"]), "",
                     f"![models]({tag}_models.png)", ""]
+        out += [f"## Targets ({label})", "", *render_targets(s["targets"]), ""]
     return "\n".join(out)
 
 
 MODULE_STYLE = {**{m: "-" for m in STT_VARIANTS}, **{m: "--" for m in QUADRATIC}}
+# (file name, block column, axis label / title, fit column) of each scaling plot
+PLOTS = (("latency_vs_n", "fwd_ms", "forward latency (ms)", "k_fwd"),
+         ("train_latency_vs_n", "fwd_bwd_ms", "forward+backward latency (ms)", "k_fwd_bwd"),
+         ("memory_vs_n", "peak_fwd_bwd_mb", "peak memory, forward+backward (MB)", "k_peak_mem"))
+
+
+def plotted(rows: list[dict], name: str) -> bool:
+    """Whether the scaling plot `name` has anything to show (forward-only runs have no backward)."""
+    key = next(p[1] for p in PLOTS if p[0] == name)
+    return any(r[key] for r in rows if r["status"] == "ok")
 
 
 def plot_scaling(rows: list[dict], fits: list[dict], key: str, ylabel: str, path: Path,
@@ -660,7 +1043,7 @@ def plot_scaling(rows: list[dict], fits: list[dict], key: str, ylabel: str, path
     plt.close(fig)
 
 
-def plot_models(rows: list[dict], reference: str, path: Path) -> None:
+def plot_models(rows: list[dict], path: Path) -> None:
     """Inference and training throughput of each model relative to the reference."""
     import matplotlib
 
@@ -675,7 +1058,7 @@ def plot_models(rows: list[dict], reference: str, path: Path) -> None:
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"images/s relative to {reference} (higher is faster)")
+    ax.set_xlabel(f"images/s relative to {rows[0]['reference']} (higher is faster)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
@@ -683,28 +1066,31 @@ def plot_models(rows: list[dict], reference: str, path: Path) -> None:
     plt.close(fig)
 
 
+TABLES = (("blocks", BLOCK_COLUMNS), ("fits", FIT_COLUMNS), ("cost", COST_COLUMNS), ("models", MODEL_COLUMNS),
+          ("targets", TARGET_COLUMNS))
+CSV_NAMES = {"blocks": "blocks.csv", "fits": "exponents.csv", "cost": "cost.csv", "models": "models.csv",
+             "targets": "targets.csv"}
+
+
 def write_outputs(out: Path, meta: dict, sections: list[dict]) -> list[Path]:
-    """blocks.csv, exponents.csv, models.csv, results.md and the plots; returns the files written."""
+    """The CSVs, results.json, results.md and the PNGs; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    blocks = [r for s in sections for r in s["blocks"]]
-    models = [r for s in sections for r in s["models"]]
-    fits = [f for s in sections for f in s["fits"]]
     written = []
-    for name, rows in (("blocks.csv", blocks), ("exponents.csv", fits), ("models.csv", models)):
+    for key, columns in TABLES:
+        rows = [r for s in sections for r in s[key]]
         if rows:
-            write_csv(out / name, rows)
-            written.append(out / name)
+            write_csv(out / CSV_NAMES[key], rows, columns)
+            written.append(out / CSV_NAMES[key])
+    (out / "results.json").write_text(json.dumps(dict(meta=meta, sections=sections), indent=1) + "\n")
+    written.append(out / "results.json")
     for s in sections:
         tag = s["device"]
-        if s["blocks"]:
-            for name, key, ylabel, fit_key in (
-                    ("latency_vs_n", "fwd_ms", "forward latency (ms)", "k_fwd"),
-                    ("train_latency_vs_n", "fwd_bwd_ms", "forward+backward latency (ms)", "k_fwd_bwd"),
-                    ("memory_vs_n", "peak_fwd_bwd_mb", "peak memory, forward+backward (MB)", "k_peak_mem")):
+        for name, key, ylabel, fit_key in PLOTS:
+            if s["blocks"] and plotted(s["blocks"], name):
                 plot_scaling(s["blocks"], s["fits"], key, ylabel, out / f"{tag}_{name}.png", fit_key)
                 written.append(out / f"{tag}_{name}.png")
         if s["models"]:
-            plot_models(s["models"], meta["reference"], out / f"{tag}_models.png")
+            plot_models(s["models"], out / f"{tag}_models.png")
             written.append(out / f"{tag}_models.png")
     (out / "results.md").write_text(render(meta, sections) + "\n")
     written.append(out / "results.md")
@@ -715,39 +1101,70 @@ def write_outputs(out: Path, meta: dict, sections: list[dict]) -> list[Path]:
 # Command line
 # ---------------------------------------------------------------------------------------------------
 
+def memory_option(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GB or 'auto', got {text!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The bench options; grid and repeat options left unset take DEFAULTS, or QUICK with --quick."""
+    """The bench options; grid, repeat and model options left unset take the --preset's values."""
+    def preset_values(key: str) -> str:
+        return "; ".join(f"{name}: {values[key]}" for name, values in PRESETS.items())
+
     p.add_argument("--out", type=Path, default=Path("outputs/bench"),
-                   help="folder for blocks.csv, exponents.csv, models.csv, results.md and the PNGs "
-                        "(default: %(default)s)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test: channels {QUICK['channels']}, sizes {QUICK['resolutions']}, "
-                        f"batch {QUICK['batch_sizes']}, 1 repeat, models {QUICK['models']} at "
-                        f"{QUICK['img_size']} px")
-    p.add_argument("--channels", type=int, nargs="+", help=f"block channels (default {DEFAULTS['channels']})")
-    p.add_argument("--resolutions", type=int, nargs="+",
-                   help=f"block H = W (default {DEFAULTS['resolutions']})")
+                   help="folder for the CSVs, results.json, results.md and the PNGs (default: %(default)s)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="grid",
+                   help="grid: the scaling grid (default); targets: the points the targets name, forward "
+                        "only; quick: a smoke test")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick", help="--preset quick")
+    p.add_argument("--configs", nargs="+", metavar="C:HxW",
+                   help="explicit block points instead of channels x resolutions, e.g. 256:56x56 "
+                        f"({preset_values('configs')})")
+    p.add_argument("--channels", type=int, nargs="+", help=f"block channels ({preset_values('channels')})")
+    p.add_argument("--resolutions", type=int, nargs="+", help=f"block H = W ({preset_values('resolutions')})")
     p.add_argument("--batch_sizes", "--batch-sizes", type=int, nargs="+",
-                   help=f"block batch sizes (default {DEFAULTS['batch_sizes']})")
-    p.add_argument("--modules", nargs="+", choices=ALL_BLOCK_MODULES, default=list(BLOCK_MODULES),
-                   help="block modules (default: all but flat_random)")
-    p.add_argument("--repeats", type=int, help=f"timed calls per block row (default {DEFAULTS['repeats']})")
+                   help=f"block batch sizes ({preset_values('batch_sizes')})")
+    p.add_argument("--modules", nargs="+", choices=ALL_BLOCK_MODULES,
+                   help="block modules (grid, quick: all but flat_random; targets: stt_dense and the N x N "
+                        "baselines)")
+    p.add_argument("--reduction", type=int,
+                   help="value-channel reduction shared by every block that has one (default: each "
+                        "module's own, 2 for STT and the N x N baselines)")
+    p.add_argument("--forward_only", "--forward-only", action=argparse.BooleanOptionalAction,
+                   help="time block forwards only, no forward+backward (targets: yes; grid, quick: no)")
+    p.add_argument("--repeats", type=int, help=f"timed calls per block row ({preset_values('repeats')})")
+    p.add_argument("--warmup", type=int,
+                   help="untimed calls first, at least 1; the first also measures peak memory (default 1)")
     p.add_argument("--row_budget_s", "--row-budget-s", type=float,
                    help="fewer repeats (min 2) for rows whose repeats would take longer than this "
-                        f"(default {DEFAULTS['row_budget_s']})")
-    p.add_argument("--max_mem_gb", "--max-mem-gb", type=float, default=4.0,
-                   help="skip block rows whose estimated forward+backward memory exceeds this (default 4)")
+                        f"({preset_values('row_budget_s')})")
+    p.add_argument("--max_mem_gb", "--max-mem-gb", type=memory_option,
+                   help="skip block rows whose estimated memory exceeds this many GB; 'auto': 80%% of the "
+                        f"memory available ({preset_values('max_mem_gb')})")
+    p.add_argument("--skip_blocks", "--skip-blocks", action="store_true", help="no block rows (and no fits)")
+    p.add_argument("--skip_cost", "--skip-cost", action="store_true",
+                   help=f"no block-cost rows ({', '.join(COST_CONFIGS)})")
     p.add_argument("--models", nargs="*",
-                   help="timm models to compare with the reference; none to skip the model level "
-                        f"(default {' '.join(DEFAULT_MODELS)})")
+                   help="timm models to compare with the reference; none (or --skip_models) to skip the "
+                        f"model level (grid: {' '.join(DEFAULT_MODELS)}; targets, quick: stt_resnet50)")
+    p.add_argument("--skip_models", "--skip-models", action="store_true", help="no model level")
     p.add_argument("--reference", default=REFERENCE_MODEL,
                    help="model the ratios refer to (default %(default)s)")
-    p.add_argument("--img_size", "--img-size", type=int, help="model input size (default 224)")
-    p.add_argument("--infer_batch", "--infer-batch", type=int, help="inference batch (default 8)")
-    p.add_argument("--train_batch", "--train-batch", type=int, help="training-step batch (default 2)")
+    p.add_argument("--img_size", "--img-size", type=int,
+                   help=f"model input size ({preset_values('img_size')})")
+    p.add_argument("--infer_batch", "--infer-batch", type=int,
+                   help=f"inference batch, also of the cost rows ({preset_values('infer_batch')})")
+    p.add_argument("--train_batch", "--train-batch", type=int,
+                   help=f"training-step batch ({preset_values('train_batch')})")
     p.add_argument("--model_repeats", "--model-repeats", type=int,
-                   help=f"timed calls per model (default {DEFAULTS['model_repeats']})")
-    p.add_argument("--skip_blocks", "--skip-blocks", action="store_true", help="model level only")
+                   help=f"timed calls per model ({preset_values('model_repeats')})")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="also time model inference under torch.compile (default backend inductor: minutes "
+                        "of code generation on a small CPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CPU, then CUDA in bf16 when available (default)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -756,18 +1173,29 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill unset grid and repeat options from the preset; check the rest."""
-    preset = QUICK if args.quick else DEFAULTS
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.models == ["none"]:
+    """Fill unset options from the preset; check them all (ValueError with the option's name)."""
+    explicit_grid = args.channels is not None or args.resolutions is not None
+    if explicit_grid and args.configs is not None:
+        raise ValueError("--configs replaces --channels and --resolutions: give one or the other")
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None and not (key == "configs" and explicit_grid):
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    if args.configs:
+        args.channels = sorted({c for c, _ in grid_points(args)})  # grid_points checks each config
+        args.resolutions = sorted({s for _, s in grid_points(args)})
+    if args.models == ["none"] or args.skip_models:
         args.models = []
     for key in ("channels", "resolutions", "batch_sizes"):
         if any(v < 1 for v in getattr(args, key)):
             raise ValueError(f"--{key} must be positive, got {getattr(args, key)}")
+    for key in ("repeats", "warmup", "model_repeats", "img_size", "infer_batch", "train_batch", "threads"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key} must be at least 1, got {getattr(args, key)}")
+    if args.reduction is not None and args.reduction < 1:
+        raise ValueError(f"--reduction must be at least 1, got {args.reduction}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    args.max_mem_gb, args.max_mem_source = memory_cap_gb(args.max_mem_gb)
     return args
 
 
@@ -778,33 +1206,21 @@ def devices(choice: str) -> list[tuple[torch.device, str]]:
     return {"cpu": cpu, "cuda": cuda}.get(choice, cpu + cuda)
 
 
-def print_exponents(section: dict) -> None:
-    label = device_label(section["device"], section["precision"])
-    print(f"\nScaling ({label}): forward latency ~ N^k; k of the series with the largest C x B "
-          f"(>= 3 sizes), and its range over all (C, B) series:")
-    headline = headline_fits(section["fits"])
-    checked = {t["module"]: t for t in section["targets"]}
-    for (_, module), fit in headline.items():
-        target = checked.get(module)
-        verdict = f"  target {target['required']}: {target['status']}" if target else ""
-        ks = [f["k_fwd"] for f in section["fits"] if f["module"] == module and f["k_fwd"] is not None]
-        print(f"  {module:<22} k = {fit['k_fwd']:.2f}  (C={fit['channels']}, B={fit['batch']}, "
-              f"N={fit['n_min']}..{fit['n_max']}; all series {min(ks):.2f}..{max(ks):.2f}; FLOPs "
-              f"{fmt(fit['k_flops'], '.2f')}){verdict}", flush=True)
-    for target in section["targets"]:
-        if target["k_fwd"] is None:
-            print(f"  {target['module']:<22} target {target['required']}: {target['status']}", flush=True)
-
-
 def command_line(args: argparse.Namespace) -> str:
-    """The `stt-hf bench` command that repeats this run, every grid option spelled out."""
+    """The `stt-hf bench` command that repeats this run, every option spelled out."""
     parts = ["stt-hf bench", f"--out {args.out}"]
-    for key in ("channels", "resolutions", "batch_sizes", "modules", "models"):
+    grid = ("configs",) if args.configs else ("channels", "resolutions")
+    for key in (*grid, "batch_sizes", "modules", "models"):
         parts.append(f"--{key} " + (" ".join(str(v) for v in getattr(args, key)) or "none"))
-    for key in ("repeats", "row_budget_s", "max_mem_gb", "reference", "img_size", "infer_batch",
-                "train_batch", "model_repeats", "device", "threads"):
+    for key in ("repeats", "warmup", "row_budget_s", "reference", "img_size", "infer_batch", "train_batch",
+                "model_repeats", "device", "threads"):
         parts.append(f"--{key} {getattr(args, key)}")
-    return " ".join(parts + (["--skip_blocks"] if args.skip_blocks else []))
+    parts.append(f"--max_mem_gb {args.max_mem_gb:.3g}")
+    flags = dict(forward_only=args.forward_only, skip_blocks=args.skip_blocks, skip_cost=args.skip_cost)
+    parts += [f"--{key}" for key, on in flags.items() if on]
+    parts += [f"--reduction {args.reduction}"] if args.reduction is not None else []
+    parts += [f"--compile {args.compile}"] if args.compile else []
+    return " ".join(parts)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -817,33 +1233,39 @@ def run(args: argparse.Namespace) -> dict:
         meta = dict(
             machine=" + ".join([cpu_name(), *gpu]), threads=args.threads, torch=torch.__version__,
             timm=timm.__version__, python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M"),
-            command=command_line(args),
-            **{k: getattr(args, k) for k in ("channels", "resolutions", "batch_sizes", "repeats",
-                                               "row_budget_s", "max_mem_gb", "img_size", "infer_batch",
-                                               "train_batch", "model_repeats", "reference")})
+            command=command_line(args), rss_method="",
+            **{k: getattr(args, k) for k in ("preset", "configs", "channels", "resolutions", "batch_sizes",
+                                               "modules", "reduction", "forward_only", "repeats", "warmup",
+                                               "row_budget_s", "max_mem_gb", "max_mem_source", "img_size",
+                                               "models", "infer_batch", "train_batch", "model_repeats",
+                                               "reference", "compile")})
         sections = []
         for device, precision in devices(args.device):
-            section = dict(device=device.type, precision=precision, blocks=[], fits=[], targets=[], models=[])
+            label = device_label(device.type, precision)
+            section = dict(device=device.type, precision=precision, blocks=[], fits=[], cost=[], models=[],
+                           targets=[])
             sections.append(section)
             if not args.skip_blocks:
-                print(f"Blocks on {device_label(device.type, precision)}: {len(args.modules)} modules, "
-                      f"C {args.channels}, H=W {args.resolutions}, B {args.batch_sizes}", flush=True)
+                print(f"Blocks on {label}: {len(args.modules)} modules at "
+                      f"{', '.join(config_name(c, s) for c, s in grid_points(args))}, B {args.batch_sizes}",
+                      flush=True)
                 section["blocks"] = run_blocks(args, device, precision)
                 section["fits"] = scaling_fits(section["blocks"])
-                section["targets"] = check_exponents(headline_fits(section["fits"]), device.type)
-                print_exponents(section)
+                meta["rss_method"] = meta["rss_method"] or next(
+                    (r["rss_method"] for r in section["blocks"] if r["rss_method"]), "")
+            if not args.skip_cost:
+                section["cost"] = run_cost(args, device, precision)
             if args.models:
                 others = [m for m in args.models if m != args.reference]
-                print(f"\nModels on {device_label(device.type, precision)}: {args.reference} and "
-                      f"{', '.join(others)}", flush=True)
+                print(f"\nModels on {label}: {args.reference} and {', '.join(others)}", flush=True)
                 section["models"] = run_models(args, device, precision)
                 for row in section["models"]:
                     print(f"  {row['model']:<22} {row['img_size']} px  "
                           f"infer {row['infer_speed_vs_ref']:.2f}x  train {row['train_speed_vs_ref']:.2f}x  "
                           f"params {row['params_vs_ref']:.2f}x  "
                           f"GMACs {row['gmacs_vs_ref']:.2f}x  (vs {args.reference})", flush=True)
-                for line in model_targets(section["models"], args.reference):
-                    print(" " + line[1:], flush=True)
+            section["targets"] = check_targets(section)
+            print(f"\nTargets ({label}):\n" + "\n".join(render_targets(section["targets"])), flush=True)
         written = write_outputs(args.out, meta, sections)
         print("\nWrote " + ", ".join(str(p) for p in written), flush=True)
         return dict(meta=meta, sections=sections)
@@ -869,7 +1291,19 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """`python scripts/benchmark.py [options]`: parse, run, return the results."""
+    """`python scripts/benchmark.py [options]`: parse, run, return the results.
+
+    `--worker SPEC` (internal, how the block rows run in their own processes): serve one block.
+    """
     parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    return run(add_arguments(parser).parse_args(argv))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = add_arguments(parser).parse_args(argv)
+    if args.worker:
+        serve_block(json.loads(args.worker))
+        return {}
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

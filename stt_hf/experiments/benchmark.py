@@ -962,7 +962,7 @@ def render(meta: dict, sections: list[dict]) -> str:
            f"- command: `{meta['command']}`",
            f"- blocks: {grid}; {calls}; {meta['repeats']} repeats after {meta['warmup']} warm-up (median; "
            f"at least 2 for rows over {meta['row_budget_s']:g} s); memory cap {meta['max_mem_gb']:.3g} GB "
-           f"({meta['max_mem_source']}); one worker process per row",
+           f"({meta['max_mem_source']})",
            *models,
            "- FLOPs: matmuls and convolutions (FlopCounterMode); peak MB: live tensor bytes in one call "
            "(torch.profiler on CPU, max_memory_allocated on CUDA); RSS MB: the worker's peak resident-set "

@@ -2,41 +2,67 @@
 
 `import stt_hf` registers the `stt_*` models with timm and the Stt* classes with transformers'
 Auto classes (AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone), including the
-captioning encoder `SttVisionEncoder` that VisionEncoderDecoderModel builds through AutoModel.
+captioning encoder `SttVisionEncoder` that VisionEncoderDecoderModel builds through AutoModel; see
+`stt_hf.registration`. It imports only the network and its transformers classes: every other name
+below (captioning, conversion, the segmenter) is imported on first use.
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+import importlib
 
-from . import compat, models
-from .hf.captioning import ImageToTextPipeline, build_captioner, caption_pipeline, train_caption_tokenizer
-from .hf.configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
-from .hf.convert import load_checkpoint, save_timm_format, timm_from_pretrained
-from .hf.modeling_stt import (
-    CheckpointError,
-    SttBackbone,
-    SttCaptioner,
-    SttForImageClassification,
-    SttModel,
-    SttPreTrainedModel,
-    SttVisionEncoder,
-    register_auto_classes,
-)
-from .layers import STT, FlatSynthesizer, SelfAttention2d, create_attn
-from .models import SttResNet
+from . import compat
+from .registration import register
 
 __version__ = "0.1.0"
 
+# Public name -> the module (under stt_hf) that defines it; imported when the name is first used.
+_LAZY_NAMES = {
+    "STT": "layers",
+    "FlatSynthesizer": "layers",
+    "SelfAttention2d": "layers",
+    "create_attn": "layers",
+    "SttResNet": "models",
+    "SttConfig": "hf.configuration_stt",
+    "SttVisionConfig": "hf.configuration_stt",
+    "SttCaptionerConfig": "hf.configuration_stt",
+    "SttPreTrainedModel": "hf.modeling_stt",
+    "SttModel": "hf.modeling_stt",
+    "SttForImageClassification": "hf.modeling_stt",
+    "SttBackbone": "hf.modeling_stt",
+    "SttVisionEncoder": "hf.modeling_stt",
+    "SttCaptioner": "hf.modeling_stt",
+    "SttUperNetConfig": "hf.modeling_stt_seg",
+    "SttUperNetForSemanticSegmentation": "hf.modeling_stt_seg",
+    "build_segmenter": "hf.modeling_stt_seg",
+    "ImageToTextPipeline": "hf.captioning",
+    "build_captioner": "hf.captioning",
+    "caption_pipeline": "hf.captioning",
+    "train_caption_tokenizer": "hf.captioning",
+    "CheckpointError": "hf.checkpoints",
+    "load_checkpoint": "hf.checkpoints",
+    "save_timm_format": "hf.convert",
+    "timm_from_pretrained": "hf.convert",
+}
+# Subpackages and modules reachable as attributes (`stt_hf.data`) without importing them first.
+_SUBMODULES = ("cli", "compat", "data", "experiments", "hf", "layers", "metrics", "models", "registration",
+               "reporting", "tasks")
+
+__all__ = sorted([*_LAZY_NAMES, "models", "register"])
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    elif name in _SUBMODULES or name in compat.MOVED_MODULES:  # an old path warns, as its import does
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})
+
+
 compat.install()  # the 0.1 module paths (stt_hf.configuration_stt, ...) keep importing
-
-AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
-AutoModel.register(SttConfig, SttModel, exist_ok=True)
-AutoModelForImageClassification.register(SttConfig, SttForImageClassification, exist_ok=True)
-AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
-register_auto_classes()  # SttVisionConfig -> SttVisionEncoder, for VisionEncoderDecoderModel
-
-__all__ = ["STT", "CheckpointError", "FlatSynthesizer", "SelfAttention2d", "SttBackbone", "SttCaptioner",
-           "SttCaptionerConfig", "SttConfig", "SttVisionConfig", "SttVisionEncoder", "ImageToTextPipeline",
-           "build_captioner", "caption_pipeline",
-           "train_caption_tokenizer",
-           "SttForImageClassification", "SttModel", "SttPreTrainedModel", "SttResNet", "create_attn",
-           "load_checkpoint", "models", "save_timm_format", "timm_from_pretrained"]
+register()

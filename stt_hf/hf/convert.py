@@ -1,4 +1,4 @@
-"""One checkpoint, every loader: timm format <-> transformers format, and safe weight reading.
+"""One checkpoint, every loader: timm format <-> transformers format.
 
 - timm format: a folder with timm's `config.json` (architecture, num_classes, model_args,
   pretrained_cfg) and `model.safetensors` holding the timm state dict. It loads with
@@ -9,6 +9,7 @@
 
 `save_timm_format` writes its own config.json: timm 1.0.31's `save_for_hf` puts num_classes into
 model_args, and TimmWrapper then fails with "multiple values for keyword argument 'num_classes'".
+Reading weight files safely and the key names of both formats live in `checkpoints`.
 """
 
 from __future__ import annotations
@@ -21,96 +22,18 @@ from pathlib import Path
 
 import safetensors.torch
 import timm
-import torch
 from torch import nn
 
 from ..models.stt_resnet import SttResNet
+from .checkpoints import (
+    SAFE_NAME,
+    hf_to_timm_state_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    timm_to_hf_state_dict,
+)
 from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
-from .modeling_stt import CheckpointError, SttForImageClassification, SttModel, SttPreTrainedModel
-
-SAFE_NAME = "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".ckpt")
-PICKLE_NAMES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pth", "model.pt")
-
-
-def load_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict in `path`: a .safetensors file, a pickle file, or a folder holding one.
-
-    Pickle files (.bin, .pth, ...) can run code when loaded, so they need allow_pickle=True, and even
-    then are read with torch.load(weights_only=True). A corrupt or truncated safetensors file raises
-    CheckpointError naming it.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = _weights_file(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:  # safetensors raises its own error type for bad headers and sizes
-            raise CheckpointError(f"{path} is not a valid safetensors file: it is corrupt or truncated "
-                                  f"({e}). Write or download it again.") from e
-    if not allow_pickle:
-        raise CheckpointError(f"{path} is a pickle file, which can run arbitrary code when loaded. "
-                              f"Pass allow_pickle=True (--allow-pickle on the command line) if you trust "
-                              f"it; it is then read with torch.load(weights_only=True).")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"Could not read {path} with torch.load(weights_only=True): {e}") from e
-    for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints wrap the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _weights_file(folder: Path) -> Path:
-    if (folder / SAFE_NAME).is_file():
-        return folder / SAFE_NAME
-    found = sorted(folder.glob("*.safetensors"))
-    found = found or [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
-    found = found or sorted(p for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-    if not found:
-        raise FileNotFoundError(f"No weights (.safetensors, .bin, .pth) in {folder}")
-    return found[0]
-
-
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True), with an error that names the first mismatched keys and shapes."""
-    own = model.state_dict()
-    problems = [f"{k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
-                for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    problems += [f"{k} {tuple(v.shape)} is missing from the checkpoint"
-                 for k, v in own.items() if k not in state_dict]
-    problems += [f"{k} is in the checkpoint but not in the model" for k in state_dict if k not in own]
-    if problems:
-        shown = "\n  ".join(problems[:5])
-        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise CheckpointError(f"The checkpoint {source} does not fit {type(model).__name__} "
-                              f"({len(problems)} mismatched keys):\n  {shown}{more}")
-    model.load_state_dict(state_dict)
-
-
-# Key names: timm's `fc` is transformers' `classifier`; everything else sits under `resnet.`.
-def timm_to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(f"classifier.{k[3:]}" if k.startswith("fc.") else f"resnet.{k}"): v
-            for k, v in state_dict.items()}
-
-
-def hf_to_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith("classifier."):
-            out[f"fc.{k.removeprefix('classifier.')}"] = v
-        elif k.startswith("resnet."):
-            out[k.removeprefix("resnet.")] = v
-        else:
-            raise CheckpointError(f"Unexpected key {k!r} in an STT transformers checkpoint")
-    return out
+from .modeling_stt import SttForImageClassification, SttModel, SttPreTrainedModel
 
 
 def config_from_timm_model(model: SttResNet, **overrides) -> SttConfig:

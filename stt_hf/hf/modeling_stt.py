@@ -10,7 +10,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, VisionEncoderDecoderModel
+from transformers import PreTrainedModel
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
@@ -20,11 +20,8 @@ from transformers.modeling_outputs import (
 )
 
 from ..models.stt_resnet import ARCHS, SttResNet
+from .checkpoints import CheckpointError, check_local_weights
 from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: unsafe format, corrupt file or another architecture."""
 
 
 class SttPreTrainedModel(PreTrainedModel):
@@ -76,7 +73,7 @@ class SttPreTrainedModel(PreTrainedModel):
         if kwargs.get("use_safetensors") is None:
             kwargs["use_safetensors"] = True
             if os.path.isdir(path):
-                _check_local_weights(os.path.join(path, kwargs.get("subfolder", "")))
+                check_local_weights(os.path.join(path, kwargs.get("subfolder", "")))
         output_loading_info = kwargs.pop("output_loading_info", False)
         new_head = kwargs.pop("ignore_mismatched_sizes", False)
         try:
@@ -91,18 +88,6 @@ class SttPreTrainedModel(PreTrainedModel):
             raise
         _check_architecture(model, info, path, new_head)
         return (model, info) if output_loading_info else model
-
-
-def _check_local_weights(folder: str) -> None:
-    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    if names & {"model.safetensors", "model.safetensors.index.json"}:
-        return
-    pickles = sorted(n for n in names if n.endswith((".bin", ".pth", ".pt")))
-    if pickles:
-        raise CheckpointError(
-            f"{folder!r} has only pickle weights ({', '.join(pickles)}), which can run code when "
-            f"loaded. Pass use_safetensors=False to load them anyway (read with "
-            f"torch.load(weights_only=True)), or convert them to model.safetensors.")
 
 
 def _check_architecture(model: PreTrainedModel, info: dict, path: str, new_head: bool) -> None:
@@ -289,29 +274,38 @@ class SttVisionEncoder(SttPreTrainedModel):
                                           hidden_states=hidden, attentions=None)
 
 
-class SttCaptioner(VisionEncoderDecoderModel):
-    """VisionEncoderDecoderModel with an `SttVisionEncoder`: what a saved captioner loads as remote code.
-
-    In this package, plain `VisionEncoderDecoderModel` works just as well (`import stt_hf` registers the
-    encoder with AutoModel); this class exists so that a checkpoint carries code that builds its
-    encoder where the package is not installed.
-    """
-
-    config_class = SttCaptionerConfig
-
-    def __init__(self, config: SttCaptionerConfig | None = None, encoder=None, decoder=None):
-        if config is None and encoder is not None and decoder is not None:
-            config = SttCaptionerConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
-        elif config is not None and not isinstance(config, SttCaptionerConfig):
-            config = SttCaptionerConfig.from_dict(config.to_dict())  # e.g. from_encoder_decoder_pretrained
-        if encoder is None and config is not None:
-            encoder = SttVisionEncoder(config.encoder)
-        super().__init__(config, encoder=encoder, decoder=decoder)
+def __getattr__(name: str):
+    # SttCaptioner subclasses VisionEncoderDecoderModel, whose import loads transformers' generation
+    # stack and tokenizers: the class is built on first use, so importing the classifiers stays light.
+    if name == "SttCaptioner":
+        global SttCaptioner
+        SttCaptioner = _captioner_class()
+        return SttCaptioner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def register_auto_classes() -> None:
-    """Make the encoder known to AutoConfig/AutoModel (VisionEncoderDecoderModel builds it through them)."""
-    from transformers import AutoConfig
+def _captioner_class() -> type:
+    from transformers import VisionEncoderDecoderModel
 
-    AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
-    AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)
+    class SttCaptioner(VisionEncoderDecoderModel):
+        """VisionEncoderDecoderModel with an `SttVisionEncoder`: what a saved captioner loads as remote code.
+
+        In this package, plain `VisionEncoderDecoderModel` works just as well (`import stt_hf` registers the
+        encoder with AutoModel); this class exists so that a checkpoint carries code that builds its
+        encoder where the package is not installed.
+        """
+
+        config_class = SttCaptionerConfig
+
+        def __init__(self, config: SttCaptionerConfig | None = None, encoder=None, decoder=None):
+            if config is None and encoder is not None and decoder is not None:
+                config = SttCaptionerConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
+            elif config is not None and not isinstance(config, SttCaptionerConfig):
+                # e.g. from from_encoder_decoder_pretrained
+                config = SttCaptionerConfig.from_dict(config.to_dict())
+            if encoder is None and config is not None:
+                encoder = SttVisionEncoder(config.encoder)
+            super().__init__(config, encoder=encoder, decoder=decoder)
+
+    SttCaptioner.__qualname__ = "SttCaptioner"
+    return SttCaptioner

@@ -34,9 +34,9 @@ IGNORE_INDEX = 255  # mask value that no loss or metric counts (UperNet's loss_i
 
 
 def _register_backbone() -> None:
-    """Make "stt" configs resolvable and buildable as backbones. Where stt_hf registered its own classes
-    already, "stt" stays theirs (this module, loaded as remote code beside the package, does not take the
-    name over)."""
+    """Make "stt" configs resolvable and buildable as backbones, where this module runs as remote code
+    without the package (`stt_hf.registration` does it for the package). Where stt_hf registered its own
+    classes already, "stt" stays theirs (this module does not take the name over)."""
     if SttConfig.model_type not in CONFIG_MAPPING:
         AutoConfig.register(SttConfig.model_type, SttConfig)
     AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
@@ -113,8 +113,6 @@ def build_segmenter(backbone: str | SttConfig = "stt_resnet10_s", *, labels: lis
         auxiliary_in_channels=None, loss_ignore_index=IGNORE_INDEX)
     return SttUperNetForSemanticSegmentation(config)
 
-
-_register_backbone()
 
 __all__ = ["IGNORE_INDEX", "SttUperNetConfig", "SttUperNetForSemanticSegmentation", "build_segmenter",
            "segmentation_image_processor"]

@@ -1,0 +1,35 @@
+"""What `import stt_hf` registers, in one place.
+
+- timm: the `stt_*` model entry points (importing `stt_hf.models` runs their `@register_model`);
+- transformers: `SttConfig` ("stt") with AutoConfig, AutoModel, AutoModelForImageClassification and
+  AutoBackbone, and `SttVisionConfig` ("stt_vision") with AutoConfig and AutoModel, which is how
+  VisionEncoderDecoderModel builds the captioning encoder.
+
+The UperNet segmenter needs nothing more: its config is transformers' own "upernet" and its backbone
+is built through AutoBackbone. Saved configs that run as remote code without the package register
+what they need themselves (`SttCaptionerConfig` and `SttUperNetConfig` in their `__post_init__`).
+
+Only the model and config modules are imported; captioning, conversion, data, metrics and the apps
+load when first used.
+"""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    """Register the timm models and the transformers Auto classes (idempotent)."""
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+
+    from . import models  # noqa: F401  (its import registers the stt_* models with timm)
+    from .hf.configuration_stt import SttConfig, SttVisionConfig
+    from .hf.modeling_stt import SttBackbone, SttForImageClassification, SttModel, SttVisionEncoder
+
+    AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
+    AutoModel.register(SttConfig, SttModel, exist_ok=True)
+    AutoModelForImageClassification.register(SttConfig, SttForImageClassification, exist_ok=True)
+    AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
+    AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
+    AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)
+
+
+__all__ = ["register"]

@@ -117,6 +117,22 @@ def test_quick_run_measures_cost_models_and_targets(quick):
         assert f"({name}.png)" in md
 
 
+def test_compile_adds_compiled_inference_columns():
+    import argparse
+
+    args = argparse.Namespace(reference="resnet10t", models=[], img_size=32, infer_batch=1, train_batch=2,
+                              warmup=1, model_repeats=1, compile="eager")  # eager: dynamo without codegen
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        [row] = benchmark.run_models(args, torch.device("cpu"), "fp32")
+    finally:
+        torch.set_num_threads(threads)
+    assert row["compiled_infer_ms"] > 0 and row["compiled_infer_img_s"] > 0
+    assert row["compiled_speed_vs_ref"] == 1.0 and tuple(row) == benchmark.MODEL_COLUMNS
+    assert "| compiled img/s | compiled speed |" in benchmark.render_models([row])[-1]
+
+
 def test_a_killed_worker_is_reported_not_raised_past():
     spec = dict(module="stt_dense", channels=8, size=4, batch=1, device="cpu", precision="fp32",
                 reduction=None, forward_only=True, threads=1)

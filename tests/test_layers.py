@@ -547,13 +547,13 @@ def test_registry_passes_dtype(name):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(modes="chx"), r"modes must be a non-empty subset.*'x'"),
+    (dict(modes="chx"), r"modes must be a non-empty subset of \('c', 'h', 'w'\).*got 'chx'"),
     (dict(modes=""), r"modes must be a non-empty subset"),
     (dict(synth="sparse"), r"synth must be one of .*'sparse'"),
     (dict(heads=3), r"heads=3 must divide the value channels.*= 16"),
     (dict(heads=0), r"heads must be a positive int"),
     (dict(fixed=True), r"fixed=True applies to synth='random' or 'mixture'"),
-    (dict(temperature=0.0), r"temperature must be > 0"),
+    (dict(temperature=0.0), r"temperature must be a number > 0, got 0.0"),
     (dict(hidden=0), r"hidden must be a positive int"),
     (dict(feat_size=(4, 4, 4)), r"feat_size must be an int or an \(H, W\) pair"),
 ], ids=["unknown_mode", "no_mode", "unknown_synth", "heads_not_dividing", "zero_heads", "fixed_dense",

@@ -517,11 +517,12 @@ def test_dtype_reaches_attention_modules():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(attn_layer="non_local"), r"attn_layer must be .*one of .*got 'non_local'"),
     (dict(attn_placement="mid"), r"attn_placement must be one of \('block', 'stage', 'final'\), got 'mid'"),
-    (dict(attn_stages=(0, 3)), r"attn_stages must be stage numbers in 1..4, got \(0, 3\)"),
+    (dict(attn_stages=(0, 3)), r"attn_stages must be stage numbers in 1..4: .*, got \(0, 3\)"),
     (dict(attn_stages=(5,)), r"attn_stages must be stage numbers in 1..4"),
     (dict(stt_synth="sparse"), r"synth must be one of .*'sparse'"),
     (dict(stt_modes="hwz"), r"modes must be a non-empty subset"),
-    (dict(stt_heads=3), r"heads=3 must divide the value channels"),
+    (dict(stt_heads=3), r"stt_heads does not fit the STT block of stage 4 .*heads=3 must divide the value "
+                        r"channels"),
 ], ids=["attn_layer", "attn_placement", "attn_stages_0", "attn_stages_5", "stt_synth", "stt_modes",
         "stt_heads"])
 def test_create_model_bad_options_raise(kwargs, match):

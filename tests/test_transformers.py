@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -12,13 +11,13 @@ import sysconfig
 import textwrap
 import warnings
 
+import hub_fixtures
 import numpy as np
 import pytest
 import safetensors.torch
 import timm
 import torch
 from PIL import Image
-from timm.models.resnet import ResNet
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -38,10 +37,11 @@ from stt_hf import (
     SttResNet,
     timm_from_pretrained,
 )
-from stt_hf.hf.configuration_stt import TIMM_KWARGS
 from stt_hf.models.stt_resnet import MODEL_ARGS
 
 NAME = "stt_resnet10_s"  # the smallest model: 32 px, half width
+
+local_hub = hub_fixtures.local_hub
 
 
 def small_config(**overrides) -> SttConfig:
@@ -74,19 +74,6 @@ def test_registered_with_auto_classes():
     assert type(AutoModel.from_config(config)) is SttModel
     assert type(AutoModelForImageClassification.from_config(config)) is SttForImageClassification
     assert type(AutoBackbone.from_config(config)) is SttBackbone
-
-
-def test_config_defaults_are_the_timm_defaults():
-    """SttConfig() builds what SttResNet builds with no arguments: the fields map 1:1."""
-    defaults = {**_signature_defaults(ResNet), **_signature_defaults(SttResNet)}
-    kwargs = SttConfig().to_timm_kwargs()
-    for name in TIMM_KWARGS:
-        assert kwargs[name] == defaults[name], name
-
-
-def _signature_defaults(cls) -> dict:
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_ARGS))
@@ -152,6 +139,28 @@ def test_config_save_load(tmp_path):
     assert type(loaded) is SttConfig
     assert {**loaded.to_dict(), "_name_or_path": ""} == config.to_dict()
     assert loaded.to_timm_kwargs()["img_size"] == (32, 48)
+
+
+def test_config_push_to_hub_uploads_the_local_files(local_hub, tmp_path):
+    """save_pretrained(push_to_hub=True) uploads the folder's files as they are, config.json included."""
+    folder = tmp_path / "stt-config"
+    local_hub.run_python(textwrap.dedent("""
+        import pathlib, sys
+        from huggingface_hub import hf_hub_download
+        from stt_hf import SttConfig
+
+        folder = pathlib.Path(sys.argv[1])
+        config = SttConfig.from_timm_name("stt_resnet10_s", num_labels=3)
+        config.save_pretrained(folder, push_to_hub=True, repo_id="user/stt-config")
+        downloaded = pathlib.Path(hf_hub_download("user/stt-config", "config.json"))
+        assert downloaded.read_bytes() == (folder / "config.json").read_bytes()
+    """), str(folder))
+    hub = local_hub.files("user/stt-config")
+    local = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {name: hub[name] for name in local} == local  # also the model code and preprocessor config
+    pushed = json.loads(hub["config.json"])
+    assert pushed["architecture"] == NAME and pushed["input_size"] == [3, 32, 32]  # timm's keys
+    assert pushed["auto_map"]["AutoConfig"] == "configuration_stt.SttConfig"
 
 
 # --- models ----------------------------------------------------------------------------------------

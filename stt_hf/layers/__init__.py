@@ -2,7 +2,8 @@
 
 from .baselines import FlatSynthesizer, SelfAttention2d
 from .create import ATTN_FACTORIES, FIXED_SIZE_ATTN, create_attn
-from .stt import MODES, STT, SYNTHS
+from .options import MODES, STT_SPEC, SYNTHS, Option
+from .stt import STT
 
-__all__ = ["ATTN_FACTORIES", "FIXED_SIZE_ATTN", "MODES", "STT", "SYNTHS", "FlatSynthesizer",
-           "SelfAttention2d", "create_attn"]
+__all__ = ["ATTN_FACTORIES", "FIXED_SIZE_ATTN", "MODES", "STT", "STT_SPEC", "SYNTHS", "FlatSynthesizer",
+           "Option", "SelfAttention2d", "create_attn"]

@@ -15,10 +15,11 @@ from timm.models.resnet import Bottleneck
 from torch import nn
 
 from .baselines import FlatSynthesizer, SelfAttention2d
+from .options import STT_OPTION_NAMES
 from .stt import STT
 
-STT_OPTIONS = ("modes", "synth", "heads", "reduction", "min_channels", "hidden", "pool_size", "rank",
-               "temperature", "resize", "fixed", "device", "dtype")
+# What the STT factory passes on: the block's declared options, and where to build it.
+STT_OPTIONS = (*STT_OPTION_NAMES, "device", "dtype")
 
 
 def _stt(channels, feat_size, **options):

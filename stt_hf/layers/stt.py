@@ -24,9 +24,8 @@ from .helpers import (
     to_pair,
     value_channels,
 )
+from .options import POSITIVE_INT, STT_OPTION_NAMES, STT_SPEC, check_stt_options, document, resolve
 
-MODES = ("c", "h", "w")
-SYNTHS = ("dense", "random", "factorized_random", "mixture")
 MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G, c, H, W)
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
@@ -174,66 +173,35 @@ class STT(nn.Module):
 
     Args:
         channels: input (and output) channels C.
-        modes: which of "c", "h", "w" to attend over (any non-empty subset, e.g. "hw").
-        synth: "dense" (from the input), "random" (learned, input-independent), "factorized_random"
-            (low-rank P Q^T) or "mixture" (learned blend of dense and random).
-        heads: groups the value channels are split into; each has its own attention matrices.
-        reduction, min_channels: value channels Cv = max(C // reduction, min_channels).
-        hidden: hidden width of the dense synthesizer MLP.
-        pool_size: the channel-mode descriptor pools each channel map to pool_size x pool_size.
-        rank: rank k of the factorized random maps.
-        temperature: softmax temperature tau.
         feat_size: reference (H, W) the synthesizers are built for. Other sizes interpolate the
             synthesized maps, unless resize=False, in which case they are an error.
-        fixed: random maps are a non-trained buffer (Tay et al.'s "fixed random").
+        **options: the block's options, declared in `stt_hf.layers.options.STT_SPEC`:
     """
 
-    def __init__(
-        self,
-        channels: int,
-        *,
-        modes: str | Sequence[str] = "chw",
-        synth: str = "dense",
-        heads: int = 2,
-        reduction: int = 2,
-        min_channels: int = 16,
-        hidden: int = 32,
-        pool_size: int = 4,
-        rank: int = 8,
-        temperature: float = 1.0,
-        feat_size: int | Sequence[int] = 14,
-        resize: bool = True,
-        fixed: bool = False,
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, channels: int, *, feat_size: int | Sequence[int] = 14, device=None, dtype=None,
+                 **options):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        modes = tuple(dict.fromkeys(modes))  # keep order, drop repeats
-        if not modes or any(m not in MODES for m in modes):
-            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {modes!r}")
-        if synth not in SYNTHS:
-            raise ValueError(f"synth must be one of {SYNTHS}, got {synth!r}")
-        if fixed and synth not in ("random", "mixture"):
-            raise ValueError(f"fixed=True applies to synth='random' or 'mixture', got synth={synth!r}")
-        for name, value in dict(channels=channels, heads=heads, reduction=reduction, hidden=hidden,
-                                pool_size=pool_size, rank=rank).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        cv = value_channels(channels, reduction, min_channels, heads)
-        self.channels, self.modes, self.synth = channels, modes, synth
-        self.heads, self.temperature, self.resize = heads, temperature, resize
+        unknown = sorted(set(options) - set(STT_OPTION_NAMES))
+        if unknown:
+            raise TypeError(f"STT got unknown option(s) {unknown}; its options are {list(STT_OPTION_NAMES)}")
+        if not POSITIVE_INT(channels):
+            raise ValueError(f"channels must be {POSITIVE_INT.expected}, got {channels!r}")
+        check_stt_options(options)
+        opt = resolve(STT_SPEC, options)
+        cv = value_channels(channels, opt["reduction"], opt["min_channels"], opt["heads"])
+        self.channels, self.modes, self.synth = channels, tuple(dict.fromkeys(opt["modes"])), opt["synth"]
+        self.heads, self.temperature, self.resize = opt["heads"], opt["temperature"], opt["resize"]
         self.feat_size = to_pair(feat_size)
-        head_channels = cv // heads
+        head_channels = cv // self.heads
         ref = {"c": head_channels, "h": self.feat_size[0], "w": self.feat_size[1]}
 
         self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
         self.synths = nn.ModuleDict({
-            m: ModeSynth(m, synth, heads, head_channels, ref[m], hidden=hidden, pool_size=pool_size,
-                         rank=rank, fixed=fixed, temperature=temperature, **dd)
-            for m in modes
+            m: ModeSynth(m, self.synth, self.heads, head_channels, ref[m], hidden=opt["hidden"],
+                         pool_size=opt["pool_size"], rank=opt["rank"], fixed=opt["fixed"],
+                         temperature=self.temperature, **dd)
+            for m in self.modes
         })
         self.proj = nn.Conv2d(cv, channels, 1, bias=False, **dd)
         self.norm = nn.BatchNorm2d(channels, **dd)
@@ -284,3 +252,7 @@ class STT(nn.Module):
         return (f"channels={self.channels}, modes={''.join(self.modes)}, synth={self.synth}, "
                 f"heads={self.heads}, feat_size={self.feat_size}, temperature={self.temperature}")
 
+
+
+if STT.__doc__:  # the options' documentation, from their declarations (no docstrings under python -OO)
+    STT.__doc__ = STT.__doc__.rstrip() + "\n" + document(STT_SPEC, indent=12)

@@ -15,7 +15,8 @@ The `_s` family is for 28-32 px images: a 3x3 stride-1 stem and no max-pool (tot
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -25,20 +26,94 @@ from torch import nn
 
 # Import modules, not packages: the transformers remote-code bundle keeps only flat sibling modules.
 from ..layers.create import ATTN_FACTORIES, FIXED_SIZE_ATTN, create_attn
-
-PLACEMENTS = ("block", "stage", "final")
-# SttResNet keyword arguments that describe the architecture (the transformers SttConfig fields).
-MODEL_KWARGS = (
-    "img_size", "small_input", "attn_layer", "attn_placement", "attn_stages", "stt_modes", "stt_synth",
-    "stt_heads", "stt_reduction", "stt_min_channels", "stt_hidden", "stt_pool_size", "stt_rank",
-    "stt_temperature", "stt_resize", "stt_fixed", "in_chans", "channels", "stem_width", "stem_type",
-    "avg_down", "cardinality", "base_width", "output_stride", "global_pool", "drop_rate", "drop_path_rate",
+from ..layers.helpers import value_channels
+from ..layers.options import (
+    BOOL,
+    POSITIVE_INT,
+    PROBABILITY,
+    STT_SPEC,
+    Check,
+    Option,
+    check_stt_options,
+    document,
+    is_int,
+    one_of,
+    resolve,
+    sequence_of,
 )
 
+PLACEMENTS = ("block", "stage", "final")
+STAGES = (1, 2, 3, 4)
+STEM_TYPES = ("", "deep", "deep_tiered")
+GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fastmax", "fastavgmax",
+                "fastcatavgmax")  # timm's SelectAdaptivePool2d
+# ResNets reduce the STT value channels as SE does (C // 16) rather than by the bare block's 2.
+STT_DEFAULTS = {"reduction": 16}
 
-def placed_stages(placement: str, stages: Sequence[int]) -> tuple[int, ...]:
+# Every SttResNet keyword argument that describes the architecture, declared once: the ResNet's own
+# options, the STT block's under `stt_` and the timm ResNet's that the transformers config carries. The
+# timm entrypoints' keyword handling, the SttConfig fields and both their validations derive from it.
+MODEL_OPTIONS: tuple[Option, ...] = (
+    Option("img_size", 224, int | list[int] | tuple[int, int],
+           Check(lambda v: POSITIVE_INT(v) or sequence_of(POSITIVE_INT, 2)(v),
+                 "a positive int or an (H, W) pair of them"),
+           "input size the attention modules are built for (their reference feature size)", "SttResNet"),
+    Option("small_input", False, bool, BOOL, "3x3 stride-1 stem without max-pool, for 28-32 px images",
+           "SttResNet"),
+    Option("attn_layer", "stt", str | None, one_of((None, "none", *ATTN_FACTORIES)),
+           "the attention module: 'stt' or a baseline; None or 'none' for a plain ResNet ('none' survives "
+           "timm.create_model, which drops keyword arguments that are None)", "SttResNet"),
+    Option("attn_placement", "block", str, one_of(PLACEMENTS),
+           "'block' (in each residual block), 'stage' (after each stage) or 'final' (after stage 4)",
+           "SttResNet"),
+    Option("attn_stages", (3, 4), int | list[int] | tuple[int, ...],
+           Check(lambda v: v in STAGES if is_int(v) else sequence_of(lambda s: is_int(s) and s in STAGES)(v),
+                 "stage numbers in 1..4: an int or a non-empty sequence"),
+           "the stages that get attention ('final' placement: stage 4 whatever this says)", "SttResNet"),
+    *(option.renamed("stt_", default=STT_DEFAULTS.get(option.name, option.default)) for option in STT_SPEC),
+    Option("in_chans", 3, int, POSITIVE_INT, "input image channels", "ResNet"),
+    Option("channels", (64, 128, 256, 512), list[int] | tuple[int, ...],
+           Check(sequence_of(POSITIVE_INT, 4), "four positive ints, one per stage"),
+           "widths of the four stages (times the block expansion)", "ResNet"),
+    Option("stem_width", 64, int, POSITIVE_INT, "stem channels", "ResNet"),
+    Option("stem_type", "", str, one_of(STEM_TYPES), "'' (one 7x7 conv) or a deep stem of 3x3 convs",
+           "ResNet"),
+    Option("avg_down", False, bool, BOOL, "average-pool in the downsampling shortcuts (ResNet-D)", "ResNet"),
+    Option("cardinality", 1, int, POSITIVE_INT, "groups of the bottleneck 3x3 conv (ResNeXt)", "ResNet"),
+    Option("base_width", 64, int, POSITIVE_INT, "bottleneck width per group (ResNeXt)", "ResNet"),
+    Option("output_stride", 32, int, one_of((8, 16, 32)), "total stride; 8 or 16 dilate the last stages",
+           "ResNet"),
+    Option("global_pool", "avg", str, one_of(GLOBAL_POOLS), "the pooling before the classifier", "ResNet"),
+    Option("drop_rate", 0.0, float, PROBABILITY, "dropout before the classifier", "ResNet"),
+    Option("drop_path_rate", 0.0, float, PROBABILITY, "stochastic depth of the residual blocks", "ResNet"),
+)
+MODEL_KWARGS = tuple(option.name for option in MODEL_OPTIONS)
+
+
+def placed_stages(placement: str, stages: int | Sequence[int]) -> tuple[int, ...]:
     """The stages that get attention: `final` placement is after stage 4 whatever `stages` says."""
-    return (4,) if placement == "final" else tuple(stages)
+    return (4,) if placement == "final" else ((stages,) if isinstance(stages, int) else tuple(stages))
+
+
+def check_model_options(block: type[nn.Module], options: Mapping[str, Any], owner: str = "") -> None:
+    """Raise ValueError for what SttResNet(block, ..., **options) would reject; `owner` starts the messages.
+
+    `options` holds every name of MODEL_OPTIONS. Besides each value on its own, the STT block needs its
+    heads to divide its value channels, which depend on the width of the stage it sits in.
+    """
+    for option in MODEL_OPTIONS:
+        if option.consumer != "STT":
+            option.validate(options[option.name], owner)
+    check_stt_options(options, prefix="stt_", owner=owner)
+    if options["attn_layer"] != "stt":
+        return
+    for stage in placed_stages(options["attn_placement"], options["attn_stages"]):
+        chs = options["channels"][stage - 1] * block.expansion
+        try:
+            value_channels(chs, options["stt_reduction"], options["stt_min_channels"], options["stt_heads"])
+        except ValueError as e:
+            raise ValueError(f"{owner}stt_heads does not fit the STT block of stage {stage} "
+                             f"({chs} channels): {e}") from None
 
 
 # Architectures of the registered depths: (block, layers).
@@ -56,71 +131,41 @@ ARCHS = {
 class SttResNet(ResNet):
     """timm ResNet + attention modules at `attn_placement` in `attn_stages`.
 
-    Args (besides timm ResNet's):
-        img_size: input size the attention modules are built for (their reference feature size).
-        small_input: 3x3 stride-1 stem without max-pool, for 28-32 px images.
-        attn_layer: "stt" or a baseline ("self_attn", "flat_dense", "flat_random", "se", "eca",
-            "cbam", "gc"); None or "none" for a plain ResNet ("none" survives timm.create_model,
-            which drops keyword arguments that are None).
-        attn_placement: "block", "stage" or "final".
-        attn_stages: 1-based stage numbers (1..4) that get attention.
-        stt_*: options of the STT block (see `stt_hf.layers.STT`); baselines use what applies.
+    Args:
+        block, layers: as in timm's ResNet.
+        **kwargs: the options below (declared in `MODEL_OPTIONS`; `stt_*` are those of the STT block,
+            `stt_hf.layers.STT`, which the baselines use where they apply), and any other keyword argument
+            of timm's ResNet (num_classes, act_layer, ...).
     """
 
-    def __init__(
-        self,
-        block=BasicBlock,
-        layers: Sequence[int] = (2, 2, 2, 2),
-        *,
-        img_size: int | Sequence[int] = 224,
-        small_input: bool = False,
-        attn_layer: str | None = "stt",
-        attn_placement: str = "block",
-        attn_stages: Sequence[int] = (3, 4),
-        stt_modes: str = "chw",
-        stt_synth: str = "dense",
-        stt_heads: int = 2,
-        stt_reduction: int = 16,
-        stt_min_channels: int = 16,
-        stt_hidden: int = 32,
-        stt_pool_size: int = 4,
-        stt_rank: int = 8,
-        stt_temperature: float = 1.0,
-        stt_resize: bool = True,
-        stt_fixed: bool = False,
-        in_chans: int = 3,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ):
-        super().__init__(block, layers, in_chans=in_chans, device=device, dtype=dtype, **kwargs)
-        if attn_placement not in PLACEMENTS:
-            raise ValueError(f"attn_placement must be one of {PLACEMENTS}, got {attn_placement!r}")
-        if attn_layer not in (None, "none") and attn_layer not in ATTN_FACTORIES:
-            raise ValueError(f"attn_layer must be 'none' or one of {sorted(ATTN_FACTORIES)}, "
-                             f"got {attn_layer!r}")
-        attn_stages = (attn_stages,) if isinstance(attn_stages, int) else tuple(attn_stages)
-        if any(s not in (1, 2, 3, 4) for s in attn_stages):
-            raise ValueError(f"attn_stages must be stage numbers in 1..4, got {attn_stages}")
-        attn_stages = placed_stages(attn_placement, attn_stages)
+    def __init__(self, block=BasicBlock, layers: Sequence[int] = (2, 2, 2, 2), *, device=None, dtype=None,
+                 **kwargs):
+        unknown = sorted(k for k in kwargs if k.startswith(("stt_", "attn_")) and k not in MODEL_KWARGS)
+        if unknown:
+            raise TypeError(f"SttResNet got unknown option(s) {unknown}; the attention options are "
+                            f"{[k for k in MODEL_KWARGS if k.startswith(('stt_', 'attn_'))]}")
+        opt = resolve(MODEL_OPTIONS, kwargs)  # kwargs keeps the rest of timm ResNet's arguments
+        check_model_options(block, opt)
+        trunk = {o.name: opt[o.name] for o in MODEL_OPTIONS if o.consumer == "ResNet"}
+        super().__init__(block, layers, **trunk, device=device, dtype=dtype, **kwargs)
+        attn_stages = placed_stages(opt["attn_placement"], opt["attn_stages"])
+        img_size = opt["img_size"]
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
 
-        if small_input:
+        if opt["small_input"]:
             # 3x3 stride-1 stem, no max-pool: keeps 28-32 px inputs at 28-32 px into layer1.
             stem_chs = self.conv1.out_channels if isinstance(self.conv1, nn.Conv2d) else self.bn1.num_features
-            self.conv1 = nn.Conv2d(in_chans, stem_chs, 3, stride=1, padding=1, bias=False,
+            self.conv1 = nn.Conv2d(opt["in_chans"], stem_chs, 3, stride=1, padding=1, bias=False,
                                    device=device, dtype=dtype)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
             for info in self.feature_info:
                 info["reduction"] = max(info["reduction"] // 4, 1)
 
-        options = dict(modes=stt_modes, synth=stt_synth, heads=stt_heads, reduction=stt_reduction,
-                       min_channels=stt_min_channels, hidden=stt_hidden, pool_size=stt_pool_size,
-                       rank=stt_rank, temperature=stt_temperature, resize=stt_resize, fixed=stt_fixed,
-                       device=device, dtype=dtype)
-        if attn_layer == "none":
-            attn_layer = None
+        # The block's options under their own names, for whichever attention module is placed.
+        options = {o.name.removeprefix("stt_"): opt[o.name] for o in MODEL_OPTIONS if o.consumer == "STT"}
+        options.update(device=device, dtype=dtype)
+        attn_layer = None if opt["attn_layer"] == "none" else opt["attn_layer"]
         self.attn_layer = attn_layer
         self.attn_names: list[str] = []  # where the attention modules sit, in forward order
         if attn_layer is not None:
@@ -128,7 +173,7 @@ class SttResNet(ResNet):
                 info = self.feature_info[stage]  # feature_info[0] is the stem
                 feat_size = tuple(math.ceil(s / info["reduction"]) for s in self.img_size)
                 layer = getattr(self, f"layer{stage}")
-                if attn_placement == "block":
+                if opt["attn_placement"] == "block":
                     for i, blk in enumerate(layer):
                         blk.se = create_attn(attn_layer, info["num_chs"], feat_size, **options)
                         self.attn_names.append(f"layer{stage}.{i}.se")
@@ -156,6 +201,10 @@ class SttResNet(ResNet):
             if hasattr(module, "fuse_for_inference"):  # timm's se/eca/cbam/gc end in no BatchNorm
                 module.fuse_for_inference()
         return self
+
+
+if SttResNet.__doc__:  # the options' documentation, from their declarations (no docstrings under -OO)
+    SttResNet.__doc__ = SttResNet.__doc__.rstrip() + "\n\n    Options:\n" + document(MODEL_OPTIONS)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:

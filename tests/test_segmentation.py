@@ -438,18 +438,18 @@ def test_push_to_hub_publishes_the_finished_folder(tmp_path, local_hub):
     assert not any(name.startswith("checkpoint-") for name in files)
 
 
-# --- the README ---------------------------------------------------------------------------------------
+# --- the guide ----------------------------------------------------------------------------------------
 
 def test_readme_segmentation_code_runs(tmp_path, monkeypatch):
-    """The Python blocks of the README's Segmentation section, run in order in one namespace."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("## Segmentation"):readme.index("### Training: `stt-hf train-seg`")]
+    """The Python blocks of docs/segmentation.md before its training section, in order in one namespace."""
+    readme = (REPO_ROOT / "docs" / "segmentation.md").read_text()
+    section = readme[readme.index("# Segmentation"):readme.index("## Training: `stt-hf train-seg`")]
     blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
     assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "docs/segmentation.md", "exec"), namespace)
     assert type(namespace["model"].backbone).__name__ == "TimmBackbone"
     assert type(namespace["reloaded"].backbone).__name__ == "SttBackbone"
     assert (tmp_path / "segmenter" / "modeling_stt_seg.py").is_file()

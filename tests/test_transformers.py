@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import shutil
@@ -74,6 +76,15 @@ def test_registered_with_auto_classes():
     assert type(AutoModel.from_config(config)) is SttModel
     assert type(AutoModelForImageClassification.from_config(config)) is SttForImageClassification
     assert type(AutoBackbone.from_config(config)) is SttBackbone
+
+
+@pytest.mark.parametrize("module", ["configuration_stt", "modeling_stt"])
+def test_all_lists_every_public_class(module):
+    module = importlib.import_module(f"stt_hf.hf.{module}")
+    defined = {name for name, value in vars(module).items() if inspect.isclass(value)
+               and value.__module__ == module.__name__ and not name.startswith("_")}
+    assert defined <= set(module.__all__)
+    assert all(getattr(module, name) is not None for name in module.__all__)
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_ARGS))

@@ -41,7 +41,7 @@ AUTO_MAP = {
 
 # transformers makes the annotated class attributes of each config class its dataclass fields: the
 # architecture options become fields here, from their one declaration.
-SttOptionFields = type("SttOptionFields", (BackboneConfigMixin, PretrainedConfig), {
+_SttOptionFields = type("_SttOptionFields", (BackboneConfigMixin, PretrainedConfig), {
     "__module__": __name__,
     "__doc__": "The fields of SttConfig that are SttResNet keyword arguments (`MODEL_OPTIONS`).",
     "__annotations__": {option.name: option.type for option in MODEL_OPTIONS},
@@ -49,7 +49,7 @@ SttOptionFields = type("SttOptionFields", (BackboneConfigMixin, PretrainedConfig
 })
 
 
-class SttConfig(SttOptionFields):
+class SttConfig(_SttOptionFields):
     r"""Configuration of `SttModel`, `SttForImageClassification` and `SttBackbone`.
 
     Args:

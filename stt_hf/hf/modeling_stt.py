@@ -195,9 +195,6 @@ class SttBackbone(BackboneMixin, SttPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
 
 
-__all__ = ["CheckpointError", "SttBackbone", "SttForImageClassification", "SttModel", "SttPreTrainedModel"]
-
-
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding, (H*W, dim): half the channels encode y, half x."""
     if dim % 4:
@@ -309,3 +306,7 @@ def _captioner_class() -> type:
 
     SttCaptioner.__qualname__ = "SttCaptioner"
     return SttCaptioner
+
+
+__all__ = ["CheckpointError", "SttBackbone", "SttCaptioner", "SttForImageClassification", "SttModel",
+           "SttPreTrainedModel", "SttVisionEncoder"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from stt_hf import ablation
+from stt_hf.experiments import ablation
 from stt_hf.experiments.ablation import CORRUPTIONS, VARIANTS, AblationConfig
 
 

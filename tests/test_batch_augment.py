@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stt_hf import batch_augment
+from stt_hf.data import batch_augment
 from stt_hf.data.batch_augment import BatchAugment, decode_split
 
 

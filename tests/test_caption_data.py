@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stt_hf import caption_data
-from stt_hf.data.captions import load_caption_dataset, to_rgb, validate_caption_dataset
+from stt_hf.data import captions as caption_data
+from stt_hf.data.captions import load_caption_dataset, validate_caption_dataset
+from stt_hf.data.common import to_rgb
 
 # Counts of tuxpaint-stamps-default 2022.06.04: 785 described PNG stamps, 247 of them under symbols/.
 TUXPAINT_ALL, TUXPAINT_NO_SYMBOLS = 785, 538

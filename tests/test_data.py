@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stt_hf import data
+from stt_hf.data import classification as data
 from stt_hf.data.classification import FASHION_MNIST_CLASSES, load_image_dataset, validate_dataset
 
 
@@ -220,3 +220,17 @@ def test_validate_dataset_finds_undecodable_bytes():
     )
     with pytest.raises(ValueError, match=r"split 'train', row 1 \(in-memory bytes\): not a readable image"):
         validate_dataset(ds)
+
+
+def test_to_channels_is_the_rgb_policy_or_its_grayscale():
+    from stt_hf.data.common import to_channels, to_rgb
+
+    gray = Image.new("L", (3, 2), 77)
+    assert to_channels(gray, 1) is gray and to_channels(gray, 3).getpixel((0, 0)) == (77, 77, 77)
+    see_through = Image.new("RGBA", (3, 2), (200, 0, 0, 0))  # fully transparent: white, as to_rgb does
+    assert to_channels(see_through, 3).getpixel((0, 0)) == to_rgb(see_through).getpixel((0, 0)) == (255,) * 3
+    assert to_channels(see_through, 1).mode == "L" and to_channels(see_through, 1).getpixel((0, 0)) == 255
+    deep = Image.fromarray(np.full((2, 3), 65535, dtype=np.uint16))  # 16-bit white stays white, not clipped
+    assert to_channels(deep, 1).getpixel((0, 0)) == 255
+    with pytest.raises(ValueError, match="1 .* or 3"):
+        to_channels(gray, 4)

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import stt_hf  # noqa: F401  (registers the models)
-from stt_hf import main_comparison
+from stt_hf.experiments import main_comparison
 from stt_hf.experiments.ablation import CORRUPTIONS
 from stt_hf.experiments.main_comparison import VARIANTS, ComparisonConfig
 from stt_hf.reporting.profiling import count_macs, count_params

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stt_hf import scenes
+from stt_hf.data import scenes
 from stt_hf.data.classification import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV, read_fashion_mnist
 from stt_hf.data.scenes import (
     VISIBLE_LEVEL,

@@ -30,8 +30,9 @@ from transformers import (
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import stt_hf  # noqa: F401  (registers the STT backbone)
-from stt_hf import SttConfig, cli, train_seg
+from stt_hf import SttConfig, cli
 from stt_hf.metrics import compute_segmentation_metrics, load_metric
+from stt_hf.tasks import train_seg
 
 local_hub = hub_fixtures.local_hub
 

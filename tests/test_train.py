@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from stt_hf import train
+from stt_hf.tasks import train
 
 local_hub = hub_fixtures.local_hub
 
@@ -199,7 +199,7 @@ def test_resume_after_sigkill_finishes_at_the_same_step(tmp_path):
 
 DDP_SCRIPT = textwrap.dedent("""
     import hashlib, os, sys, torch
-    from stt_hf import train
+    from stt_hf.tasks import train
     trainer, results = train.run(sys.argv[1:])
     # Each rank records a digest of its final parameters for the test to compare. (BatchNorm running
     # statistics are per-rank buffers in DDP: each rank's last forward updates them from its own batch.)

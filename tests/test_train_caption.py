@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from test_train import run_cli
 
-from stt_hf import train_caption
+from stt_hf.tasks import train_caption
 
 local_hub = hub_fixtures.local_hub
 
@@ -107,7 +107,7 @@ def test_push_captioner_then_load_from_the_hub(caption_run, local_hub):
 
 
 def test_caption_comparison_writes_table_and_grid(tmp_path):
-    from stt_hf import caption_comparison
+    from stt_hf.experiments import caption_comparison
 
     out = tmp_path / "comparison"
     summary = caption_comparison.run(out, ["stt", "plain"], [*TINY, "--num_train_epochs", "1"])

@@ -6,7 +6,7 @@ already at the model's input size (Fashion-MNIST and MNIST are, at 28 px), it is
 uint8 tensor and the same augmentation as timm's training transform (random-resized crop, horizontal
 flip, normalization) is applied to each batch with one `grid_sample`.
 
-Other datasets keep timm's per-image transforms (`stt_hf.tasks.train.build_transforms`).
+Other datasets keep timm's per-image transforms (`stt_hf.tasks.common.build_transforms`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from .common import to_channels
 
 MAX_IN_MEMORY_BYTES = 1 << 30  # decoded training images kept in memory at most (uint8)
 
@@ -40,14 +42,13 @@ def decode_split(ds, input_size: tuple[int, int, int]) -> InMemoryImages | None:
     channels, height, width = input_size
     if len(ds) * channels * height * width > MAX_IN_MEMORY_BYTES:
         return None
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
+    if channels not in (1, 3):
         return None
     images = np.empty((len(ds), height, width, channels), dtype=np.uint8)  # (N, H, W, C)
     for i, image in enumerate(ds["image"]):
         if image.size != (width, height):
             return None
-        images[i] = np.asarray(image.convert(mode)).reshape(height, width, channels)
+        images[i] = np.asarray(to_channels(image, channels)).reshape(height, width, channels)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, C, H, W), a view
     return InMemoryImages(pixels, torch.as_tensor(ds["label"]))
 

@@ -17,7 +17,8 @@ feature (decodes to PIL) and `caption` a string. Sources:
   `file_name` column and the caption column;
 - anything else: a Hub dataset id, loaded with `datasets.load_dataset(name_or_path)`.
 
-Images of the last two sources are kept as stored; `to_rgb` converts any PIL mode to RGB.
+Images of the last two sources are kept as stored; `to_rgb` (from `common`, the package's one conversion
+policy) converts any PIL mode to RGB.
 `validate_caption_dataset` checks a `DatasetDict` before training and raises a `ValueError` naming the rows.
 """
 
@@ -29,16 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .classification import (
-    _MAX_REPORTED,
-    _carve_indices,
-    _check_images_decode,
-    _finalize_splits,
-    _load_hub,
-    _load_local_dir,
+from .common import (
+    MAX_REPORTED,
+    carve_indices,
     check_image_splits,
+    check_images_decode,
+    finalize_splits,
+    load_hub,
+    load_local_dir,
     png_bytes,
     select_image_columns,
+    to_rgb,
 )
 
 BUILTIN_CAPTION_DATASETS = ("tuxpaint", "emoji", "fashion_scenes")
@@ -103,7 +105,7 @@ def load_caption_dataset(
         # Images are rendered only for the rows kept, so `limits` also saves the rendering time.
         dsd = _render_splits(dsd, render, keep_path=name == "tuxpaint")
     else:
-        dsd = _load_local_dir(name, cache_dir) if os.path.isdir(name) else _load_hub(name, cache_dir)
+        dsd = load_local_dir(name, cache_dir) if os.path.isdir(name) else load_hub(name, cache_dir)
         dsd = select_image_columns(dsd, image_column, caption_column, "caption")
         dsd = _make_splits(dsd, val_fraction, test_fraction, seed, limits)
     validate_caption_dataset(dsd)
@@ -122,31 +124,12 @@ def validate_caption_dataset(dsd, *, decode_sample: int = 16) -> None:
         captions = list(ds["caption"])
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if bad:
-            shown = ", ".join(f"row {i}: {captions[i]!r}" for i in bad[:_MAX_REPORTED])
-            more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+            shown = ", ".join(f"row {i}: {captions[i]!r}" for i in bad[:MAX_REPORTED])
+            more = f" and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
             raise ValueError(
                 f"split {split!r}: {len(bad)} missing, empty or non-string caption(s): {shown}{more}"
             )
-        _check_images_decode(ds, split, decode_sample)
-
-
-def to_rgb(image):
-    """Return a PIL image as RGB (the same object when it already is): transparency is composited on
-    white, and 16-bit, 32-bit and float grayscale is scaled to 8 bits."""
-    from PIL import Image
-
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        array = np.asarray(image, dtype=np.float64)
-        # 16-bit PNGs open as I;16 or I; a plain convert("L") would clip everything above 255 to white.
-        if image.mode.startswith("I;16") or array.max() > 255:
-            array = array / 257
-        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, "white")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image if image.mode == "RGB" else image.convert("RGB")
+        check_images_decode(ds, split, decode_sample)
 
 
 # ---------------------------------------------------------------------------- built-in sources
@@ -254,8 +237,8 @@ def _make_splits(dsd, val_fraction, test_fraction, seed, limits):
 
     splits = dict(dsd)
     if "test" not in splits and "train" in splits:
-        train, test = _carve_indices(len(splits["train"]), test_fraction, seed)
+        train, test = carve_indices(len(splits["train"]), test_fraction, seed)
         splits["train"], splits["test"] = splits["train"].select(train), splits["train"].select(test)
         # Both fractions are shares of the source's train split, not of what is left after the test carve.
         val_fraction = val_fraction / (1.0 - test_fraction)
-    return _finalize_splits(datasets.DatasetDict(splits), val_fraction, seed, limits)
+    return finalize_splits(datasets.DatasetDict(splits), val_fraction, seed, limits)

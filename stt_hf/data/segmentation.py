@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from ..hf.modeling_stt_seg import IGNORE_INDEX
+from .common import MAX_REPORTED, to_rgb
 
 SCENE_CLASSES = ("background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASK_MODES = ("L", "P", "I", "I;16", "1")
-_MAX_REPORTED = 5
 
 
 def load_segmentation_dataset(source: str = "fashion_scenes", *, image_column: str = "image",
@@ -104,7 +104,7 @@ def _load_local(folder: Path, image_column: str, mask_column: str):
         unpaired = sorted(set(image_files) ^ set(mask_files))
         if unpaired:
             raise ValueError(f"{root}: {len(unpaired)} files without a partner in images/ or masks/: "
-                             f"{', '.join(unpaired[:_MAX_REPORTED])}")
+                             f"{', '.join(unpaired[:MAX_REPORTED])}")
         if not image_files:
             raise ValueError(f"{images} holds no images")
         stems = sorted(image_files)
@@ -171,7 +171,7 @@ def _decode_row(image, mask, size: int):
         return f"mask is mode {mask.mode}, not a single-channel label image (mode L, P or I)"
     if mask.size != image.size:
         return f"mask is {mask.size[0]}x{mask.size[1]} but its image is {image.size[0]}x{image.size[1]}"
-    image = image.convert("RGB")
+    image = to_rgb(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
         mask = mask.resize((size, size), Image.NEAREST)
@@ -214,8 +214,8 @@ def decode_segmentation(dsd, img_size: int, num_labels: int | None = None):
             decoded[split] = SegmentationArrays(torch.from_numpy(np.stack(images)),
                                                 torch.from_numpy(np.stack(masks)))
     if problems:
-        shown = "\n  ".join(problems[:_MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise ValueError(f"{len(problems)} bad masks (nothing was trained):\n  {shown}{more}")
     return decoded, num_labels if num_labels is not None else largest + 1
 

@@ -88,11 +88,10 @@ class AblationConfig:
 
 def load_tensors(dataset: str, train: int | None, test: int | None) -> dict[str, tuple]:
     """{"train"/"test": (images float (N, 1, 28, 28) in [0, 1], labels long)}; subsets fixed by seed 0."""
-    from ..data.classification import _read_fashion_mnist, _read_mnist_5k
+    from ..data.classification import read_fashion_mnist, read_mnist_5k
 
-    arrays = {"fashion_mnist": _read_fashion_mnist, "mnist_5k": _read_mnist_5k}[dataset]()
-    if arrays is None:
-        raise FileNotFoundError("the ablation reads Fashion-MNIST from the Debian package only")
+    # Fashion-MNIST from the Debian package only (FileNotFoundError names it), never from the Hub.
+    arrays = {"fashion_mnist": read_fashion_mnist, "mnist_5k": read_mnist_5k}[dataset]()
     out = {}
     for split, limit in (("train", train), ("test", test)):
         x, y = arrays[split]

@@ -102,7 +102,8 @@ def grid(summary: dict, results: dict, path: Path, count: int = 8) -> Path:
 
 def _test_images(result: dict) -> list:
     """The test images of a run, in the order of its examples (same dataset, seed and limits)."""
-    from ..data.captions import load_caption_dataset, to_rgb
+    from ..data.captions import load_caption_dataset
+    from ..data.common import to_rgb
 
     data = result["data_args"]
     dsd = load_caption_dataset(data["dataset"], image_column=data["image_column"],

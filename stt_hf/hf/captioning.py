@@ -149,7 +149,7 @@ class ImageToTextPipeline(Pipeline):
     def preprocess(self, image, timeout=None):
         from transformers.image_utils import load_image
 
-        from ..data.captions import to_rgb
+        from ..data.common import to_rgb  # the package's one conversion policy
 
         return self.image_processor(images=to_rgb(load_image(image, timeout=timeout)), return_tensors="pt")
 

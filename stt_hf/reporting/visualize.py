@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.common import to_channels
 from ..layers.stt import MODE_DIMS, STT, mode_product
 
 # scikit-image's photos bundled with the package (the others download on first use).
@@ -52,8 +53,6 @@ def load_model(spec: str | nn.Module) -> nn.Module:
     """
     if isinstance(spec, nn.Module):
         return spec.eval()
-    import stt_hf  # noqa: F401  (registers the stt_* models with timm)
-
     from ..hf.convert import timm_from_pretrained
 
     if Path(spec).exists() or "/" in spec:  # a folder (either format), or a Hub id to fetch
@@ -108,8 +107,8 @@ def preprocess(model: nn.Module, image: Image.Image, size: int | None = None) ->
     for key in ("mean", "std"):  # e.g. a 1-channel model with RGB statistics: their average
         value = tuple(config[key])
         config[key] = value if len(value) == in_chans else (sum(value) / len(value),) * in_chans
-    # Any PIL mode (P, RGBA, CMYK, I;16, ...) -> what the model takes.
-    image = image.convert("L" if in_chans == 1 else "RGB")
+    # Any PIL mode (P, RGBA, CMYK, I;16, ...) -> what the model takes, by the package's one policy.
+    image = to_channels(image, in_chans)
     transform = timm.data.create_transform(**config)
     return transform(image).unsqueeze(0), config
 

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainingArguments
 from ..data.classification import load_image_dataset, validate_dataset
 from ..metrics import compute_classification_metrics
 from ..reporting.publish import write_json
-from .train import DataArguments, build_transforms, collate
+from .common import DataArguments, build_transforms, collate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.captions import load_caption_dataset, to_rgb
+from ..data.captions import load_caption_dataset
+from ..data.common import to_rgb
 from ..metrics import compute_caption_metrics
 from ..reporting.publish import write_json
 

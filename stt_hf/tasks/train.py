@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.classification import load_image_dataset, validate_dataset
 from ..metrics import compute_classification_metrics
+from .common import DataArguments, build_transforms, is_checkpoint, parse_with_config
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
@@ -70,26 +71,6 @@ class ModelArguments:
         "help": 'JSON of extra model options, e.g. \'{"stt_synth": "random", "attn_placement": "stage"}\'.'})
 
 
-@dataclass
-class DataArguments:
-    dataset: str = field(default="fashion_mnist", metadata={
-        "help": "Built-in offline dataset (fashion_mnist, mnist_5k), a local imagefolder directory, "
-                "or a Hub dataset id."})
-    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: str = field(default="label", metadata={"help": "Column holding the integer labels."})
-    val_fraction: float = field(default=0.1, metadata={
-        "help": "Fraction of train held out (seeded) when the dataset has no validation split."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval splits."})
-    train_crop_scale: float = field(default=0.7, metadata={
-        "help": "Smallest area fraction of the random-resized-crop training augmentation."})
-    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
-    in_memory: bool = field(default=True, metadata={
-        "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
-                "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
-                "per-image transforms."})
-
-
 def native_bf16() -> bool:
     """Whether this machine computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
     AMX or AVX512-BF16 (there bf16 autocast trains the main job about twice as fast as float32;
@@ -117,38 +98,6 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None) -> list:
-    """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
-    # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
-    # processes as one DDP job (gloo) instead of as independent runs.
-    defaults = dict(defaults, use_cpu=not torch.cuda.is_available())
-    if "--config" in argv:
-        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(argv)[: len(dataclass_types)]
-
-
-def load_config_file(path: str) -> dict:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        values = yaml.safe_load(text)
-    else:
-        values = json.loads(text)
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a mapping of argument names to values")
-    return values
-
-
-def _is_checkpoint(model: str) -> bool:
-    """A folder or a Hub id (ORG/NAME), as opposed to a registered timm model name."""
-    return Path(model).is_dir() or "/" in model
-
-
 def build_model(model_args: ModelArguments, labels: list[str]):
     """A fresh STT model from a timm name, or a checkpoint with its head resized to `labels`."""
     from ..hf.configuration_stt import SttConfig
@@ -159,37 +108,13 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
     if model_args.img_size:
         extra["img_size"] = model_args.img_size
-    if _is_checkpoint(model_args.model):
+    if is_checkpoint(model_args.model):
         return SttForImageClassification.from_pretrained(
             model_args.model, num_labels=len(labels), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True, **extra)
     config = SttConfig.from_timm_name(model_args.model, num_labels=len(labels), id2label=id2label,
                                       label2id=label2id, **extra)
     return SttForImageClassification(config)
-
-
-def build_transforms(model, data_args: DataArguments):
-    """timm's train/eval transforms for the model's data config, applied lazily per batch."""
-    from timm.data import create_transform
-
-    config = model.config
-    data_cfg = dict(input_size=config.input_size(), **config.data_config)
-    train_tf = create_transform(**data_cfg, is_training=True, scale=(data_args.train_crop_scale, 1.0),
-                                hflip=data_args.hflip, color_jitter=None)
-    eval_tf = create_transform(**data_cfg, is_training=False)
-
-    def to_batch(transform):
-        def apply(batch):
-            return {"pixel_values": [transform(img.convert("RGB")) for img in batch["image"]],
-                    "labels": batch["label"]}
-        return apply
-
-    return to_batch(train_tf), to_batch(eval_tf)
-
-
-def collate(examples: list[dict]) -> dict:
-    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "labels": torch.tensor([e["labels"] for e in examples])}
 
 
 def training_data(model, dsd, data_args: DataArguments, channels_last: bool):
@@ -222,7 +147,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     labels = dsd["train"].features["label"].names
     validate_dataset(dsd, num_labels=len(labels))  # fail before any training
 
-    if model_args.img_size is None and not _is_checkpoint(model_args.model):
+    if model_args.img_size is None and not is_checkpoint(model_args.model):
         model_args.img_size = NATIVE_IMG_SIZE.get(data_args.dataset)  # train at 28 px, not upsampled
     model = build_model(model_args, labels)
     if model_args.channels_last:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from ..data.captions import load_caption_dataset, to_rgb
+from ..data.captions import load_caption_dataset
 from ..hf.captioning import build_captioner, encode_captions, train_caption_tokenizer
-from .train import parse_with_config
+from .common import image_transforms, parse_with_config
 
 CAPTION_DEFAULTS = dict(
     num_train_epochs=10,
@@ -119,17 +119,14 @@ def load_tokenizer(model_args: CaptionModelArguments, captions: list[str]):
 
 
 def build_transforms(image_config, data_args: CaptionDataArguments):
-    """timm train/eval transforms for the encoder; any PIL mode is converted to RGB first."""
-    from timm.data import create_transform
-
-    data_cfg = dict(input_size=image_config.input_size(), **image_config.data_config)
-    train_tf = create_transform(**data_cfg, is_training=True, scale=(data_args.train_crop_scale, 1.0),
-                                ratio=(0.9, 1.1), hflip=data_args.hflip, color_jitter=None)
-    eval_tf = create_transform(**data_cfg, is_training=False)
+    """timm train/eval transforms for the encoder, applied lazily per batch; any PIL mode is converted
+    to RGB first."""
+    train_tf, eval_tf = image_transforms(image_config, crop_scale=data_args.train_crop_scale,
+                                         hflip=data_args.hflip, ratio=(0.9, 1.1))
 
     def to_batch(transform):
         def apply(batch):
-            return {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]],
+            return {"pixel_values": [transform(img) for img in batch["image"]],
                     "caption": batch["caption"]}
         return apply
 

@@ -39,7 +39,7 @@ from ..hf.modeling_stt_seg import (
     segmentation_image_processor,
 )
 from ..metrics import compute_segmentation_metrics
-from .train import parse_with_config
+from .common import is_checkpoint, parse_with_config
 
 SEG_DEFAULTS = dict(
     num_train_epochs=3,
@@ -111,13 +111,9 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def _is_checkpoint(model: str) -> bool:
-    return Path(model).is_dir() or "/" in model
-
-
 def build_model(model_args: SegModelArguments, labels: list[str]) -> SttUperNetForSemanticSegmentation:
     """A fresh segmenter from a timm name, or a saved one with its classifiers resized to `labels`."""
-    if _is_checkpoint(model_args.model):
+    if is_checkpoint(model_args.model):
         id2label = dict(enumerate(labels))
         return SttUperNetForSemanticSegmentation.from_pretrained(
             model_args.model, num_labels=len(labels), id2label=id2label,
@@ -167,7 +163,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                      "test": data_args.scenes_test},
         max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
     names = parse_class_names(data_args.class_names) or names
-    if model_args.img_size is None and _is_checkpoint(model_args.model):
+    if model_args.img_size is None and is_checkpoint(model_args.model):
         size = None  # the checkpoint's own input size, read below
     else:
         model_args.img_size = size = image_size(model_args, data_args)

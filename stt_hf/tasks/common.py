@@ -1,0 +1,106 @@
+"""What the train and evaluation apps share: argument parsing with `--config`, the classification data
+arguments, timm's image transforms, and the batch collator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+from ..data.common import to_channels
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="fashion_mnist", metadata={
+        "help": "Built-in offline dataset (fashion_mnist, mnist_5k), a local imagefolder directory, "
+                "or a Hub dataset id."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the integer labels."})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "Fraction of train held out (seeded) when the dataset has no validation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval splits."})
+    train_crop_scale: float = field(default=0.7, metadata={
+        "help": "Smallest area fraction of the random-resized-crop training augmentation."})
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+    in_memory: bool = field(default=True, metadata={
+        "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
+                "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
+                "per-image transforms."})
+
+
+def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None) -> list:
+    """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
+    # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
+    # processes as one DDP job (gloo) instead of as independent runs.
+    defaults = dict(defaults, use_cpu=not torch.cuda.is_available())
+    if "--config" in argv:
+        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
+    parser.set_defaults(**defaults)
+    return parser.parse_args_into_dataclasses(argv)[: len(dataclass_types)]
+
+
+def load_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of argument names to values")
+    return values
+
+
+def is_checkpoint(model: str) -> bool:
+    """A folder or a Hub id (ORG/NAME), as opposed to a registered timm model name."""
+    return Path(model).is_dir() or "/" in model
+
+
+def image_transforms(config, *, crop_scale: float, hflip: float, ratio: tuple[float, float] | None = None):
+    """(train, eval) transforms of one PIL image for a config with `input_size()` and `data_config`:
+    the image converted to the model's channels (`stt_hf.data.common.to_channels`), then timm's train
+    (random-resized crop of at least `crop_scale` of the area, aspect `ratio`, flip) or eval transform."""
+    from timm.data import create_transform
+
+    input_size = config.input_size()
+    data_cfg = dict(input_size=input_size, **config.data_config)
+    train_tf = create_transform(**data_cfg, is_training=True, scale=(crop_scale, 1.0), ratio=ratio,
+                                hflip=hflip, color_jitter=None)
+    eval_tf = create_transform(**data_cfg, is_training=False)
+
+    def convert_then(transform):
+        return lambda image: transform(to_channels(image, input_size[0]))
+
+    return convert_then(train_tf), convert_then(eval_tf)
+
+
+def build_transforms(model, data_args: DataArguments):
+    """timm's train/eval transforms for the classifier's data config, applied lazily per batch."""
+    train_tf, eval_tf = image_transforms(model.config, crop_scale=data_args.train_crop_scale,
+                                         hflip=data_args.hflip)
+
+    def to_batch(transform):
+        def apply(batch):
+            return {"pixel_values": [transform(img) for img in batch["image"]], "labels": batch["label"]}
+        return apply
+
+    return to_batch(train_tf), to_batch(eval_tf)
+
+
+def collate(examples: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+__all__ = ["DataArguments", "build_transforms", "collate", "image_transforms", "is_checkpoint",
+           "load_config_file", "parse_with_config"]

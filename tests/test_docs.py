@@ -51,7 +51,11 @@ class Block:
     value: str = ""  # the reason, or the fixture names
 
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{_rel(self.path)}:{self.line}"
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def read_blocks(path: Path) -> list[Block]:
@@ -64,7 +68,7 @@ def read_blocks(path: Path) -> list[Block]:
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```"), None)
-        assert end is not None, f"{path.relative_to(ROOT)}:{i + 1}: a fence that is never closed"
+        assert end is not None, f"{_rel(path)}:{i + 1}: a fence that is never closed"
         marker = MARKER.match(lines[i - 1].strip()) if i else None
         blocks.append(Block(path, i + 2, fence.group(1), "".join(f"{line}\n" for line in lines[i + 1:end]),
                             *(marker.groups() if marker else ())))
@@ -111,36 +115,47 @@ SETUPS = {"tiny_model": _tiny_model, "photo": _photo}
 
 # --- the markers ------------------------------------------------------------------------------------
 
-def test_markers_are_well_formed():
-    """A marker sits on the line before a ```python fence; `not run` gives a reason, `setup` known names."""
+def marker_problems(path: Path) -> list[str]:
+    """What is wrong with the file's markers: each sits on the line before a ```python fence, a `not run`
+    says why, a `setup` names fixtures of SETUPS."""
     problems = []
-    for path in DOC_FILES:
-        lines = path.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
-            if not ANY_MARKER.search(line):
-                continue
-            where = f"{path.relative_to(ROOT)}:{number}"
-            marker = MARKER.match(line.strip())
-            following = lines[number] if number < len(lines) else ""
-            if not marker:
-                problems.append(f"{where}: write `<!-- not run: REASON -->` or `<!-- setup: NAME -->`")
-            elif following.rstrip() != "```python":
-                problems.append(f"{where}: a marker must be on the line just before a ```python fence")
-            elif marker.group(1) == "not run" and len(marker.group(2).split()) < 2:
-                problems.append(f"{where}: say why the block is not run (e.g. `needs a GPU`)")
-            elif marker.group(1) == "setup":
-                unknown = {name.strip() for name in marker.group(2).split(",")} - set(SETUPS)
-                if unknown:
-                    problems.append(f"{where}: no setup named {sorted(unknown)}; known: {sorted(SETUPS)}")
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not ANY_MARKER.search(re.sub(r"`[^`]*`", "", line)):  # one quoted in inline code is text
+            continue
+        where = f"{_rel(path)}:{number}"
+        marker = MARKER.match(line.strip())
+        following = lines[number] if number < len(lines) else ""
+        if not marker:
+            problems.append(f"{where}: write `<!-- not run: REASON -->` or `<!-- setup: NAME -->`")
+        elif following.rstrip() != "```python":
+            problems.append(f"{where}: a marker must be on the line just before a ```python fence")
+        elif marker.group(1) == "not run" and len(marker.group(2).split()) < 2:
+            problems.append(f"{where}: say why the block is not run (e.g. `needs a GPU`)")
+        elif marker.group(1) == "setup":
+            unknown = {name.strip() for name in marker.group(2).split(",")} - set(SETUPS)
+            if unknown:
+                problems.append(f"{where}: no setup named {sorted(unknown)}; known: {sorted(SETUPS)}")
+    return problems
+
+
+def test_markers_are_well_formed():
+    problems = [problem for path in DOC_FILES for problem in marker_problems(path)]
     assert not problems, "\n".join(problems)
 
 
-def test_markers_are_checked():
-    """The marker check itself: a reasonless `not run` and an unknown setup are caught."""
-    assert MARKER.match("<!-- not run: needs a GPU -->").groups() == ("not run", "needs a GPU")
-    assert MARKER.match("<!-- not run: -->").group(2) == ""
-    assert ANY_MARKER.search("<!-- not run -->") and not MARKER.match("<!-- not run -->")
-    assert MARKER.match("<!-- setup: tiny_model, photo -->").group(2) == "tiny_model, photo"
+def test_bad_markers_are_caught(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- not run: needs a GPU -->\n```python\nx = 1\n```\n"
+                    "<!-- setup: photo, tiny_model -->\n```python\nx = 2\n```\n")
+    assert marker_problems(page) == []
+    assert [block.marker for block in read_blocks(page)] == ["not run", "setup"]
+    for bad in ("<!-- not run -->", "<!-- not run: -->", "<!-- not run: slow -->", "<!-- setup: nothing -->",
+                "<!-- NOT RUN because -->"):
+        page.write_text(f"{bad}\n```python\nx = 1\n```\n")
+        assert len(marker_problems(page)) == 1, bad
+    page.write_text("<!-- not run: needs a GPU -->\n\n```python\nx = 1\n```\n")  # not just before
+    assert len(marker_problems(page)) == 1
 
 
 # --- the Python blocks run -----------------------------------------------------------------------------

@@ -324,6 +324,38 @@ def test_relative_links_resolve():
     assert not problems, "\n".join(problems)
 
 
+REPO_PATH = re.compile(r"(?<![\w/.])(?:stt_hf|scripts|tests|spaces|model_cards|docs)/[\w./-]*")
+DOTTED_NAME = re.compile(r"(?<![\w.])stt_hf(?:\.\w+)+")
+
+
+def _resolves(dotted: str) -> bool:
+    """`stt_hf.a.b.c`: the longest module prefix imports and the rest are its attributes."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        if _module_exists(".".join(parts[:end])):
+            obj = importlib.import_module(".".join(parts[:end]))
+            return all((obj := getattr(obj, part, None)) is not None for part in parts[end:])
+    return False
+
+
+def test_named_files_and_names_exist():
+    """Repository paths (`stt_hf/tasks/train.py`) and stt_hf names (`stt_hf.hf.convert.hf_to_timm`) that the
+    prose quotes in inline code exist, so a moved module cannot leave a stale pointer behind."""
+    from stt_hf.compat import MOVED_MODULES
+
+    problems = []
+    for path in DOC_FILES:
+        for number, line in enumerate(_outside_fences(path), 1):
+            for span in re.findall(r"`([^`]+)`", line):
+                for named in REPO_PATH.findall(span):
+                    if not (ROOT / named).exists():
+                        problems.append(f"{_rel(path)}:{number}: no file {named}")
+                for dotted in DOTTED_NAME.findall(span):
+                    if dotted.split(".")[1] not in MOVED_MODULES and not _resolves(dotted):
+                        problems.append(f"{_rel(path)}:{number}: {dotted} does not resolve")
+    assert not problems, "\n".join(problems)
+
+
 # --- the front page ------------------------------------------------------------------------------------
 
 def test_readme_opens_with_the_two_commands():

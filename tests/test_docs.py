@@ -356,6 +356,32 @@ def test_named_files_and_names_exist():
     assert not problems, "\n".join(problems)
 
 
+def layout_entries() -> set[str]:
+    """The files and folders the table of docs/layout.md names (`stt_hf/hf/` then `  convert.py`)."""
+    block = next(b for b in read_blocks(ROOT / "docs" / "layout.md") if b.lang == "text")
+    entries, folder = set(), ""
+    for line in block.code.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and not line.startswith("   "):
+            entries.add(folder + name)
+        elif name and not line.startswith(" "):
+            entries.add(name)
+            folder = name if name.endswith("/") else ""
+    return entries
+
+
+def test_layout_names_every_module():
+    """docs/layout.md lists every module of the package (a package listed as a folder covers its files)."""
+    entries = layout_entries()
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "stt_hf").rglob("*.py")
+               if path.name != "__init__.py"}
+    whole = {e for e in entries if e.endswith("/") and not any(x != e and x.startswith(e) for x in entries)}
+    missing = sorted(m for m in modules if m not in entries and not any(m.startswith(f) for f in whole))
+    assert not missing, f"add these to the table of docs/layout.md: {missing}"
+    stale = sorted(e for e in entries if e.startswith("stt_hf/") and not (ROOT / e).exists())
+    assert not stale, f"docs/layout.md names files that do not exist: {stale}"
+
+
 # --- the front page ------------------------------------------------------------------------------------
 
 def test_readme_opens_with_the_two_commands():

@@ -158,6 +158,14 @@ def test_config_only_fields_are_checked():
         SttConfig(data_config={"size": 3})
 
 
+def test_a_config_changed_after_construction_is_checked_when_saved(tmp_path):
+    config = SttConfig.from_timm_name(NAME)
+    config.stt_heads = 3
+    with pytest.raises(ValueError, match=r"SttConfig.stt_heads does not fit the STT block of stage 4"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
 def test_unknown_options_are_named():
     with pytest.raises(ValueError, match=r"SttConfig got unknown option\(s\) \['stt_head'\]"):
         SttConfig(stt_head=4)
@@ -213,6 +221,7 @@ def test_docstrings_list_every_option():
         assert f"{option.name} (default {option.default!r})" in STT.__doc__
     for option in MODEL_OPTIONS:
         assert f"{option.name} (default {option.default!r})" in SttResNet.__doc__
+        assert f"{option.name} (default {option.default!r})" in SttConfig.__doc__
 
 
 def _option(name: str):

@@ -14,6 +14,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig, VisionEncoderDecoderConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
+from ..layers.options import document
 from ..models.stt_resnet import ARCHS, MODEL_KWARGS, MODEL_OPTIONS, check_model_options, placed_stages
 from .image_processing_stt import complete_data_config, image_processor
 from .remote_code import push_to_hub_after, write_remote_code
@@ -54,10 +55,6 @@ class SttConfig(_SttOptionFields):
 
     Args:
         depth: ResNet depth, one of 10, 18, 26, 34, 50, 101, 152 (basic blocks up to 34).
-        img_size, small_input, attn_layer, attn_placement, attn_stages, stt_*: as in
-            `stt_hf.models.SttResNet` (see `MODEL_OPTIONS` for defaults and valid values).
-        in_chans, channels, stem_width, stem_type, avg_down, cardinality, base_width, output_stride,
-            global_pool, drop_rate, drop_path_rate: as in timm's `ResNet`.
         data_config: preprocessing, timm's pretrained_cfg keys interpolation, crop_pct, crop_mode, mean
             and std. None takes those of the registered timm model this config matches.
         out_features, out_indices: what `SttBackbone` returns, among stage_names
@@ -65,6 +62,8 @@ class SttConfig(_SttOptionFields):
 
     Use `SttConfig.from_timm_name("stt_resnet18_s", num_labels=10)` for the preset of a registered
     timm model.
+
+    The other fields are the keyword arguments of `stt_hf.models.SttResNet` (`MODEL_OPTIONS`):
     """
 
     model_type = "stt"
@@ -146,6 +145,7 @@ class SttConfig(_SttOptionFields):
 
         With push_to_hub, the Hub repo gets the same files as the folder.
         """
+        self._validate()  # fields may have been set since __post_init__: save only what builds
         with push_to_hub_after(self, save_directory, push_to_hub, kwargs):
             os.makedirs(save_directory, exist_ok=True)
             write_remote_code(save_directory)
@@ -162,6 +162,10 @@ class SttConfig(_SttOptionFields):
         saved = json.loads(self.to_json_string(use_diff=use_diff))
         with open(json_file_path, "w", encoding="utf-8") as f:
             json.dump({**timm_config_fields(self), **saved}, f, indent=2, sort_keys=True)
+
+
+if SttConfig.__doc__:  # the options' documentation, from their declarations (no docstrings under -OO)
+    SttConfig.__doc__ = SttConfig.__doc__.rstrip() + "\n" + document(MODEL_OPTIONS)
 
 
 POSITION_EMBEDDINGS = ("learned", "sincos", "none")

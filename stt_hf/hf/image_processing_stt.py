@@ -6,10 +6,14 @@ a plain `BitImageProcessor` (preprocessor_config.json), so `AutoImageProcessor` 
 without remote code.
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers import BitImageProcessor
+
+if TYPE_CHECKING:
+    from transformers import BitImageProcessor
 
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}  # PIL's codes for timm's names
 
@@ -36,6 +40,9 @@ def image_processor(config) -> BitImageProcessor:
     Resize the short side to size / crop_pct, center-crop to size, scale to [0, 1], normalize.
     Images are converted to RGB when the model takes 3 channels, so any PIL mode works.
     """
+    # Imported here: transformers' image processors load tokenizers, which a config alone does not need.
+    from transformers import BitImageProcessor
+
     _, height, width = config.input_size()
     data = config.data_config
     return BitImageProcessor(

@@ -1,1 +1,1 @@
-"""The comparisons behind the README's results: benchmarks, ablation, main and captioning comparisons."""
+"""The comparisons behind docs/results.md: benchmarks, ablation, main and captioning comparisons."""

@@ -4,10 +4,11 @@
   `allow_pickle=True`, then with `torch.load(weights_only=True)`), or a folder holding one;
 - `check_local_weights` is the pickle check `from_pretrained` runs on a local folder;
 - `timm_to_hf_state_dict` / `hf_to_timm_state_dict` map the key names: timm's `fc.` is transformers'
-  `classifier.`, everything else sits under `resnet.`.
+  `classifier.`, everything else sits under `resnet.` (the mapping is declared beside the network, in
+  `models/stt_resnet.py`, whose timm loader uses it too).
 
 Every failure is a `CheckpointError` (a ValueError) naming the file and what to do. This module is
-copied flat into saved checkpoints with the model code: it imports only torch and safetensors.
+copied flat into saved checkpoints with the model code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from torch import nn
+
+from ..models.stt_resnet import hf_to_timm_state_dict as _hf_to_timm_keys
+from ..models.stt_resnet import is_hf_state_dict, timm_to_hf_state_dict
 
 SAFE_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
@@ -113,30 +117,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict)
 
 
-# Key names: timm's `fc` is transformers' `classifier`; everything else sits under `resnet.`.
-TIMM_HEAD, HF_HEAD, HF_TRUNK = "fc.", "classifier.", "resnet."
-
-
-def is_hf_state_dict(state_dict: dict) -> bool:
-    """Whether the keys are this project's transformers format (a trunk under `resnet.`)."""
-    return any(k.startswith(HF_TRUNK) for k in state_dict)
-
-
-def timm_to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(HF_HEAD + k.removeprefix(TIMM_HEAD) if k.startswith(TIMM_HEAD) else HF_TRUNK + k): v
-            for k, v in state_dict.items()}
-
-
 def hf_to_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith(HF_HEAD):
-            out[TIMM_HEAD + k.removeprefix(HF_HEAD)] = v
-        elif k.startswith(HF_TRUNK):
-            out[k.removeprefix(HF_TRUNK)] = v
-        else:
-            raise CheckpointError(f"Unexpected key {k!r} in an STT transformers checkpoint")
-    return out
+    """transformers-format keys to timm's (the mapping lives beside the network in models/)."""
+    try:
+        return _hf_to_timm_keys(state_dict)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 __all__ = ["PICKLE_NAMES", "PICKLE_SUFFIXES", "SAFE_NAME", "CheckpointError", "check_local_weights",

@@ -5,7 +5,7 @@ width) a small synthesizer produces one attention matrix, and the matrices are a
 products. There is no query-key dot product and the map is never flattened to a sequence.
 
 The paper (arXiv 2201.01410) publishes no equations; this module is the project's reconstruction,
-described in README.md ("The operator").
+described in docs/operator.md.
 """
 
 from collections.abc import Sequence
@@ -207,21 +207,32 @@ class STT(nn.Module):
         self.norm = nn.BatchNorm2d(channels, **dd)
         nn.init.zeros_(self.norm.weight)  # identity at init: safe to drop into a pretrained net
 
-    @torch.jit.ignore
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> V, (B, G, c, H, W): the reduced value tensor split into heads."""
+        b, _, h, w = x.shape
+        return self.to_v(x).reshape(b, self.heads, -1, h, w)
+
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
-        return {m: synth(v) for m, synth in self.synths.items()}
+        maps: dict[str, torch.Tensor] = {}
+        for mode, synth in self.synths.items():
+            maps[mode] = synth(v)
+        return maps
+
+    def transform(self, v: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Apply the maps to V, one mode product per mode: (B, G, c, H, W) -> same shape."""
+        y = v
+        for mode, synth in self.synths.items():
+            y = mode_product(y, maps[mode], synth.dim)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "STT")
         if not self.resize:
             x = check_size(x, self.feat_size, "STT built with resize=False")
         b, _, h, w = x.shape
-        v = self.to_v(x).reshape(b, self.heads, -1, h, w)  # (B, G, c, H, W)
-        y = v
-        for synth in self.synths.values():
-            y = mode_product(y, synth(v), synth.dim)
-        y = y.reshape(b, -1, h, w)  # (B, Cv, H, W)
+        v = self.values(x)
+        y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
         if not self.training and isinstance(self.norm, nn.BatchNorm2d):
             # Eval: fold BN into the projection on the fly, a few C-sized ops instead of a pass over
             # the map (on a CPU the BN pass costs about as much as the thin projection itself).

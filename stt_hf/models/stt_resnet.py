@@ -9,7 +9,7 @@ ImageNet ResNet weights load into it; the attention modules are added after cons
 - `final`: once after the last stage, before global pooling.
 
 The `_s` family is for 28-32 px images: a 3x3 stride-1 stem and no max-pool (total stride 8), and
-`final` placement by default (chosen by the small-scale ablation, see the README).
+`final` placement by default (chosen by the small-scale ablation, see docs/results.md).
 """
 
 from __future__ import annotations
@@ -207,6 +207,36 @@ if SttResNet.__doc__:  # the options' documentation, from their declarations (no
     SttResNet.__doc__ = SttResNet.__doc__.rstrip() + "\n\n    Options:\n" + document(MODEL_OPTIONS)
 
 
+# Key names of this project's transformers format (stt_hf.hf): timm's `fc.` is `classifier.`, and the
+# rest of the network sits under `resnet.`. Declared here, beside the network, so timm's loader and the
+# transformers classes share one mapping.
+TIMM_HEAD, HF_HEAD, HF_TRUNK = "fc.", "classifier.", "resnet."
+
+
+def is_hf_state_dict(state_dict: Mapping) -> bool:
+    """Whether the keys are this project's transformers format (a trunk under `resnet.`)."""
+    return any(k.startswith(HF_TRUNK) for k in state_dict)
+
+
+def timm_to_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {(HF_HEAD + k.removeprefix(TIMM_HEAD) if k.startswith(TIMM_HEAD) else HF_TRUNK + k): v
+            for k, v in state_dict.items()}
+
+
+def hf_to_timm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `timm_to_hf_state_dict`; a key in neither place is a ValueError."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith(HF_HEAD):
+            out[TIMM_HEAD + k.removeprefix(HF_HEAD)] = v
+        elif k.startswith(HF_TRUNK):
+            out[k.removeprefix(HF_TRUNK)] = v
+        else:
+            raise ValueError(f"Unexpected key {k!r} in an STT transformers checkpoint "
+                             f"(expected keys under {HF_TRUNK!r} or {HF_HEAD!r})")
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
     """Load a plain timm ResNet checkpoint: attention weights it lacks keep the model's own values.
 
@@ -217,9 +247,8 @@ def checkpoint_filter_fn(state_dict: dict, model: SttResNet) -> dict:
     plain ResNet computes until it is trained. Any other mismatch is still an error.
     """
     state_dict = state_dict.get("state_dict", state_dict)
-    if any(k.startswith("resnet.") for k in state_dict):  # this project's transformers format
-        state_dict = {(f"fc.{k.removeprefix('classifier.')}" if k.startswith("classifier.")
-                       else k.removeprefix("resnet.")): v for k, v in state_dict.items()}
+    if is_hf_state_dict(state_dict):
+        state_dict = hf_to_timm_state_dict(state_dict)
     attn_names = tuple(f"{name}." for name in model.attn_names)
     own = model.state_dict()
     out = dict(state_dict)
@@ -284,7 +313,7 @@ default_cfgs = generate_default_cfgs({
     "stt_resnet50_s": _small_cfg(),
 })
 
-# The `_s` family puts one STT block after the last stage: the ablation in the README ("The paper's
+# The `_s` family puts one STT block after the last stage: the ablation in docs/results.md ("The paper's
 # comparison, small") found it more accurate and more robust than block placement at 28 px.
 SMALL = dict(small_input=True, img_size=32, attn_placement="final")
 NARROW = dict(channels=(32, 64, 128, 256))

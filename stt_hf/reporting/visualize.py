@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 
 from ..data.common import to_channels
-from ..layers.stt import MODE_DIMS, STT, mode_product
+from ..layers.stt import STT
 
 # scikit-image's photos bundled with the package (the others download on first use).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -147,13 +147,10 @@ def capture(model: nn.Module, pixels: torch.Tensor, blocks: list[tuple[str, STT]
     out = []
     for name, block in blocks:
         x, z = seen[name]
-        b, _, h, w = x.shape
-        # V and the maps exactly as STT.forward builds them (its to_v and attention_maps).
-        v = block.to_v(x).reshape(b, block.heads, -1, h, w)
+        # V, the maps and their product exactly as STT.forward computes them.
+        v = block.values(x)
         maps = block.attention_maps(v)
-        y = v
-        for mode, attn in maps.items():
-            y = mode_product(y, attn, MODE_DIMS[mode])
+        y = block.transform(v, maps)
         out.append(dict(name=name, block=block, x=x, z=z, v=v, y=y, maps=maps))
     return out
 

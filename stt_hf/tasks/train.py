@@ -29,7 +29,7 @@ from .common import DataArguments, build_transforms, is_checkpoint, parse_with_c
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
-    # Chosen by the trial runs listed in the README ("The main job's recipe"): 3.5 epochs at batch 128
+    # Chosen by the trial runs in docs/results.md ("The main job's recipe"): 3.5 epochs at batch 128
     # are what fits the 8-minute budget of the main job on 2 CPU cores with bf16.
     num_train_epochs=3.5,
     per_device_train_batch_size=128,

@@ -463,7 +463,10 @@ class BlockWorker:
             self.proc.kill()
             self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
-            stream.close()
+            try:
+                stream.close()
+            except BrokenPipeError:  # stdin still held a request the dead worker never read
+                pass
 
 
 def block_row(device: torch.device, precision: str, module: str, channels: int, size: int, batch: int,

@@ -95,6 +95,22 @@ def plot_training_curves(log_history: list[dict], path: str | Path, score: str =
     return path
 
 
+def training_hyperparameters(trainer, wall_time_s: float, **task_specific) -> dict:
+    """What a model card lists of a Trainer run: the schedule every task shares, then `task_specific`."""
+    args = trainer.args
+    return {
+        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
+        "batch size (per device x devices x accumulation)":
+            f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
+        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
+        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay, "seed": args.seed,
+        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        **task_specific,
+        "wall time (s)": wall_time_s,
+    }
+
+
 def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, results: dict,
                       command: str) -> dict:
     """Final model (safetensors + config + code + processor), card, metrics JSON and curves PNG."""
@@ -108,18 +124,10 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
     metrics = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
                if k.removeprefix(f"{split}_") in ("accuracy", "top5_accuracy", "macro_f1")}
     args = trainer.args
-    hyperparameters = {
-        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
-        "batch size (per device x devices x accumulation)":
-            f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
-        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
-        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay,
-        "label smoothing": args.label_smoothing_factor, "seed": args.seed,
-        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "train crop scale": data_args["train_crop_scale"], "hflip": data_args["hflip"],
-        "wall time (s)": results["wall_time_s"],
-    }
+    hyperparameters = training_hyperparameters(
+        trainer, results["wall_time_s"], **{"label smoothing": args.label_smoothing_factor,
+                                            "train crop scale": data_args["train_crop_scale"],
+                                            "hflip": data_args["hflip"]})
     macs = count_macs(model, config.input_size())
     data = config.data_config
     dataset_name, dataset_id = BUILTIN_DATASET_NAMES.get(data_args["dataset"],
@@ -166,16 +174,10 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
                                               "cider")}
     args = trainer.args
     generation = model.generation_config
-    hyperparameters = {
-        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
-        "batch size (per device x devices)": f"{args.per_device_train_batch_size} x {args.world_size}",
-        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
-        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay, "seed": args.seed,
-        "train crop scale": data_args["train_crop_scale"], "hflip": data_args["hflip"],
-        "best checkpoint by": f"validation {args.metric_for_best_model}",
-        "wall time (s)": results["wall_time_s"],
-    }
+    hyperparameters = training_hyperparameters(
+        trainer, results["wall_time_s"], **{"train crop scale": data_args["train_crop_scale"],
+                                            "hflip": data_args["hflip"],
+                                            "best checkpoint by": f"validation {args.metric_for_best_model}"})
     grid = "x".join(str(s) for s in encoder_config.feature_grid())
     decoder = model.config.decoder
     tokenizer_text = (f"`{model_args['tokenizer']}`" if model_args["tokenizer"] else

@@ -220,7 +220,13 @@ def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, res
     and a prediction overlay PNG of the first images of the evaluated split."""
     from ..reporting.model_card import render_model_card
     from ..reporting.profiling import count_macs, count_params
-    from ..reporting.publish import BUILTIN_DATASET_NAMES, atomic_save, plot_training_curves, write_json
+    from ..reporting.publish import (
+        BUILTIN_DATASET_NAMES,
+        atomic_save,
+        plot_training_curves,
+        training_hyperparameters,
+        write_json,
+    )
     from .evaluation_seg import predict_maps, save_overlay
 
     out = Path(trainer.args.output_dir)
@@ -232,16 +238,9 @@ def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, res
     per_class = {name: scores.get(f"iou_{name}") for name in results["labels"]}
     args = trainer.args
     backbone = config.backbone_config
-    hyperparameters = {
-        "epochs": args.num_train_epochs, "global steps": trainer.state.global_step,
-        "batch size (per device x devices x accumulation)":
-            f"{args.per_device_train_batch_size} x {args.world_size} x {args.gradient_accumulation_steps}",
-        "optimizer": str(getattr(args.optim, "value", args.optim)), "learning rate": args.learning_rate,
-        "schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup steps": args.warmup_steps, "weight decay": args.weight_decay, "seed": args.seed,
-        "hflip": data_args["hflip"], "best checkpoint by": f"validation {args.metric_for_best_model}",
-        "wall time (s)": results["wall_time_s"],
-    }
+    hyperparameters = training_hyperparameters(
+        trainer, results["wall_time_s"], **{"hflip": data_args["hflip"],
+                                            "best checkpoint by": f"validation {args.metric_for_best_model}"})
     size = backbone.input_size()
     dataset_name, dataset_id = {**BUILTIN_DATASET_NAMES, **DATASET_CARD_NAMES}.get(
         data_args["dataset"], (data_args["dataset"], data_args["dataset"]))

@@ -439,6 +439,21 @@ def test_push_to_hub_publishes_the_finished_folder(tmp_path, local_hub):
     assert not any(name.startswith("checkpoint-") for name in files)
 
 
+def test_eval_outputs_written_into_a_model_folder_are_not_pushed(tmp_path, local_hub):
+    """stt-hf eval/eval-seg write their JSON and overlay into the model folder; a push leaves them out."""
+    folder = tmp_path / "segmenter"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    published = {"model.safetensors": b"weights", "config.json": b"{}", "README.md": b"# card",
+                 "predictions_overlay.png": b"png"}
+    local = {"eval_seg_test.json": b"{}", "eval_seg_test_overlay.png": b"png", "eval_test.json": b"{}",
+             "checkpoint-2/trainer_state.json": b"{}"}
+    for name, data in {**published, **local}.items():
+        (folder / name).write_bytes(data)
+    local_hub.run_python("import sys; from stt_hf.reporting.publish import push_folder; "
+                         "push_folder(sys.argv[1], 'stt/eval-outputs')", str(folder))
+    assert set(local_hub.files("stt/eval-outputs")) - {".gitattributes"} == set(published)
+
+
 # --- the guide ----------------------------------------------------------------------------------------
 
 def test_readme_segmentation_code_runs(tmp_path, monkeypatch):

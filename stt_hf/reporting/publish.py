@@ -16,7 +16,9 @@ BUILTIN_DATASET_NAMES = {
 }
 # Files a published model folder carries; checkpoints and optimizer state stay local.
 PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt", "tokenizer*"]
-LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*.json"]  # fnmatch: * spans folders
+# fnmatch: * spans folders. eval_*: what stt-hf eval/eval-seg write beside a model (scores on someone's
+# data, overlay pictures) stays local; the card already holds the training run's own scores.
+LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*"]
 
 
 def default_file_mode() -> int:

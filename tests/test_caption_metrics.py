@@ -16,6 +16,7 @@ from stt_hf.metrics import (  # noqa: E402  (after the importorskip)
     bleu_scores,
     cider_score,
     compute_caption_metrics,
+    distinct_ratio,
     load_metric,
     meteor_score,
     metric_path,
@@ -102,9 +103,9 @@ def module_scores():
 
 @requires_java
 def test_compute_caption_metrics_matches_pycocoevalcap(scores, reference):
-    assert set(scores) == KEYS
+    assert set(scores) == KEYS | {"distinct_ratio"}
     assert all(isinstance(v, float) for v in scores.values())
-    assert scores == pytest.approx(reference, abs=1e-6)
+    assert {k: scores[k] for k in KEYS} == pytest.approx(reference, abs=1e-6)
     assert 0 < scores["bleu_4"] < scores["bleu_1"] < 1
     assert 0 < scores["meteor"] < 1 and 0 < scores["rouge_l"] < 1 and scores["cider"] > 0
 
@@ -196,3 +197,14 @@ def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
 def test_caption_metrics_are_shipped_metrics():
     assert CAPTION_METRICS == ("bleu", "meteor", "rouge_l", "cider")
     assert set(CAPTION_METRICS) <= set(METRIC_NAMES)  # so test_metrics checks their folders too
+
+
+def test_distinct_ratio_catches_a_collapsed_captioner():
+    references = [["a shoe.", "one shoe."], ["a bag."], ["a coat."], ["a bag."]]  # 3 distinct first refs
+    assert distinct_ratio(["a bag."] * 4, references) == pytest.approx(1 / 3)
+    assert distinct_ratio(["a shoe.", "a bag.", "a coat.", "a bag."], references) == 1.0
+    assert distinct_ratio(["a", "b", "c", "d"], ["x", "y", "z", "z"]) == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="one prediction per image"):
+        distinct_ratio(["a"], [["a"], ["b"]])
+    with pytest.raises(ValueError, match="at least one"):
+        distinct_ratio([], [])

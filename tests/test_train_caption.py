@@ -39,7 +39,8 @@ def test_train_caption_writes_a_complete_captioner(caption_run):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin"))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"}
+    assert set(metrics["metrics"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider",
+                                       "distinct_ratio"}
     assert len(metrics["examples"]) == 8 and all(isinstance(e["generated"], str) for e in metrics["examples"])
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["max_length"] == 12 and generation["num_beams"] == 1
@@ -121,3 +122,24 @@ def test_caption_comparison_writes_table_and_grid(tmp_path):
     assert stt_config["channels"] == plain_config["channels"] == [16, 32, 64, 128]
     with Image.open(out / "examples.png") as grid:
         assert grid.width > 600 and grid.height > 300
+
+
+def test_train_caption_on_scenes_reports_the_scene_metrics_against_every_reference(tmp_path):
+    """On fashion_scenes the report scores all phrasings of a scene and adds object F1 / relations."""
+    out = tmp_path / "scenes"
+    results = train_caption.main([*TINY, "--dataset", "fashion_scenes", "--max_train_samples", "16",
+                                  "--num_train_epochs", "1", "--output_dir", str(out)])
+    scores = results["eval"]
+    for name in ("bleu_4", "cider", "meteor", "distinct_ratio", "object_f1", "relation_accuracy"):
+        assert 0 <= scores[f"test_{name}"] and (name == "cider" or scores[f"test_{name}"] <= 1.5), name
+    # Scored against every phrasing of each scene, not only the `caption` column's first one.
+    from stt_hf.data.captions import load_caption_dataset
+    from stt_hf.metrics import compute_caption_metrics
+
+    test = load_caption_dataset("fashion_scenes", limits={"train": 16, "validation": 8, "test": 8})["test"]
+    assert max(len(refs) for refs in test["captions"]) > 1
+    generated = [e["generated"] for e in results["examples"]]
+    expected = compute_caption_metrics(generated, list(test["captions"]), list(test["objects"]))
+    assert {k: scores[f"test_{k}"] for k in expected} == pytest.approx(expected)
+    card = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert {"object_f1", "relation_accuracy", "distinct_ratio"} <= set(card)

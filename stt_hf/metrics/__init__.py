@@ -51,6 +51,7 @@ __all__ = [
     "bleu_scores",
     "cider_score",
     "compute_caption_metrics",
+    "distinct_ratio",
     "compute_classification_metrics",
     "compute_segmentation_metrics",
     "intersection_union",
@@ -112,21 +113,34 @@ def compute_classification_metrics(eval_pred) -> dict[str, float]:
     }
 
 
+def distinct_ratio(predictions, references) -> float:
+    """Distinct generated captions over distinct first references: the collapse check.
+
+    A captioner that says one thing for every image scores 1/number-of-distinct-references; one as
+    varied as the data scores 1.0 (more is possible when references repeat and predictions do not).
+    """
+    if not predictions or len(predictions) != len(references):
+        raise ValueError(f"need one prediction per image and at least one; got {len(predictions)} "
+                         f"predictions for {len(references)} images")
+    first = [r if isinstance(r, str) else r[0] for r in references]
+    return len({p.strip() for p in predictions}) / len({r.strip() for r in first})
+
+
 def compute_caption_metrics(predictions, references, objects=None) -> dict[str, float]:
     """COCO caption scores of `predictions` (one str per image) against `references` (a list of reference
     strings per image, or one string per image), through the shipped evaluate modules.
 
-    Returns `bleu_1`..`bleu_4`, `meteor`, `rouge_l` and `cider`. Captions are PTB-tokenized once (Java),
-    then each module scores the tokens with `tokenize=False`. Raises ValueError for empty or mismatched
-    inputs and RuntimeError without Java. With `objects` (one `fashion_scenes` objects dict per image),
-    also `object_f1`, `object_precision`, `object_recall` and `relation_accuracy` of the untokenized
-    predictions.
+    Returns `bleu_1`..`bleu_4`, `meteor`, `rouge_l`, `cider` and `distinct_ratio` (see there). Captions
+    are PTB-tokenized once (Java), then each module scores the tokens with `tokenize=False`. Raises
+    ValueError for empty or mismatched inputs and RuntimeError without Java. With `objects` (one
+    `fashion_scenes` objects dict per image), also `object_f1`, `object_precision`, `object_recall` and
+    `relation_accuracy` of the untokenized predictions.
     """
-    tokens, references = ptb_tokenize(predictions, references)
-    scores = {}
+    tokens, tokenized_references = ptb_tokenize(predictions, references)  # checks the inputs first
+    scores = {"distinct_ratio": distinct_ratio(predictions, references)}
     for name in CAPTION_METRICS:
         metric = load_metric(name)
-        scores.update(metric.compute(predictions=tokens, references=references, tokenize=False))
+        scores.update(metric.compute(predictions=tokens, references=tokenized_references, tokenize=False))
     for name in SCENE_METRICS if objects is not None else ():
         scores.update(load_metric(name).compute(predictions=predictions, references=objects))
     return scores

@@ -173,7 +173,7 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
     atomic_save(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
     metrics = {k.removeprefix("test_"): v for k, v in results["eval"].items()
                if k.removeprefix("test_") in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l",
-                                              "cider")}
+                                              "cider", "distinct_ratio", "object_f1", "relation_accuracy")}
     args = trainer.args
     generation = model.generation_config
     hyperparameters = training_hyperparameters(

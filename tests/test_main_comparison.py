@@ -86,6 +86,10 @@ def test_verdict_reads_the_seed_spread():
     assert "within the seed spread of res_block" in main_comparison.verdict(summary, "d")
     summary[2] = row("stt", 0.89, 0.001)
     assert "behind plain" in main_comparison.verdict(summary, "d")
+    summary[2] = dict(row("stt", 0.93, 0.0), seeds=1)  # one seed: no spread, so no verdict either way
+    text = main_comparison.verdict(summary, "d")
+    assert "ahead" not in text and "not yet comparable with plain (+3.00 points" in text
+    assert "there are 1 and 3" in text
 
 
 def test_unknown_variant_is_an_error(tmp_path):

@@ -152,6 +152,10 @@ def verdict(summary: list[dict], dataset: str, variant: str = "stt",
             parts.append(f"no {other} runs yet")
             continue
         diff = 100 * (by[variant]["acc"] - by[other]["acc"])
+        if min(by[variant]["seeds"], by[other]["seeds"]) < 2:  # one run has no spread to compare against
+            parts.append(f"not yet comparable with {other} ({diff:+.2f} points; a verdict needs 2+ seeds "
+                         f"of each, there are {by[variant]['seeds']} and {by[other]['seeds']})")
+            continue
         spread = 100 * max(by[variant]["acc_std"], by[other]["acc_std"])
         word = "ahead of" if diff > spread else "behind" if diff < -spread else "within the seed spread of"
         parts.append(f"{word} {other} ({diff:+.2f} points, spread {spread:.2f})")

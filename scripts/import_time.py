@@ -5,7 +5,7 @@ after the first warm-up round). The statements are interleaved round by round, s
 them alike, and the table gives the median and the spread over the rounds.
 
     python scripts/import_time.py --repeats 7
-    python scripts/import_time.py --also /tmp/old/  # also `import stt_hf` from another copy of the package
+    python scripts/import_time.py --also ../other-checkout  # also `import stt_hf` from another copy
 """
 
 from __future__ import annotations

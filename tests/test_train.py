@@ -288,17 +288,23 @@ def test_fine_tune_a_checkpoint_on_new_labels(trained_run, tmp_path):
 def test_bf16_is_the_default_only_where_the_machine_has_it_natively(monkeypatch, tmp_path):
     import torch
 
+    from stt_hf.tasks import common, train_caption
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert train.native_bf16() is True
+    assert common.native_bf16() is True
     assert train.parse_args(["--output_dir", str(tmp_path)])[2].bf16 is True
     assert train.parse_args(["--output_dir", str(tmp_path), "--bf16", "false"])[2].bf16 is False
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
-    real_path = train.Path
-    monkeypatch.setattr(train, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
-    assert train.native_bf16() is False
+    real_path = common.Path
+    monkeypatch.setattr(common, "Path",
+                        lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    assert common.native_bf16() is False
     assert train.parse_args(["--output_dir", str(tmp_path)])[2].bf16 is False
+    assert train_caption.parse_args(["--output_dir", str(tmp_path)])[2].bf16 is False
     cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
-    assert train.native_bf16() is True
+    assert common.native_bf16() is True
+    assert train.parse_args(["--output_dir", str(tmp_path)])[2].bf16 is True
+    assert train_caption.parse_args(["--output_dir", str(tmp_path)])[2].bf16 is True  # the captioner too

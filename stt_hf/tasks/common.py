@@ -1,5 +1,5 @@
 """What the train and evaluation apps share: argument parsing with `--config`, the classification data
-arguments, timm's image transforms, and the batch collator."""
+arguments, timm's image transforms, the batch collator, and whether bf16 is native here."""
 
 from __future__ import annotations
 
@@ -64,6 +64,22 @@ def load_config_file(path: str) -> dict:
 def is_checkpoint(model: str) -> bool:
     """A folder or a Hub id (ORG/NAME), as opposed to a registered timm model name."""
     return Path(model).is_dir() or "/" in model
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AMX or AVX512-BF16 (there bf16 autocast trains the main job and the captioner about twice as fast as
+    float32; elsewhere it is emulated and slower, so it stays off)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    if amx():
+        return True
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in cpuinfo
 
 
 def image_transforms(config, *, crop_scale: float, hflip: float, ratio: tuple[float, float] | None = None):

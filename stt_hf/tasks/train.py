@@ -25,7 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.classification import load_image_dataset, validate_dataset
 from ..metrics import compute_classification_metrics
-from .common import DataArguments, build_transforms, is_checkpoint, parse_with_config
+from .common import DataArguments, build_transforms, is_checkpoint, native_bf16, parse_with_config
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
@@ -69,22 +69,6 @@ class ModelArguments:
         "help": "Train in channels_last memory format (faster convolutions on CPUs and recent GPUs)."})
     model_kwargs: str | None = field(default=None, metadata={
         "help": 'JSON of extra model options, e.g. \'{"stt_synth": "random", "attn_placement": "stage"}\'.'})
-
-
-def native_bf16() -> bool:
-    """Whether this machine computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
-    AMX or AVX512-BF16 (there bf16 autocast trains the main job about twice as fast as float32;
-    elsewhere it is emulated and slower, so it stays off)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    if amx():
-        return True
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in cpuinfo
 
 
 def parse_args(argv: list[str] | None = None):

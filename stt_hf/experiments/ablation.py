@@ -239,17 +239,23 @@ def run(config: AblationConfig) -> list[dict]:
 # --------------------------------------------------------------------------------------- report
 
 
-def summarize(runs: list[dict], variants=tuple(VARIANTS)) -> list[dict]:
-    """Mean and sample std over seeds for each (dataset, variant), in the order of `variants`."""
+def summarize(runs: list[dict], variants=tuple(VARIANTS), *, key: str = "variant",
+              metrics: tuple[str, ...] = ("acc", *CORRUPTIONS),
+              costs: tuple[str, ...] = ("params", "macs")) -> list[dict]:
+    """Mean and sample std over seeds of each of `metrics` for each (dataset, `key`), in the order of
+    `variants`; `costs` (the same at every seed) from the first run. A metric not in every run of a group
+    is left out of its row."""
     order = {v: i for i, v in enumerate(variants)}
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["variant"]), []).append(r)
+        groups.setdefault((r["dataset"], r[key]), []).append(r)
     rows = []
     for (dataset, variant), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        row = dict(dataset=dataset, variant=variant, seeds=len(group), params=group[0]["params"],
-                   macs=group[0]["macs"], train_s=float(np.mean([r["train_s"] for r in group])))
-        for metric in ("acc", *CORRUPTIONS):
+        row = dict(dataset=dataset, **{key: variant}, seeds=len(group), **{c: group[0][c] for c in costs},
+                   train_s=float(np.mean([r["train_s"] for r in group])))
+        for metric in metrics:
+            if not all(metric in r for r in group):
+                continue
             values = np.array([r[metric] for r in group])
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -333,8 +339,8 @@ def write_csvs(out: Path, runs: list[dict], summary: list[dict]) -> None:
     import csv
 
     for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
-        with (out / name).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        with (out / name).open("w", newline="") as f:  # columns: every key of any row, first seen first
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
             writer.writeheader()
             writer.writerows(rows)
 

@@ -141,8 +141,9 @@ def run(config: ComparisonConfig) -> list[dict]:
 
 
 def verdict(summary: list[dict], dataset: str, variant: str = "stt",
-            against: tuple[str, ...] = ("plain", "res_block")) -> str:
-    """Whether `variant` beats each of `against` by more than the larger seed std (one sentence)."""
+            against: tuple[str, ...] = ("plain", "res_block"), metric: str = "acc") -> str:
+    """Whether `variant` beats each of `against` on `metric` (a fraction; the difference is read in points)
+    by more than the larger seed std (one sentence)."""
     by = {r["variant"]: r for r in summary if r["dataset"] == dataset}
     if variant not in by:
         return f"{dataset}: no {variant} runs yet."
@@ -151,12 +152,12 @@ def verdict(summary: list[dict], dataset: str, variant: str = "stt",
         if other not in by:
             parts.append(f"no {other} runs yet")
             continue
-        diff = 100 * (by[variant]["acc"] - by[other]["acc"])
+        diff = 100 * (by[variant][metric] - by[other][metric])
         if min(by[variant]["seeds"], by[other]["seeds"]) < 2:  # one run has no spread to compare against
             parts.append(f"not yet comparable with {other} ({diff:+.2f} points; a verdict needs 2+ seeds "
                          f"of each, there are {by[variant]['seeds']} and {by[other]['seeds']})")
             continue
-        spread = 100 * max(by[variant]["acc_std"], by[other]["acc_std"])
+        spread = 100 * max(by[variant][f"{metric}_std"], by[other][f"{metric}_std"])
         word = "ahead of" if diff > spread else "behind" if diff < -spread else "within the seed spread of"
         parts.append(f"{word} {other} ({diff:+.2f} points, spread {spread:.2f})")
     seeds = min(by[v]["seeds"] for v in (variant, *against) if v in by)

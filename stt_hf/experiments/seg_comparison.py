@@ -1,0 +1,331 @@
+"""Where should attention go in a segmentation backbone? One recipe, each module at the same places.
+
+Every run is `stt-hf train-seg --model stt_resnet18` (UperNet over the 224 px-family ResNet-18 trunk: the
+ImageNet stem, `small_input: false`, as train-seg's default) on `fashion_scenes`, changing only the seed
+and the backbone's attention options (`VARIANTS`): SE, dot-product self-attention and STT inside the
+blocks of stages 3-4 (`*_blocks34`) and as one block after the last stage (`*_final`), STT also once after
+each stage (`stt_stages`); the plain ResNet; and the capacity controls `res_block_final` /
+`res_block_stages`, a plain bottleneck residual block of about STT's parameters and MACs where the
+attention would go, so a gain that any extra block gives is not credited to attention.
+
+The seeded runs use one fixed recipe (`SegComparisonConfig`: a 64 px canvas, 3 epochs over 4,000 scenes
+at batch 32 = 375 steps, validation each epoch, the best checkpoint scored on 500 test scenes). Timed
+on 2 CPU cores shared with other jobs, one thread, batch 32 at 64 px (the best of 6 training steps each):
+0.70 s a step for plain and res_block_final, 0.76 stt_blocks34, 0.92 stt_final and stt_stages, 1.0
+self_attn_blocks34 (medians 0.73-1.14 s); 10 steps of `train-seg` with STT came to 0.65 s a step. With
+about 3.5 s per validation of 500 scenes and a peak RSS of 1.4 GiB, that is 5-7 minutes a run (30
+seeded runs: about 3 hours). The cost runs train each backbone for 10 steps at a larger canvas (224 px:
+about 10 s a step of 32 scenes and a peak RSS of 3 GiB, so 2-3 minutes a run) to show how time and
+memory grow with resolution; their mIoU says nothing and is kept only in runs.jsonl.
+
+Each finished run is appended to `runs.jsonl` with its mIoU, pixel accuracy, params, MACs, time per
+training step (train_runtime / global_step, less the validation passes inside training; checkpoint saving
+stays in) and the peak RSS of the training process; an interrupted comparison resumes where it stopped
+(a run cut off midway starts over).
+
+    python scripts/seg_comparison.py                                  # every variant, 3 seeds, cost runs
+    python scripts/seg_comparison.py --variants plain stt_final --seeds 0 --large_canvas 0
+    python scripts/seg_comparison.py --report_only                    # tables and plot from runs.jsonl
+    python scripts/seg_comparison.py --train_args --hidden_size 32    # extra train-seg flags, last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .ablation import read_runs, summarize, write_csvs
+from .main_comparison import verdict
+
+DATASET = "fashion_scenes"
+BLOCKS34 = dict(attn_placement="block", attn_stages=[3, 4])
+FINAL = dict(attn_placement="final")
+STAGES = dict(attn_placement="stage", attn_stages=[1, 2, 3, 4])
+
+# name -> the backbone's attention options (everything else is the recipe's stt_resnet18). The controls
+# add STT's parameters at its places to within a few percent; res_block_stages adds about a third more
+# MACs than stt_stages (its 3x3 conv on stage 1's map), still under 1.5% of the trunk's.
+VARIANTS: dict[str, dict] = {
+    "plain": dict(attn_layer="none"),
+    "res_block_final": dict(attn_layer="res_block", **FINAL),
+    "res_block_stages": dict(attn_layer="res_block", **STAGES),
+    "se_blocks34": dict(attn_layer="se", **BLOCKS34),
+    "self_attn_blocks34": dict(attn_layer="self_attn", **BLOCKS34),
+    "stt_blocks34": dict(attn_layer="stt", **BLOCKS34),
+    "se_final": dict(attn_layer="se", **FINAL),
+    "self_attn_final": dict(attn_layer="self_attn", **FINAL),
+    "stt_final": dict(attn_layer="stt", **FINAL),
+    "stt_stages": dict(attn_layer="stt", **STAGES),
+}
+# The verdict: each of these STT placements against the plain ResNet and the capacity control.
+VERDICT_VARIANTS = ("stt_blocks34", "stt_final")
+VERDICT_AGAINST = ("plain", "res_block_final")
+SEEDED_METRICS = ("mean_iou", "pixel_accuracy", "step_s", "peak_rss_mib")
+COST_METRICS = ("step_s", "peak_rss_mib")
+
+
+@dataclass
+class SegComparisonConfig:
+    out_dir: str = "outputs/seg_comparison"
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model: str = "stt_resnet18"
+    model_kwargs: dict = field(default_factory=lambda: {"small_input": False})  # under each variant's
+    # The seeded recipe.
+    canvas: int = 64
+    epochs: int = 3
+    scenes_train: int = 4000
+    scenes_validation: int = 500
+    scenes_test: int = 500
+    # The cost runs: one short run per variant at a larger canvas (0: none).
+    large_canvas: int = 224
+    cost_steps: int = 10
+    cost_scenes_train: int = 320
+    cost_scenes_eval: int = 32
+    cost_seed: int = 0
+    train_args: list[str] = field(default_factory=list)  # extra train-seg flags for every run, last
+
+
+def run_name(kind: str, variant: str, canvas: int, seed: int) -> str:
+    return f"{canvas}px-{variant}-" + (f"seed{seed}" if kind == "seeded" else "cost")
+
+
+def backbone_kwargs(config: SegComparisonConfig, variant: str) -> dict:
+    """The recipe's backbone options, any `--model_kwargs` of train_args, then the variant's."""
+    args = config.train_args
+    given = json.loads(args[args.index("--model_kwargs") + 1]) if "--model_kwargs" in args else {}
+    return {**config.model_kwargs, **given, **VARIANTS[variant]}
+
+
+def train_command(config: SegComparisonConfig, kind: str, variant: str, canvas: int, seed: int) -> list[str]:
+    """`stt-hf train-seg` with the recipe of `kind` ("seeded" or "cost"); train_args come last."""
+    out = Path(config.out_dir) / "runs" / run_name(kind, variant, canvas, seed)
+    if kind == "seeded":
+        recipe = ["--num_train_epochs", str(config.epochs), "--scenes_train", str(config.scenes_train),
+                  "--scenes_validation", str(config.scenes_validation),
+                  "--scenes_test", str(config.scenes_test)]
+    else:  # training steps only: no validation, no checkpoints
+        recipe = ["--max_steps", str(config.cost_steps), "--scenes_train", str(config.cost_scenes_train),
+                  "--scenes_validation", str(config.cost_scenes_eval),
+                  "--scenes_test", str(config.cost_scenes_eval), "--eval_strategy", "no",
+                  "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    extra = list(config.train_args)
+    if "--model_kwargs" in extra:  # merged into the variant's options by backbone_kwargs
+        i = extra.index("--model_kwargs")
+        del extra[i:i + 2]
+    return [sys.executable, "-m", "stt_hf.cli", "train-seg", "--model", config.model,
+            "--model_kwargs", json.dumps(backbone_kwargs(config, variant)), "--scenes_canvas", str(canvas),
+            *recipe, "--seed", str(seed), "--output_dir", str(out), "--disable_tqdm", "true", *extra]
+
+
+def validation_seconds(out: Path) -> float:
+    """Seconds spent on validation inside training, from the last checkpoint's log (0 if none)."""
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    if not checkpoints:
+        return 0.0
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return float(sum(entry.get("eval_runtime", 0.0) for entry in state["log_history"]))
+
+
+def train_and_measure(command: list[str], log: Path) -> float:
+    """Run `command` to its end with its output in `log`; return its peak RSS in MiB (Linux)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage, not all children's
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {child.returncode}; see {log}")
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def run_one(config: SegComparisonConfig, kind: str, variant: str, canvas: int, seed: int) -> dict:
+    """Train one run in its own process and measure it; returns its runs.jsonl row."""
+    command = train_command(config, kind, variant, canvas, seed)
+    out = Path(command[command.index("--output_dir") + 1])
+    shutil.rmtree(out, ignore_errors=True)  # a run interrupted earlier starts over
+    started = time.perf_counter()
+    peak_mib = train_and_measure(command, Path(config.out_dir) / "logs" / f"{out.name}.log")
+    wall_s = time.perf_counter() - started
+    results = json.loads((out / "metrics.json").read_text())
+    train_s = results["train"]["train_runtime"]
+    steps = results["global_step"]
+    step_s = (train_s - validation_seconds(out)) / max(steps, 1)
+    for checkpoint in out.glob("checkpoint-*"):  # the final folder holds the best weights
+        shutil.rmtree(checkpoint)
+
+    from ..hf.modeling_stt_seg import SttUperNetForSemanticSegmentation
+    from ..reporting.profiling import count_macs, count_params
+
+    model = SttUperNetForSemanticSegmentation.from_pretrained(out)
+    return dict(kind=kind, variant=variant, dataset=DATASET, canvas=canvas, seed=seed,
+                mean_iou=results["metrics"]["mean_iou"], pixel_accuracy=results["metrics"]["pixel_accuracy"],
+                params=count_params(model), macs=count_macs(model, model.config.backbone_config.input_size()),
+                steps=steps, train_s=round(train_s, 1), step_s=round(step_s, 4),
+                peak_rss_mib=round(peak_mib, 1), wall_s=round(wall_s, 1))
+
+
+def run_key(row: dict) -> tuple:
+    return row["kind"], row["variant"], row["canvas"], row["seed"]
+
+
+def jobs(config: SegComparisonConfig) -> list[tuple]:
+    """(kind, variant, canvas, seed) of every run, seed-major (a partial comparison has every variant
+    at the same seeds), the cost runs last."""
+    todo = [("seeded", v, config.canvas, s) for s in config.seeds for v in config.variants]
+    if config.large_canvas:
+        todo += [("cost", v, config.large_canvas, config.cost_seed) for v in config.variants]
+    return todo
+
+
+def run(config: SegComparisonConfig) -> list[dict]:
+    """Every run not yet in runs.jsonl, appended as each finishes; returns all runs."""
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    runs_path = out / "runs.jsonl"
+    done = {run_key(r) for r in read_runs(runs_path)}
+    todo = [job for job in jobs(config) if job not in done]
+    print(f"segmentation comparison: {len(done)} runs done, {len(todo)} to go -> {runs_path}", flush=True)
+    took: dict[str, list[float]] = {"seeded": [], "cost": []}
+    for i, job in enumerate(todo, 1):
+        kind, variant, canvas, seed = job
+        started = time.perf_counter()
+        row = run_one(config, *job)
+        with runs_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        took[kind].append(time.perf_counter() - started)
+        everything = [s for t in took.values() for s in t]
+        eta = sum(sum(took[k] or everything) / len(took[k] or everything) for k, *_ in todo[i:])
+        score = f"mIoU {row['mean_iou']:.4f}" if kind == "seeded" else "cost run"
+        print(f"[{i}/{len(todo)}] {canvas:4d} px {variant:20s} seed {seed}  {score}  "
+              f"{1000 * row['step_s']:.0f} ms/step  peak {row['peak_rss_mib']:.0f} MiB  "
+              f"(eta {eta / 60:.0f} min)", flush=True)
+    return read_runs(runs_path)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def summarize_runs(runs: list[dict]) -> list[dict]:
+    """One row per (kind, canvas, variant): mean and seed std of the metrics; cost rows carry no scores."""
+    rows = []
+    for kind, metrics in (("seeded", SEEDED_METRICS), ("cost", COST_METRICS)):
+        for canvas in sorted({r["canvas"] for r in runs if r["kind"] == kind}):
+            group = [r for r in runs if r["kind"] == kind and r["canvas"] == canvas]
+            rows += [{"kind": kind, "canvas": canvas, **row}
+                     for row in summarize(group, VARIANTS, metrics=metrics, costs=("params", "macs"))]
+    return rows
+
+
+def _cost_cells(r: dict) -> str:
+    return (f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {1000 * r['step_s']:.0f} | "
+            f"{r['peak_rss_mib']:.0f}")
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = []
+    seeded = [r for r in summary if r["kind"] == "seeded"]
+    for canvas in sorted({r["canvas"] for r in seeded}):
+        rows = [r for r in seeded if r["canvas"] == canvas]
+        names = [r["variant"] for r in rows]
+        targets = [v for v in VERDICT_VARIANTS if v in names] or list(VERDICT_VARIANTS)
+        lines += [f"### {DATASET} at {canvas} px (mean ± std over seeds)", ""]
+        lines += [verdict(rows, DATASET, v, VERDICT_AGAINST, metric="mean_iou") for v in targets]
+        lines += ["", "| variant | seeds | mIoU (%) | pixel acc. (%) | params (M) | GMACs | ms/step | "
+                  "peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['variant']} | {r['seeds']} | {100 * r['mean_iou']:.2f} ± "
+                  f"{100 * r['mean_iou_std']:.2f} | {100 * r['pixel_accuracy']:.2f} | {_cost_cells(r)} |"
+                  for r in rows]
+        lines.append("")
+    step_at = {(r["variant"], r["canvas"]): r["step_s"] for r in seeded}
+    small = min((r["canvas"] for r in seeded), default=None)
+    for canvas in sorted({r["canvas"] for r in summary if r["kind"] == "cost"}):
+        rows = [r for r in summary if r["kind"] == "cost" and r["canvas"] == canvas]
+        lines += [f"### Cost at {canvas} px (one short run per backbone: cost only, no scores)", "",
+                  f"| variant | params (M) | GMACs | ms/step | peak RSS (MiB) | step time vs {small} px |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            base = step_at.get((r["variant"], small))
+            ratio = f"{r['step_s'] / base:.1f}x" if base else "-"
+            lines.append(f"| {r['variant']} | {_cost_cells(r)} | {ratio} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> Path:
+    """Mean IoU of the seeded runs, one panel per canvas, with the seed std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeded = [r for r in summary if r["kind"] == "seeded"]
+    canvases = sorted({r["canvas"] for r in seeded})
+    fig, axes = plt.subplots(1, max(1, len(canvases)), figsize=(6 * max(1, len(canvases)), 4.5),
+                             squeeze=False)
+    for ax, canvas in zip(axes[0], canvases, strict=False):
+        rows = [r for r in seeded if r["canvas"] == canvas]
+        colors = ["tab:orange" if r["variant"].startswith("stt") else
+                  "tab:gray" if r["variant"].startswith(("plain", "res_block")) else "tab:blue" for r in rows]
+        ax.barh([r["variant"] for r in rows], [100 * r["mean_iou"] for r in rows],
+                xerr=[100 * r["mean_iou_std"] for r in rows], color=colors)
+        ax.invert_yaxis()
+        ax.set(title=f"{DATASET} at {canvas} px: test mIoU (mean ± std over seeds)", xlabel="mIoU (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(out_dir: str | Path) -> dict:
+    """runs.csv, summary.csv, results.md and miou.png from runs.jsonl; returns the summary."""
+    out = Path(out_dir)
+    runs = read_runs(out / "runs.jsonl")
+    if not runs:
+        raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the comparison first")
+    summary = summarize_runs(runs)
+    write_csvs(out, runs, summary)
+    (out / "results.md").write_text(markdown(summary))
+    plot(summary, out / "miou.png")
+    return dict(runs=len(runs), summary=summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default=SegComparisonConfig.out_dir)
+    parser.add_argument("--variants", nargs="+", help=f"subset of {list(VARIANTS)}")
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--canvas", type=int,
+                        help=f"canvas of the seeded runs ({SegComparisonConfig.canvas})")
+    parser.add_argument("--large_canvas", type=int,
+                        help=f"canvas of the cost runs ({SegComparisonConfig.large_canvas}; 0: none)")
+    parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
+                        help="extra stt-hf train-seg flags for every run (last on the line)")
+    parser.add_argument("--report_only", action="store_true", help="only rebuild the tables and plot")
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("variants", "seeds", "canvas", "large_canvas")
+                 if getattr(args, k) is not None}
+    config = SegComparisonConfig(out_dir=args.out_dir, train_args=args.train_args, **overrides)
+    if not args.report_only:
+        run(config)
+    result = report(config.out_dir)
+    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, runs.csv, miou.png\n")
+    print(markdown(result["summary"]))
+    return 0

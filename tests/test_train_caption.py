@@ -57,7 +57,8 @@ def test_train_caption_writes_a_complete_captioner(caption_run):
 def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_path):
     out, results = caption_run
     report = tmp_path / "eval.json"
-    run_cli(["eval-caption", "--model", str(out), "--max_eval_samples", "8", "--output", str(report)])
+    run_cli(["eval-caption", "--model", str(out), "--dataset", "tuxpaint", "--max_eval_samples", "8",
+             "--output", str(report)])
     evaluated = json.loads(report.read_text())
     trained = json.loads((out / "metrics.json").read_text())
     # Same test images, same greedy decoding: the same captions as at the end of training.
@@ -83,7 +84,7 @@ def test_empty_captions_fail_before_training(tmp_path):
         rows.append(f"{i}.png,{'' if i in (3, 7) else f'a grey square number {i}'}")
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    proc = run_cli(["train-caption", "--dataset", str(folder), "--output_dir", str(out), *TINY], check=False)
+    proc = run_cli(["train-caption", *TINY, "--dataset", str(folder), "--output_dir", str(out)], check=False)
     assert proc.returncode != 0
     assert "caption" in proc.stderr and "row" in proc.stderr
     assert not (out / "model.safetensors").exists()

@@ -118,5 +118,54 @@ def collate(examples: list[dict]) -> dict:
             "labels": torch.tensor([e["labels"] for e in examples])}
 
 
-__all__ = ["DataArguments", "build_transforms", "collate", "image_transforms", "is_checkpoint",
-           "load_config_file", "parse_with_config"]
+# What the three trainers (`train`, `train-caption`, `train-seg`) do the same way around the Trainer.
+
+def resume_checkpoint(training_args):
+    """`--resume_from_checkpoint`: `latest` (or `last`, `true`) means the newest checkpoint in the output
+    folder; anything else is passed through."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "last", "true", "True"):
+        return get_last_checkpoint(training_args.output_dir)
+    return resume
+
+
+def best_checkpoint(trainer) -> dict | None:
+    """The checkpoint the final weights come from: step and validation score (None: the last step's)."""
+    state, args = trainer.state, trainer.args
+    if not args.load_best_model_at_end or state.best_model_checkpoint is None:
+        return None
+    return {"step": state.best_global_step, "checkpoint": Path(state.best_model_checkpoint).name,
+            "metric": f"validation {args.metric_for_best_model}", "value": state.best_metric}
+
+
+def print_run_summary(results: dict, scores: dict[str, float], split: str) -> None:
+    """The end-of-run summary: time, the held-out scores, where the weights come from, what was written."""
+    print(f"\n== done in {results['wall_time_s']:.0f} s; {split} split: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    best = results.get("best")
+    if best:
+        print(f"   weights from step {best['step']} of {results['global_step']} ({best['checkpoint']}), "
+              f"{best['metric']} {best['value']:.4f}")
+    else:
+        print(f"   weights from the last step ({results['global_step']})")
+    for example in results.get("examples", [])[:5]:
+        print(f"   {example['reference']!r:50s} -> {example['generated']!r}")
+    for name, path in results["paths"].items():
+        print(f"   {name:16s} {path}")
+    sys.stdout.flush()
+
+
+def push_run_folder(trainer, commit_message: str) -> None:
+    """Publish the finished output folder (weights, code, card), not the Trainer's checkpoints."""
+    from ..reporting.publish import push_folder
+
+    args = trainer.args
+    push_folder(args.output_dir, args.hub_model_id or Path(args.output_dir).name, token=args.hub_token,
+                commit_message=commit_message)
+
+
+__all__ = ["DataArguments", "best_checkpoint", "build_transforms", "collate", "image_transforms",
+           "is_checkpoint", "load_config_file", "native_bf16", "parse_with_config", "print_run_summary",
+           "push_run_folder", "resume_checkpoint"]

@@ -19,7 +19,7 @@ from ..reporting.publish import write_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="captioner folder (or Hub id) with its tokenizer")
-    parser.add_argument("--dataset", default="tuxpaint", help="as for stt-hf train-caption")
+    parser.add_argument("--dataset", default="fashion_scenes", help="as for stt-hf train-caption")
     parser.add_argument("--split", default="test")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", default="caption")

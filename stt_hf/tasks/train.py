@@ -21,11 +21,20 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.classification import load_image_dataset, validate_dataset
 from ..metrics import compute_classification_metrics
-from .common import DataArguments, build_transforms, is_checkpoint, native_bf16, parse_with_config
+from .common import (
+    DataArguments,
+    best_checkpoint,
+    build_transforms,
+    is_checkpoint,
+    native_bf16,
+    parse_with_config,
+    print_run_summary,
+    push_run_folder,
+    resume_checkpoint,
+)
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
@@ -145,10 +154,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator, compute_metrics=compute_classification_metrics)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("latest", "last", "true", "True"):
-        resume = get_last_checkpoint(training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in dsd else "validation"
     eval_metrics = trainer.evaluate(dsd[eval_split].with_transform(eval_tf), metric_key_prefix=eval_split)
@@ -164,37 +170,14 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
             command=shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from ..reporting.publish import push_folder
-
-        push_folder(training_args.output_dir, training_args.hub_model_id
-                    or Path(training_args.output_dir).name, token=training_args.hub_token)
+        push_run_folder(trainer, commit_message="Upload STT model")
     return trainer, results
-
-
-def best_checkpoint(trainer: Trainer) -> dict | None:
-    """The checkpoint the final weights come from: step and validation score (None: the last step's)."""
-    state, args = trainer.state, trainer.args
-    if not args.load_best_model_at_end or state.best_model_checkpoint is None:
-        return None
-    return {"step": state.best_global_step, "checkpoint": Path(state.best_model_checkpoint).name,
-            "metric": f"validation {args.metric_for_best_model}", "value": state.best_metric}
 
 
 def print_summary(results: dict) -> None:
     split = results["eval_split"]
-    metrics = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
-               if k.endswith(("accuracy", "macro_f1"))}
-    print(f"\n== done in {results['wall_time_s']:.0f} s; {split} split: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    best = results.get("best")
-    if best:
-        print(f"   weights from step {best['step']} of {results['global_step']} ({best['checkpoint']}), "
-              f"{best['metric']} {best['value']:.4f}")
-    else:
-        print(f"   weights from the last step ({results['global_step']})")
-    for name, path in results["paths"].items():
-        print(f"   {name:16s} {path}")
-    sys.stdout.flush()
+    print_run_summary(results, {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
+                                if k.endswith(("accuracy", "macro_f1"))}, split)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`stt-hf train-caption`: train an STT-encoder image captioner with the HF Seq2SeqTrainer.
 
 Every Seq2SeqTrainingArguments flag works, plus the model and data arguments below and `--config FILE`.
-With no arguments it trains on the Tux Paint stamps (offline) and ends in `outputs/<run>/` with
+With no arguments it trains on the built-in `fashion_scenes` (offline) and ends in `outputs/<run>/` with
 safetensors weights, the model code, tokenizer, image processor, generation config, a model card with
 the test-split scores, metrics JSON and training curves. The same recipe with another encoder attention
 is one flag away: `--encoder_kwargs '{"attn_layer": "none"}'` (plain ResNet) or `"self_attn"`.
@@ -23,7 +23,15 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from ..data.captions import load_caption_dataset
 from ..hf.captioning import build_captioner, encode_captions, train_caption_tokenizer
-from .common import image_transforms, native_bf16, parse_with_config
+from .common import (
+    best_checkpoint,
+    image_transforms,
+    native_bf16,
+    parse_with_config,
+    print_run_summary,
+    push_run_folder,
+    resume_checkpoint,
+)
 
 CAPTION_DEFAULTS = dict(
     num_train_epochs=10,
@@ -212,7 +220,7 @@ def run(argv: list[str] | None = None):
         eval_dataset=dsd["validation"].with_transform(eval_tf), processing_class=tokenizer,
         data_collator=CaptionCollator(tokenizer, model_args.max_caption_length),
         compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS))
-    train_result = trainer.train(resume_from_checkpoint=_resume(training_args))
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     trainer.compute_metrics = None  # the report scores below, against every reference the data has
     test = trainer.predict(dsd["test"].with_transform(eval_tf), metric_key_prefix="test")
@@ -220,8 +228,9 @@ def run(argv: list[str] | None = None):
     generated = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
     scores = score_test_split(dsd["test"], generated)
     results = dict(train=train_result.metrics, eval={**test.metrics, **scores}, eval_split="test",
-                   global_step=trainer.state.global_step, wall_time_s=round(time.time() - started, 1),
-                   data_args=asdict(data_args), seed=training_args.seed,
+                   global_step=trainer.state.global_step, best=best_checkpoint(trainer),
+                   wall_time_s=round(time.time() - started, 1), data_args=asdict(data_args),
+                   seed=training_args.seed,
                    examples=[dict(reference=r, generated=g) for r, g in zip(dsd["test"]["caption"], generated,
                                                                              strict=True)])
     if trainer.is_world_process_zero():
@@ -233,11 +242,7 @@ def run(argv: list[str] | None = None):
             command=shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from ..reporting.publish import push_folder
-
-        push_folder(training_args.output_dir, training_args.hub_model_id
-                    or Path(training_args.output_dir).name, token=training_args.hub_token,
-                    commit_message="Upload STT captioner")
+        push_run_folder(trainer, commit_message="Upload STT captioner")
     return trainer, results
 
 
@@ -252,25 +257,9 @@ def score_test_split(split, generated: list[str]) -> dict[str, float]:
     return {f"test_{k}": v for k, v in compute_caption_metrics(generated, references, objects).items()}
 
 
-def _resume(training_args):
-    from transformers.trainer_utils import get_last_checkpoint
-
-    resume = training_args.resume_from_checkpoint
-    if resume in ("latest", "last", "true", "True"):
-        return get_last_checkpoint(training_args.output_dir)
-    return resume
-
-
 def print_summary(results: dict) -> None:
-    scores = {k.removeprefix("test_"): v for k, v in results["eval"].items()
-              if k.removeprefix("test_") in REPORTED_METRICS}
-    print(f"\n== done in {results['wall_time_s']:.0f} s; test split: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    for example in results["examples"][:5]:
-        print(f"   {example['reference']!r:50s} -> {example['generated']!r}")
-    for name, path in results["paths"].items():
-        print(f"   {name:16s} {path}")
-    sys.stdout.flush()
+    print_run_summary(results, {k.removeprefix("test_"): v for k, v in results["eval"].items()
+                                if k.removeprefix("test_") in REPORTED_METRICS}, "test")
 
 
 if __name__ == "__main__":

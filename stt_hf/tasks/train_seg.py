@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.segmentation import (
     SegmentationCollator,
@@ -39,7 +38,14 @@ from ..hf.modeling_stt_seg import (
     segmentation_image_processor,
 )
 from ..metrics import compute_segmentation_metrics
-from .common import is_checkpoint, parse_with_config
+from .common import (
+    best_checkpoint,
+    is_checkpoint,
+    parse_with_config,
+    print_run_summary,
+    push_run_folder,
+    resume_checkpoint,
+)
 
 SEG_DEFAULTS = dict(
     num_train_epochs=3,
@@ -189,16 +195,13 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                       data_collator=SegmentationCollator(data["mean"], data["std"]),
                       compute_metrics=segmentation_metrics(labels),
                       preprocess_logits_for_metrics=argmax_logits)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("latest", "last", "true", "True"):
-        resume = get_last_checkpoint(training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in arrays else "validation"
     eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)
     results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
-                   global_step=trainer.state.global_step, wall_time_s=round(time.time() - started, 1),
-                   labels=labels)
+                   global_step=trainer.state.global_step, best=best_checkpoint(trainer),
+                   wall_time_s=round(time.time() - started, 1), labels=labels)
     if trainer.is_world_process_zero():
         results["paths"] = write_seg_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays,
@@ -206,11 +209,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
             command=shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])]))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
-        from ..reporting.publish import push_folder
-
-        push_folder(training_args.output_dir, training_args.hub_model_id
-                    or Path(training_args.output_dir).name, token=training_args.hub_token,
-                    commit_message="Upload STT segmenter")
+        push_run_folder(trainer, commit_message="Upload STT segmenter")
     return trainer, results
 
 
@@ -284,14 +283,8 @@ def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, res
 
 def print_summary(results: dict) -> None:
     split = results["eval_split"]
-    scores = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
-              if k.removeprefix(f"{split}_") in ("mean_iou", "pixel_accuracy")}
-    print(f"\n== done in {results['wall_time_s']:.0f} s; {split} split: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    for name, path in results["paths"].items():
-        print(f"   {name:16s} {path}")
-    sys.stdout.flush()
-
+    print_run_summary(results, {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
+                                if k.removeprefix(f"{split}_") in ("mean_iou", "pixel_accuracy")}, split)
 
 __all__ = ["SEG_DEFAULTS", "SegDataArguments", "SegModelArguments", "build_model", "main", "run",
            "segmentation_metrics", "write_seg_outputs"]

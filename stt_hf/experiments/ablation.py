@@ -24,6 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# read_runs, summarize and write_csvs were first defined here and stay importable from this module.
+from .runs import append_row, check_known, read_runs, summarize, write_csvs, write_report  # noqa: F401
+
 # Where attention goes unless a variant says otherwise: in the blocks of stages 3 and 4. Set here, not
 # taken from the registered model, so the ablation measures the same thing whatever the defaults are.
 BASE_KWARGS = dict(attn_placement="block", attn_stages=(3, 4))
@@ -195,17 +198,9 @@ def _key(row: dict) -> tuple:
     return row["variant"], row["dataset"], row["seed"]
 
 
-def read_runs(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run(config: AblationConfig) -> list[dict]:
     """Train every (variant, dataset, seed) not yet in runs.jsonl; return all runs."""
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    check_known(config.variants, VARIANTS)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -218,8 +213,7 @@ def run(config: AblationConfig) -> list[dict]:
     start = time.perf_counter()
 
     def record(i: int, row: dict) -> None:
-        with runs_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(runs_path, row)
         elapsed = time.perf_counter() - start
         eta = elapsed / i * (len(todo) - i)
         print(f"[{i}/{len(todo)}] {row['dataset']:13s} {row['variant']:22s} seed {row['seed']}  "
@@ -239,28 +233,9 @@ def run(config: AblationConfig) -> list[dict]:
 # --------------------------------------------------------------------------------------- report
 
 
-def summarize(runs: list[dict], variants=tuple(VARIANTS), *, key: str = "variant",
-              metrics: tuple[str, ...] = ("acc", *CORRUPTIONS),
-              costs: tuple[str, ...] = ("params", "macs")) -> list[dict]:
-    """Mean and sample std over seeds of each of `metrics` for each (dataset, `key`), in the order of
-    `variants`; `costs` (the same at every seed) from the first run. A metric not in every run of a group
-    is left out of its row."""
-    order = {v: i for i, v in enumerate(variants)}
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["dataset"], r[key]), []).append(r)
-    rows = []
-    for (dataset, variant), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        row = dict(dataset=dataset, **{key: variant}, seeds=len(group), **{c: group[0][c] for c in costs},
-                   train_s=float(np.mean([r["train_s"] for r in group])))
-        for metric in metrics:
-            if not all(metric in r for r in group):
-                continue
-            values = np.array([r[metric] for r in group])
-            row[metric] = float(values.mean())
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        rows.append(row)
-    return rows
+def summarize_runs(runs: list[dict]) -> list[dict]:
+    """Mean and sample std over seeds of the clean and corrupted accuracies, per (dataset, variant)."""
+    return summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
 
 
 def _pct(mean: float, std: float) -> str:
@@ -334,27 +309,9 @@ def plot(summary: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def write_csvs(out: Path, runs: list[dict], summary: list[dict]) -> None:
-    """runs.csv (one row per run) and summary.csv (one row per dataset and variant) in `out`."""
-    import csv
-
-    for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
-        with (out / name).open("w", newline="") as f:  # columns: every key of any row, first seen first
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 def report(out_dir: str | Path) -> dict:
     """Write runs.csv, summary.csv, results.md and the plots from runs.jsonl; return the summary."""
-
-    out = Path(out_dir)
-    runs = read_runs(out / "runs.jsonl")
-    if not runs:
-        raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the ablation first")
-    summary = summarize(runs)
-    write_csvs(out, runs, summary)
-    (out / "results.md").write_text(markdown(summary))
+    out, runs, summary = write_report(out_dir, summarize_runs, markdown, what="ablation")
     plot(summary, out)
     return dict(runs=len(runs), summary=summary)
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import textwrap
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ablation import read_runs, summarize, write_csvs
+from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
 
 # name -> encoder options set on top of train-caption's `encoder_kwargs` (everything else is the recipe's).
 ENCODERS: dict[str, dict] = {
@@ -100,59 +97,38 @@ def primary_metric(row: dict) -> str:
 def run_one(config: CaptionComparisonConfig, encoder: str, seed: int) -> dict:
     """Train one run with `stt-hf train-caption` in its own process; returns its runs.jsonl row."""
     command = train_command(config, encoder, seed)
-    out = Path(command[command.index("--output_dir") + 1])
-    shutil.rmtree(out, ignore_errors=True)  # a run interrupted earlier starts over
-    log = Path(config.out_dir) / "logs" / f"{run_name(encoder, seed)}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log.open("w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {done.returncode}; see {log}")
-    wall_s = time.perf_counter() - started
-    results = json.loads((out / "metrics.json").read_text())
-    for checkpoint in out.glob("checkpoint-*"):  # the final folder holds the best weights
-        shutil.rmtree(checkpoint)
+    trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(encoder, seed)}.log")
+    drop_checkpoints(trained.out)
+    results = trained.results
 
     from ..hf.modeling_stt import SttCaptioner
     from ..reporting.profiling import count_params
 
-    model = SttCaptioner.from_pretrained(out)
+    model = SttCaptioner.from_pretrained(trained.out)
     scores = {k: results["metrics"][k] for k in METRICS if k in results["metrics"]}
     return dict(encoder=encoder, seed=seed, dataset=config.dataset, **scores,
                 encoder_params=count_params(model.encoder), params=count_params(model),
-                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(wall_s, 1),
+                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
                 data_args=results["data_args"], examples=results["examples"][:EXAMPLES])
+
+
+def describe(row: dict) -> str:
+    metric = primary_metric(row)
+    return (f"{row['encoder']:10s} seed {row['seed']}  {metric} {row[metric]:.4f}  cider {row['cider']:.4f}  "
+            f"train {row['train_s']:.0f}s")
 
 
 def run(config: CaptionComparisonConfig) -> list[dict]:
     """Every (encoder, seed) on the dataset not yet in runs.jsonl, appended as each finishes."""
-    unknown = [e for e in config.encoders if e not in ENCODERS]
-    if unknown:
-        raise ValueError(f"unknown encoders {unknown}; known: {list(ENCODERS)}")
+    check_known(config.encoders, ENCODERS, "encoders")
     own = [flag for flag in OWN_FLAGS if flag in config.train_args]
     if own:
         raise ValueError(f"{own} among the train-caption arguments: set them with the comparison's "
                          f"{[OWN_FLAGS[f] for f in own]}")
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    runs_path = out / "runs.jsonl"
-    done = {(r["encoder"], r["dataset"], r["seed"]) for r in read_runs(runs_path)}
-    # Seed-major, so a partial comparison has every encoder at the same number of seeds.
-    todo = [(e, s) for s in config.seeds for e in config.encoders if (e, config.dataset, s) not in done]
-    print(f"caption comparison on {config.dataset}: {len(done)} runs done, {len(todo)} to go -> {runs_path}",
-          flush=True)
-    started = time.perf_counter()
-    for i, (encoder, seed) in enumerate(todo, 1):
-        row = run_one(config, encoder, seed)
-        with runs_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        metric = primary_metric(row)
-        eta = (time.perf_counter() - started) / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {encoder:10s} seed {seed}  {metric} {row[metric]:.4f}  "
-              f"cider {row['cider']:.4f}  train {row['train_s']:.0f}s  (eta {eta / 60:.0f} min)", flush=True)
-    return read_runs(runs_path)
+    jobs = [(e, config.dataset, s) for s in config.seeds for e in config.encoders]  # seed-major
+    return run_missing(config, ("encoder", "dataset", "seed"), jobs,
+                       lambda encoder, _, seed: run_one(config, encoder, seed), describe,
+                       f"caption comparison on {config.dataset}")
 
 
 # --------------------------------------------------------------------------------------- report
@@ -166,25 +142,9 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
 def verdict(summary: list[dict], dataset: str, encoder: str = "stt",
             against: tuple[str, ...] = ("plain", "self_attn")) -> str:
     """Whether `encoder` beats each of `against` by more than the larger seed std of the primary metric."""
-    by = {r["encoder"]: r for r in summary if r["dataset"] == dataset}
-    if encoder not in by:
-        return f"{dataset}: no {encoder} runs yet."
-    metric = primary_metric(by[encoder])
-    parts = []
-    for other in against:
-        if other not in by:
-            parts.append(f"no {other} runs yet")
-            continue
-        diff = by[encoder][metric] - by[other][metric]
-        if min(by[encoder]["seeds"], by[other]["seeds"]) < 2:  # one run has no spread to compare against
-            parts.append(f"not yet comparable with {other} ({diff:+.4f}; a verdict needs 2+ seeds of each, "
-                         f"there are {by[encoder]['seeds']} and {by[other]['seeds']})")
-            continue
-        spread = max(by[encoder][f"{metric}_std"], by[other][f"{metric}_std"])
-        word = "ahead of" if diff > spread else "behind" if diff < -spread else "within the seed spread of"
-        parts.append(f"{word} {other} ({diff:+.4f}, spread {spread:.4f})")
-    seeds = min(by[e]["seeds"] for e in (encoder, *against) if e in by)
-    return f"{dataset} ({seeds} seed(s)), by test {metric}: {encoder} is " + "; ".join(parts) + "."
+    row = next((r for r in summary if r["dataset"] == dataset and r["encoder"] == encoder), {})
+    return seed_verdict(summary, dataset, encoder, against, primary_metric(row), key="encoder", points=False,
+                        say_metric=True)
 
 
 def markdown(summary: list[dict]) -> str:
@@ -208,14 +168,7 @@ def markdown(summary: list[dict]) -> str:
 
 def report(out_dir: str | Path) -> dict:
     """runs.csv, summary.csv, results.md and the example grid(s) from runs.jsonl; returns the summary."""
-    out = Path(out_dir)
-    runs = read_runs(out / "runs.jsonl")
-    if not runs:
-        raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the comparison first")
-    summary = summarize_runs(runs)
-    flat = [{k: v for k, v in r.items() if k not in ("data_args", "examples")} for r in runs]
-    write_csvs(out, flat, summary)
-    (out / "results.md").write_text(markdown(summary))
+    out, runs, summary = write_report(out_dir, summarize_runs, markdown, not_in_csv=("data_args", "examples"))
     datasets = sorted({r["dataset"] for r in runs})
     grids = [grid(runs, d, out / ("examples.png" if len(datasets) == 1 else f"examples-{d}.png"))
              for d in datasets]

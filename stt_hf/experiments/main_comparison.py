@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from .ablation import CORRUPTIONS, corrupt, load_tensors, read_runs, summarize, write_csvs
+from .ablation import CORRUPTIONS, corrupt, load_tensors
+from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
 
 # name -> the model's attn_layer options (everything else is the main job's default model).
 VARIANTS: dict[str, dict] = {
@@ -90,78 +89,43 @@ def robustness(folder: Path, dataset: str) -> dict[str, float]:
 def run_one(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> dict:
     """Train one run with `stt-hf train` in its own process, then score it; returns the row."""
     command = train_command(config, variant, dataset, seed)
-    out = Path(command[command.index("--output_dir") + 1])
-    shutil.rmtree(out, ignore_errors=True)  # a run interrupted earlier starts over
-    started = time.perf_counter()
-    log = Path(config.out_dir) / "logs" / f"{run_name(variant, dataset, seed)}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {done.returncode}; see {log}")
-    wall_s = time.perf_counter() - started
-    results = json.loads((out / "metrics.json").read_text())
-    split = results["eval_split"]
-    for checkpoint in out.glob("checkpoint-*"):  # the final folder holds the best weights
-        shutil.rmtree(checkpoint)
+    trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(variant, dataset, seed)}.log")
+    drop_checkpoints(trained.out)
+    results = trained.results
 
     from ..hf.modeling_stt import SttForImageClassification
     from ..reporting.profiling import count_macs, count_params
 
-    model = SttForImageClassification.from_pretrained(out)
+    model = SttForImageClassification.from_pretrained(trained.out)
     return dict(variant=variant, dataset=dataset, seed=seed, params=count_params(model),
                 macs=count_macs(model, model.config.input_size()),
-                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(wall_s, 1),
-                acc=results["eval"][f"{split}_accuracy"], **robustness(out, dataset))
+                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
+                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+
+
+def describe(row: dict) -> str:
+    return (f"{row['dataset']:13s} {row['variant']:22s} seed {row['seed']}  acc {row['acc']:.4f}  "
+            f"train {row['train_s']:.0f}s")
 
 
 def run(config: ComparisonConfig) -> list[dict]:
     """Every (dataset, variant, seed) not yet in runs.jsonl, appended as each finishes."""
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    runs_path = out / "runs.jsonl"
-    done = {(r["variant"], r["dataset"], r["seed"]) for r in read_runs(runs_path)}
-    # Seed-major, so a partial comparison has every variant at the same number of seeds.
-    todo = [(v, d, s) for d in config.datasets for s in config.seeds for v in config.variants
-            if (v, d, s) not in done]
-    print(f"main comparison: {len(done)} runs done, {len(todo)} to go -> {runs_path}", flush=True)
-    started = time.perf_counter()
-    for i, (variant, dataset, seed) in enumerate(todo, 1):
-        row = run_one(config, variant, dataset, seed)
-        with runs_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        eta = (time.perf_counter() - started) / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {dataset:13s} {variant:22s} seed {seed}  acc {row['acc']:.4f}  "
-              f"train {row['train_s']:.0f}s  (eta {eta / 60:.0f} min)", flush=True)
-    return read_runs(runs_path)
+    check_known(config.variants, VARIANTS)
+    jobs = [(v, d, s) for d in config.datasets for s in config.seeds for v in config.variants]  # seed-major
+    return run_missing(config, ("variant", "dataset", "seed"), jobs, partial(run_one, config), describe,
+                       "main comparison")
 
 
 def verdict(summary: list[dict], dataset: str, variant: str = "stt",
             against: tuple[str, ...] = ("plain", "res_block"), metric: str = "acc") -> str:
     """Whether `variant` beats each of `against` on `metric` (a fraction; the difference is read in points)
     by more than the larger seed std (one sentence)."""
-    by = {r["variant"]: r for r in summary if r["dataset"] == dataset}
-    if variant not in by:
-        return f"{dataset}: no {variant} runs yet."
-    parts = []
-    for other in against:
-        if other not in by:
-            parts.append(f"no {other} runs yet")
-            continue
-        diff = 100 * (by[variant][metric] - by[other][metric])
-        if min(by[variant]["seeds"], by[other]["seeds"]) < 2:  # one run has no spread to compare against
-            parts.append(f"not yet comparable with {other} ({diff:+.2f} points; a verdict needs 2+ seeds "
-                         f"of each, there are {by[variant]['seeds']} and {by[other]['seeds']})")
-            continue
-        spread = 100 * max(by[variant][f"{metric}_std"], by[other][f"{metric}_std"])
-        word = "ahead of" if diff > spread else "behind" if diff < -spread else "within the seed spread of"
-        parts.append(f"{word} {other} ({diff:+.2f} points, spread {spread:.2f})")
-    seeds = min(by[v]["seeds"] for v in (variant, *against) if v in by)
-    return f"{dataset} ({seeds} seed(s)): {variant} is " + "; ".join(parts) + "."
+    return seed_verdict(summary, dataset, variant, against, metric)
+
+
+def summarize_runs(runs: list[dict]) -> list[dict]:
+    """Mean and sample std over seeds of the clean and corrupted accuracies, per (dataset, variant)."""
+    return summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
 
 
 def markdown(summary: list[dict]) -> str:
@@ -183,14 +147,7 @@ def markdown(summary: list[dict]) -> str:
 
 def report(out_dir: str | Path) -> dict:
     """runs.csv, summary.csv, results.md and accuracy.png from runs.jsonl; returns the summary."""
-
-    out = Path(out_dir)
-    runs = read_runs(out / "runs.jsonl")
-    if not runs:
-        raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the comparison first")
-    summary = summarize(runs, VARIANTS)
-    write_csvs(out, runs, summary)
-    (out / "results.md").write_text(markdown(summary))
+    out, runs, summary = write_report(out_dir, summarize_runs, markdown)
     plot(summary, out / "accuracy.png")
     return dict(runs=len(runs), summary=summary)
 

@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from .ablation import read_runs, summarize, write_csvs
-from .main_comparison import verdict
+from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
 
 DATASET = "fashion_scenes"
 BLOCKS34 = dict(attn_placement="block", attn_stages=[3, 4])
@@ -134,51 +130,25 @@ def validation_seconds(out: Path) -> float:
     return float(sum(entry.get("eval_runtime", 0.0) for entry in state["log_history"]))
 
 
-def train_and_measure(command: list[str], log: Path) -> float:
-    """Run `command` to its end with its output in `log`; return its peak RSS in MiB (Linux)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
-        try:
-            _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage, not all children's
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {child.returncode}; see {log}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
-
-
 def run_one(config: SegComparisonConfig, kind: str, variant: str, canvas: int, seed: int) -> dict:
     """Train one run in its own process and measure it; returns its runs.jsonl row."""
     command = train_command(config, kind, variant, canvas, seed)
-    out = Path(command[command.index("--output_dir") + 1])
-    shutil.rmtree(out, ignore_errors=True)  # a run interrupted earlier starts over
-    started = time.perf_counter()
-    peak_mib = train_and_measure(command, Path(config.out_dir) / "logs" / f"{out.name}.log")
-    wall_s = time.perf_counter() - started
-    results = json.loads((out / "metrics.json").read_text())
+    trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(kind, variant, canvas, seed)}.log")
+    results = trained.results
     train_s = results["train"]["train_runtime"]
     steps = results["global_step"]
-    step_s = (train_s - validation_seconds(out)) / max(steps, 1)
-    for checkpoint in out.glob("checkpoint-*"):  # the final folder holds the best weights
-        shutil.rmtree(checkpoint)
+    step_s = (train_s - validation_seconds(trained.out)) / max(steps, 1)
+    drop_checkpoints(trained.out)
 
     from ..hf.modeling_stt_seg import SttUperNetForSemanticSegmentation
     from ..reporting.profiling import count_macs, count_params
 
-    model = SttUperNetForSemanticSegmentation.from_pretrained(out)
+    model = SttUperNetForSemanticSegmentation.from_pretrained(trained.out)
     return dict(kind=kind, variant=variant, dataset=DATASET, canvas=canvas, seed=seed,
                 mean_iou=results["metrics"]["mean_iou"], pixel_accuracy=results["metrics"]["pixel_accuracy"],
                 params=count_params(model), macs=count_macs(model, model.config.backbone_config.input_size()),
                 steps=steps, train_s=round(train_s, 1), step_s=round(step_s, 4),
-                peak_rss_mib=round(peak_mib, 1), wall_s=round(wall_s, 1))
-
-
-def run_key(row: dict) -> tuple:
-    return row["kind"], row["variant"], row["canvas"], row["seed"]
+                peak_rss_mib=round(trained.peak_rss_mib, 1), wall_s=round(trained.wall_s, 1))
 
 
 def jobs(config: SegComparisonConfig) -> list[tuple]:
@@ -190,33 +160,17 @@ def jobs(config: SegComparisonConfig) -> list[tuple]:
     return todo
 
 
+def describe(row: dict) -> str:
+    score = f"mIoU {row['mean_iou']:.4f}" if row["kind"] == "seeded" else "cost run"
+    return (f"{row['canvas']:4d} px {row['variant']:20s} seed {row['seed']}  {score}  "
+            f"{1000 * row['step_s']:.0f} ms/step  peak {row['peak_rss_mib']:.0f} MiB")
+
+
 def run(config: SegComparisonConfig) -> list[dict]:
     """Every run not yet in runs.jsonl, appended as each finishes; returns all runs."""
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    runs_path = out / "runs.jsonl"
-    done = {run_key(r) for r in read_runs(runs_path)}
-    todo = [job for job in jobs(config) if job not in done]
-    print(f"segmentation comparison: {len(done)} runs done, {len(todo)} to go -> {runs_path}", flush=True)
-    took: dict[str, list[float]] = {"seeded": [], "cost": []}
-    for i, job in enumerate(todo, 1):
-        kind, variant, canvas, seed = job
-        started = time.perf_counter()
-        row = run_one(config, *job)
-        with runs_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        took[kind].append(time.perf_counter() - started)
-        everything = [s for t in took.values() for s in t]
-        eta = sum(sum(took[k] or everything) / len(took[k] or everything) for k, *_ in todo[i:])
-        score = f"mIoU {row['mean_iou']:.4f}" if kind == "seeded" else "cost run"
-        print(f"[{i}/{len(todo)}] {canvas:4d} px {variant:20s} seed {seed}  {score}  "
-              f"{1000 * row['step_s']:.0f} ms/step  peak {row['peak_rss_mib']:.0f} MiB  "
-              f"(eta {eta / 60:.0f} min)", flush=True)
-    return read_runs(runs_path)
+    check_known(config.variants, VARIANTS)
+    return run_missing(config, ("kind", "variant", "canvas", "seed"), jobs(config), partial(run_one, config),
+                       describe, "segmentation comparison", timed_by="kind")
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -246,7 +200,7 @@ def markdown(summary: list[dict]) -> str:
         names = [r["variant"] for r in rows]
         targets = [v for v in VERDICT_VARIANTS if v in names] or list(VERDICT_VARIANTS)
         lines += [f"### {DATASET} at {canvas} px (mean ± std over seeds)", ""]
-        lines += [verdict(rows, DATASET, v, VERDICT_AGAINST, metric="mean_iou") for v in targets]
+        lines += [seed_verdict(rows, DATASET, v, VERDICT_AGAINST, "mean_iou") for v in targets]
         lines += ["", "| variant | seeds | mIoU (%) | pixel acc. (%) | params (M) | GMACs | ms/step | "
                   "peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['variant']} | {r['seeds']} | {100 * r['mean_iou']:.2f} ± "
@@ -295,13 +249,7 @@ def plot(summary: list[dict], path: Path) -> Path:
 
 def report(out_dir: str | Path) -> dict:
     """runs.csv, summary.csv, results.md and miou.png from runs.jsonl; returns the summary."""
-    out = Path(out_dir)
-    runs = read_runs(out / "runs.jsonl")
-    if not runs:
-        raise FileNotFoundError(f"no runs in {out / 'runs.jsonl'}: run the comparison first")
-    summary = summarize_runs(runs)
-    write_csvs(out, runs, summary)
-    (out / "results.md").write_text(markdown(summary))
+    out, runs, summary = write_report(out_dir, summarize_runs, markdown)
     plot(summary, out / "miou.png")
     return dict(runs=len(runs), summary=summary)
 

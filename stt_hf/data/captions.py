@@ -199,8 +199,12 @@ def _fashion_scene_splits(limits):
 
     from .scenes import DEFAULT_SIZES, load_fashion_scenes
 
-    sizes = {f"{split}_size": min(limits.get(split) or size, size) for split, size in DEFAULT_SIZES.items()}
-    dsd = load_fashion_scenes(**sizes)
+    sizes = {split: min(limits.get(split) or size, size) for split, size in DEFAULT_SIZES.items()}
+    if sizes == DEFAULT_SIZES or all(n < DEFAULT_SIZES[split] for split, n in sizes.items()):
+        dsd = load_fashion_scenes(**{f"{split}_size": n for split, n in sizes.items()})
+    else:  # some split whole: the default cache, cut (scene i is the same whatever the split's size)
+        dsd = load_fashion_scenes()
+        dsd = datasets.DatasetDict({split: ds.select(range(sizes[split])) for split, ds in dsd.items()})
     return datasets.DatasetDict({
         split: ds.remove_columns("mask").add_column("caption", [refs[0] for refs in ds["captions"]])
         for split, ds in dsd.items()})

@@ -99,6 +99,9 @@ class CaptionDataArguments:
     test_fraction: float = field(default=0.1, metadata={"help": "Test share when none is given."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
+    max_val_samples: int | None = field(default=500, metadata={
+        "help": "Truncate validation only (it is captioned at every evaluation during training); the test "
+                "split stays whole. 0 or a negative value: no limit beyond max_eval_samples."})
     train_crop_scale: float | None = field(default=None, metadata={
         "help": "Random-resized-crop smallest area; default 1.0 (no crop) on fashion_scenes, whose captions "
                 "name every item and where it lies, else 0.8."})
@@ -192,7 +195,8 @@ def run(argv: list[str] | None = None):
     """Train, score the test split, write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
     started = time.time()
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+    val_limits = [n for n in (data_args.max_eval_samples, data_args.max_val_samples) if n and n > 0]
+    limits = {"train": data_args.max_train_samples, "validation": min(val_limits, default=None),
               "test": data_args.max_eval_samples}
     # Loading validates: empty or missing captions fail here, naming the rows, before any training.
     dsd = load_caption_dataset(data_args.dataset, image_column=data_args.image_column,

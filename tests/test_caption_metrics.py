@@ -122,6 +122,14 @@ def test_ptb_tokenize_like_coco():
     assert refs == [["it 's raining"], ["cats and dogs", "a b"]]
 
 
+def test_ptb_tokenize_keeps_captions_aligned_whatever_a_decoder_emits():
+    """Line breaks of any kind and control characters in a (garbage) prediction must not shift the
+    captions after it: the Java tokenizer reads one caption per line."""
+    garbage = ["a\u2028b", "c\x85d\re", "f\x00\x1bg\ufffd", "h\ni"]
+    preds, refs = ptb_tokenize(garbage, [["a dog."], ["a cat."], ["two birds."], ["one fish."]])
+    assert refs == [["a dog"], ["a cat"], ["two birds"], ["one fish"]]
+    assert [p.split()[0] for p in preds] == ["a", "c", "fg", "h"]
+
 def test_perfect_and_unrelated_predictions():
     perfect = [refs[0] for refs in TOKENS_REFS]
     bleu = bleu_scores(perfect, TOKENS_REFS, tokenize=False)

@@ -32,7 +32,12 @@ from stt_hf import (
     caption_pipeline,
     train_caption_tokenizer,
 )
-from stt_hf.hf.captioning import configure_generation, decoder_config, encode_captions
+from stt_hf.hf.captioning import (
+    configure_generation,
+    decoder_config,
+    decoder_inputs,
+    encode_captions,
+)
 
 CAPTIONS = ["A ripe, red tomato!", "A green apple.", "A stripey fish.", "A pink cake with candles.",
             "A yellow school bus.", "A red apple."] * 3
@@ -245,3 +250,22 @@ def test_train_caption_takes_a_named_tokenizer(tokenizer, tmp_path):
     (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="has no pad_token"):
         load_tokenizer(CaptionModelArguments(tokenizer=str(tmp_path / "tok")), [])
+
+
+@pytest.mark.parametrize("decoder", ["gpt2", "bert"])
+def test_decoder_inputs_are_what_the_model_makes_from_labels_plus_a_mask(tokenizer, decoder):
+    """The training collator's decoder inputs: the ids VisionEncoderDecoderModel builds from the labels
+    itself, with a mask over the start token and every real label before the last; the loss is unchanged."""
+    labels = encode_captions(tokenizer, ["A green apple.", "A pink cake with candles."], max_length=16)
+    model = tiny_captioner(tokenizer, decoder)
+    inputs = decoder_inputs(labels, model.config.decoder_start_token_id, model.config.pad_token_id)
+    from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
+
+    assert torch.equal(inputs["decoder_input_ids"], shift_tokens_right(labels, model.config.pad_token_id,
+                                                                       model.config.decoder_start_token_id))
+    lengths = (labels != -100).sum(1).tolist()
+    assert inputs["decoder_attention_mask"].sum(1).tolist() == [min(n + 1, labels.shape[1]) for n in lengths]
+    with torch.no_grad():
+        plain = model(pixel_values=pixels(), labels=labels).loss
+        given = model(pixel_values=pixels(), labels=labels, **inputs).loss
+    torch.testing.assert_close(given, plain, rtol=1e-5, atol=1e-6)

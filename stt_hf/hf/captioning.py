@@ -64,6 +64,17 @@ def encode_captions(tokenizer, captions: list[str], max_length: int) -> torch.Te
     return torch.tensor([seq + [-100] * (longest - len(seq)) for seq in ids], dtype=torch.long)
 
 
+def decoder_inputs(labels: torch.Tensor, start_token_id: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The decoder's teacher-forcing inputs for `labels` (B, L): `decoder_input_ids`, the start token then
+    the labels shifted right (what VisionEncoderDecoderModel would make itself), and the
+    `decoder_attention_mask` that marks them real up to the end token. Padding is at the end of a causal
+    decoder's input, so the mask cannot change the loss; passing it states which inputs are real, as
+    transformers asks, and Seq2SeqTrainer drops both when it generates."""
+    ids = torch.cat([torch.full_like(labels[:, :1], start_token_id), labels[:, :-1]], dim=1)
+    mask = ids != -100
+    return {"decoder_input_ids": ids.masked_fill(~mask, pad_token_id), "decoder_attention_mask": mask.long()}
+
+
 def decoder_config(kind: str, tokenizer, hidden_size: int, layers: int = 2, heads: int = 4,
                    max_positions: int = 64):
     """A small causal-LM config with cross-attention: GPT-2 style ("gpt2") or BERT style ("bert")."""

@@ -16,6 +16,7 @@ nothing, so that caption scores 0 and adds length 0 to BLEU's brevity penalty. R
 from __future__ import annotations
 
 import shutil
+import unicodedata
 
 
 def require_java() -> None:
@@ -90,13 +91,21 @@ def check_caption_inputs(predictions, references) -> tuple[list[str], list[list[
     return predictions, references
 
 
+def one_line(text: str) -> str:
+    """`text` as one line for the Java tokenizer, which reads one caption per line: every Unicode line
+    break and space collapsed to one space, other control characters dropped (a half-trained byte-level
+    decoder can emit any of them, and one stray line break would shift every later caption)."""
+    kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(kept.split())
+
+
 def ptb_tokenize(predictions, references) -> tuple[list[str], list[list[str]]]:
     """PTB-tokenize predictions and references (one Java call), as the COCO caption evaluation does."""
     predictions, references = check_caption_inputs(predictions, references)
     require_java()
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    flat = predictions + [r for refs in references for r in refs]
+    flat = [one_line(c) for c in predictions + [r for refs in references for r in refs]]
     tokenized = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(flat)})
     tokens = iter(tokenized[i][0] for i in range(len(flat)))
     predictions = [next(tokens) for _ in predictions]

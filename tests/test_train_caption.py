@@ -52,6 +52,7 @@ def test_train_caption_writes_a_complete_captioner(caption_run):
     assert scores["cider"] == round(metrics["metrics"]["cider"], 4)
     assert "12 tokens including the end token" in card  # the caption length limit
     assert "stt-hf train-caption" in card
+    assert "| generation | greedy, at most 12 tokens" in card and "| train crop scale | 0.8 |" in card
 
 
 def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_path):

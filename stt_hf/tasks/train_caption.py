@@ -147,10 +147,9 @@ def load_tokenizer(model_args: CaptionModelArguments, captions: list[str]):
 def build_transforms(image_config, data_args: CaptionDataArguments):
     """timm train/eval transforms for the encoder, applied lazily per batch; any PIL mode is converted
     to RGB first."""
-    crop_scale = data_args.train_crop_scale
-    if crop_scale is None:
-        crop_scale = 1.0 if data_args.dataset == "fashion_scenes" else 0.8
-    train_tf, eval_tf = image_transforms(image_config, crop_scale=crop_scale,
+    if data_args.train_crop_scale is None:  # resolved here, so the card states the value used
+        data_args.train_crop_scale = 1.0 if data_args.dataset == "fashion_scenes" else 0.8
+    train_tf, eval_tf = image_transforms(image_config, crop_scale=data_args.train_crop_scale,
                                          hflip=data_args.hflip, ratio=(0.9, 1.1))
 
     def to_batch(transform):

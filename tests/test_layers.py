@@ -8,9 +8,11 @@ import itertools
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 
 from stt_hf.layers import ATTN_FACTORIES, MODES, STT, SYNTHS, FlatSynthesizer, SelfAttention2d, create_attn
+from stt_hf.layers.helpers import add_conv1x1, conv1x1
 
 C, H, W = 32, 6, 5  # channels 32 -> 16 value channels -> 2 heads of 8: every mode has its own size
 MODE_SETS = ["".join(s) for r in (1, 2, 3) for s in itertools.combinations(MODES, r)]
@@ -593,3 +595,35 @@ def test_baseline_bad_construction_raises(cls, kwargs, match):
 def test_registry_unknown_name_raises():
     with pytest.raises(ValueError, match=r"attn_layer must be one of .*'stt'.*got 'non_local'"):
         create_attn("non_local", C, (H, W))
+
+
+# ------------------------------------------------------------------------------------------- conv1x1
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_conv1x1_matches_conv2d_forward_and_backward(layout, with_bias):
+    """The block's 1x1 projections (a batched matmul on NCHW maps) are exactly F.conv2d."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(3, 12, 5, 7, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    weight = torch.randn(20, 12, 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(20, dtype=torch.float64, requires_grad=True) if with_bias else None
+    out = conv1x1(x, weight, bias)
+    grads = torch.autograd.grad(out.square().sum(), [x, weight] + ([bias] if with_bias else []))
+    ref = F.conv2d(x, weight, bias)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, weight] + ([bias] if with_bias else []))
+    assert out.shape == (3, 20, 5, 7)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_add_conv1x1_matches_residual_plus_conv2d(layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    residual = torch.randn(2, 9, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    weight, bias = torch.randn(9, 6, 1, 1, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    out = add_conv1x1(residual, x, weight, bias)
+    torch.testing.assert_close(out, residual + F.conv2d(x, weight, bias), rtol=1e-12, atol=1e-12)
+    assert residual.shape == out.shape and not out.data_ptr() == residual.data_ptr()  # the input is kept

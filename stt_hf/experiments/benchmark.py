@@ -16,9 +16,10 @@
    with at least three sizes). At small N fixed per-op overheads flatten every curve, so the
    exponents depend on the resolutions measured.
 3. Block cost. An STT block (reduction 16, as in stt_resnet50) against its own two 1x1 convs + BN
-   and against the trunk's 1x1 expansion conv at the same place (ResNet-50 stages 3 and 4 at 224 px:
-   1024:14x14 and 2048:7x7): block / convs latency, the convs' and the trunk conv's GMAC/s, and the
-   ATen operators one block forward dispatches.
+   (run as the block runs them, `stt_hf.layers.helpers.conv1x1`) and against the trunk's 1x1
+   expansion conv at the same place (ResNet-50 stages 3 and 4 at 224 px: 1024:14x14 and 2048:7x7):
+   block / convs latency, the convs' and the trunk conv's GMAC/s, and the ATen operators one block
+   forward dispatches.
 4. Models. stt_resnet50 and its random / mixture variants against timm's resnet50, seresnet50,
    ecaresnet50d, botnet26t_256, halonet26t and lambda_resnet26t (random init, nothing downloaded):
    inference and one SGD training step, as ratios to resnet50 measured in the same run; with
@@ -99,6 +100,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ..layers.create import create_attn
+from ..layers.helpers import conv1x1
 from ..layers.stt import STT
 from ..reporting.profiling import count_macs, count_params
 
@@ -671,7 +673,8 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
         x = torch.randn(batch, channels, size, size, device=device)
         x_trunk = torch.randn(batch, trunk_in, size, size, device=device)
         calls = {"block": lambda stt=stt, x=x: stt(x),
-                 "convs": lambda stt=stt, x=x: stt.norm(stt.proj(stt.to_v(x))),
+                 "convs": lambda stt=stt, x=x: stt.norm(conv1x1(conv1x1(x, stt.to_v.weight),
+                                                                 stt.proj.weight)),
                  "trunk": lambda trunk=trunk, x=x_trunk: trunk(x)}
         times = {k: [] for k in calls}
         with torch.inference_mode(), autocast(device, precision):

@@ -17,6 +17,7 @@ from .helpers import (
     check_foldable,
     check_input,
     check_size,
+    conv1x1,
     fuse_conv_bn,
     softmax_f32,
     to_pair,
@@ -27,6 +28,7 @@ from .stt import DenseSynth
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
 torch.fx.wrap("check_input")
 torch.fx.wrap("check_size")
+torch.fx.wrap("conv1x1")
 torch.fx.wrap("softmax_f32")
 
 
@@ -40,7 +42,7 @@ class _ResidualOut(nn.Module):
         nn.init.zeros_(self.norm.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x + self.norm(self.proj(y))
+        return x + self.norm(conv1x1(y, self.proj.weight, self.proj.bias))
 
     @torch.jit.ignore
     def fuse_for_inference(self) -> "_ResidualOut":
@@ -66,7 +68,7 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "SelfAttention2d")
         b, _, h, w = x.shape
-        qkv = self.to_qkv(x).reshape(b, 3, self.heads, -1, h * w)  # (B, 3, G, c, N)
+        qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, -1, h * w)  # (B, 3, G, c, N)
         q, k, v = qkv.unbind(1)
         logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
         attn = softmax_f32(logits).to(v.dtype)
@@ -109,7 +111,7 @@ class FlatSynthesizer(nn.Module):
         x = check_input(x, self.channels, "FlatSynthesizer")
         x = check_size(x, self.feat_size, "FlatSynthesizer", " (its N x N logits are tied to N)")
         b, _, h, w = x.shape
-        v = self.to_v(x).reshape(b, self.heads, -1, h * w)  # (B, G, c, N)
+        v = conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h * w)  # (B, G, c, N)
         if self.dense is not None:
             logits = self.dense(v.transpose(-1, -2))  # (B, G, N, N)
         else:

@@ -9,6 +9,7 @@ graph runs. Everything here is TorchScript-compatible, so scripted models keep t
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
@@ -66,11 +67,53 @@ def check_size(x: torch.Tensor, feat_size: tuple[int, int], what: str, why: str 
 @torch.fx.wrap
 def softmax_f32(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(logits / temperature) over the last dim in at least float32 (bf16/fp16 are upcast)."""
-    if logits.dtype != torch.float64:
+    if logits.dtype != torch.float32 and logits.dtype != torch.float64:  # no op dispatched when not needed
         logits = logits.float()
     if temperature != 1.0:  # skip a divide in the common case: small ops dominate at small maps
         logits = logits / temperature
     return logits.softmax(dim=-1)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution (B, Cin, H, W) -> (B, Cout, H, W) with a (Cout, Cin, 1, 1) weight.
+
+    A contiguous (NCHW) map goes through one batched matmul, W @ X over the flattened map: on a CPU,
+    oneDNN runs a thin 1x1 conv on NCHW up to 4x below that (it reorders the map to a blocked layout
+    and back), which made STT's projections the slowest convolutions in the network. Other layouts
+    (channels_last, where oneDNN's conv is already fast) keep F.conv2d.
+    """
+    if not x.is_contiguous():
+        return F.conv2d(x, weight, bias)
+    b, _, h, w = x.shape
+    # bmm with the weight expanded (a stride-0 view): `W @ X` would broadcast by transposing X into a copy.
+    w2d = weight.reshape(weight.shape[0], -1).expand(b, -1, -1)  # (B, Cout, Cin)
+    flat = x.reshape(b, x.shape[1], h * w)  # (B, Cin, HW), a view
+    if bias is None:
+        y = torch.bmm(w2d, flat)
+    else:  # the bias as baddbmm's broadcast input: no separate pass over the output
+        y = torch.baddbmm(bias.unsqueeze(-1), w2d, flat)
+    return y.reshape(b, -1, h, w)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def add_conv1x1(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+    """residual + conv1x1(x, weight, bias) in one pass over the output (B, Cout, H, W).
+
+    The bias rides along as one more input channel of ones, [W | b] @ [X; 1], so baddbmm's copy of
+    the residual into the output is the only full-size pass: a separate bias or residual add would
+    write the largest map of the block once more.
+    """
+    if not (x.is_contiguous() and residual.is_contiguous()):
+        return F.conv2d(x, weight, bias).add_(residual)
+    b, cin, h, w = x.shape
+    w_aug = torch.cat([weight.reshape(weight.shape[0], -1), bias.unsqueeze(-1)], dim=1)  # (Cout, Cin + 1)
+    x_aug = torch.cat([x.reshape(b, cin, h * w), x.new_ones(b, 1, h * w)], dim=1)  # (B, Cin + 1, HW)
+    out = torch.baddbmm(residual.reshape(b, -1, h * w), w_aug.expand(b, -1, -1), x_aug)
+    return out.reshape(residual.shape)
 
 
 @torch.no_grad()
@@ -92,5 +135,5 @@ def check_foldable(module: nn.Module) -> None:
                            f"statistics: call .eval() first")
 
 
-__all__ = ["check_foldable", "check_input", "check_size", "fuse_conv_bn", "softmax_f32", "to_pair",
-           "value_channels"]
+__all__ = ["add_conv1x1", "check_foldable", "check_input", "check_size", "conv1x1", "fuse_conv_bn",
+           "softmax_f32", "to_pair", "value_channels"]

@@ -16,9 +16,11 @@ from timm.layers import register_notrace_function
 from torch import nn
 
 from .helpers import (
+    add_conv1x1,
     check_foldable,
     check_input,
     check_size,
+    conv1x1,
     fuse_conv_bn,
     softmax_f32,
     to_pair,
@@ -29,8 +31,10 @@ from .options import POSITIVE_INT, STT_OPTION_NAMES, STT_SPEC, check_stt_options
 MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G, c, H, W)
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
+torch.fx.wrap("add_conv1x1")
 torch.fx.wrap("check_input")
 torch.fx.wrap("check_size")
+torch.fx.wrap("conv1x1")
 torch.fx.wrap("softmax_f32")
 
 
@@ -210,7 +214,7 @@ class STT(nn.Module):
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> V, (B, G, c, H, W): the reduced value tensor split into heads."""
         b, _, h, w = x.shape
-        return self.to_v(x).reshape(b, self.heads, -1, h, w)
+        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h, w)
 
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
@@ -233,6 +237,9 @@ class STT(nn.Module):
         b, _, h, w = x.shape
         v = self.values(x)
         y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
+        bias = self.proj.bias
+        if bias is not None:  # fused for inference: the BN lives in the projection's weight and bias
+            return add_conv1x1(x, y, self.proj.weight, bias)
         if not self.training and isinstance(self.norm, nn.BatchNorm2d):
             # Eval: fold BN into the projection on the fly, a few C-sized ops instead of a pass over
             # the map (on a CPU the BN pass costs about as much as the thin projection itself).
@@ -241,9 +248,9 @@ class STT(nn.Module):
             assert norm.running_mean is not None and norm.running_var is not None
             scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
             weight = self.proj.weight * scale.reshape(-1, 1, 1, 1)
-            return F.conv2d(y, weight, norm.bias - norm.running_mean * scale).add_(x)
+            return add_conv1x1(x, y, weight, norm.bias - norm.running_mean * scale)
         # In-place add: one fewer full-size map alive at the peak (BN's backward does not need its output).
-        return self.norm(self.proj(y)).add_(x)
+        return self.norm(conv1x1(y, self.proj.weight)).add_(x)
 
     @torch.jit.ignore
     def fuse_for_inference(self) -> "STT":

@@ -95,3 +95,19 @@ def test_verdict_reads_the_seed_spread():
 def test_unknown_variant_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown variants \\['cbam'\\]"):
         main_comparison.run(ComparisonConfig(out_dir=str(tmp_path), variants=["cbam"]))
+
+
+def test_summary_gives_welch_p_against_stt():
+    def run(variant, seed, acc):
+        return dict(dataset="d", variant=variant, seed=seed, acc=acc, params=1, macs=1, train_s=1.0,
+                    **{c: 0.5 for c in CORRUPTIONS})
+
+    # Equal sizes and spreads: Welch's test is Student's, t = -3.674 on 4 degrees of freedom.
+    runs = [run("plain", s, a) for s, a in enumerate((0.01, 0.02, 0.03))]
+    runs += [run("stt", s, a) for s, a in enumerate((0.04, 0.05, 0.06))]
+    runs += [run("se", 0, 0.5)]  # one seed: no test
+    by = {r["variant"]: r for r in main_comparison.summarize_runs(runs)}
+    assert by["plain"]["p_vs_stt"] == pytest.approx(0.021312, abs=1e-6)
+    assert by["stt"]["p_vs_stt"] is None and by["se"]["p_vs_stt"] is None
+    text = main_comparison.markdown(list(by.values()))
+    assert "| plain | 3 | 2.00 ± 1.00 | 0.021 |" in text and "| se | 1 | 50.00 ± 0.00 | - |" in text

@@ -24,7 +24,16 @@ from pathlib import Path
 import torch
 
 from .ablation import CORRUPTIONS, corrupt, load_tensors
-from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
+from .runs import (
+    check_known,
+    drop_checkpoints,
+    run_missing,
+    seed_verdict,
+    summarize,
+    train,
+    welch_p,
+    write_report,
+)
 
 # name -> the model's attn_layer options (everything else is the main job's default model).
 VARIANTS: dict[str, dict] = {
@@ -124,8 +133,14 @@ def verdict(summary: list[dict], dataset: str, variant: str = "stt",
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds of the clean and corrupted accuracies, per (dataset, variant)."""
-    return summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
+    """Mean and sample std over seeds of the clean and corrupted accuracies, per (dataset, variant), and
+    `p_vs_stt`: Welch's t-test p-value of each variant's test accuracies against STT's (None for STT)."""
+    summary = summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
+    for row in summary:
+        accs = {v: [r["acc"] for r in runs if r["dataset"] == row["dataset"] and r["variant"] == v]
+                for v in (row["variant"], "stt")}
+        row["p_vs_stt"] = None if row["variant"] == "stt" else welch_p(accs[row["variant"]], accs["stt"])
+    return summary
 
 
 def markdown(summary: list[dict]) -> str:
@@ -133,12 +148,15 @@ def markdown(summary: list[dict]) -> str:
     for dataset in sorted({r["dataset"] for r in summary}):
         rows = [r for r in summary if r["dataset"] == dataset]
         lines += [f"### {dataset}", "", verdict(summary, dataset), "",
-                  "| variant | seeds | test accuracy (%) | params (M) | MMACs | train time (s) | "
+                  "p vs stt: Welch's t-test over the seeds' test accuracies (two-sided; - where a side has "
+                  "fewer than 2 seeds).", "",
+                  "| variant | seeds | test accuracy (%) | p vs stt | params (M) | MMACs | train time (s) | "
                   + " | ".join(CORRUPTIONS) + " |",
-                  "|---|---:|---:|---:|---:|---:|" + "---:|" * len(CORRUPTIONS)]
+                  "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORRUPTIONS)]
         for r in rows:
             acc = f"{100 * r['acc']:.2f} ± {100 * r['acc_std']:.2f}"
-            lines.append(f"| {r['variant']} | {r['seeds']} | {acc} | "
+            p = "-" if r.get("p_vs_stt") is None else f"{r['p_vs_stt']:.3f}"
+            lines.append(f"| {r['variant']} | {r['seeds']} | {acc} | {p} | "
                          f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {r['train_s']:.0f} | "
                          + " | ".join(f"{100 * r[c]:.2f}" for c in CORRUPTIONS) + " |")
         lines.append("")

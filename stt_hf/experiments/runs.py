@@ -153,6 +153,18 @@ def summarize(runs: list[dict], variants: Iterable[str], *, key: str = "variant"
     return rows
 
 
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) between two sets of seeds.
+
+    None with fewer than 2 values on a side or no spread at all (the test is undefined there)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(list(a), list(b), equal_var=False).pvalue)
+    return None if np.isnan(p) else p
+
+
 def seed_verdict(summary: list[dict], dataset: str, name: str, against: Sequence[str], metric: str, *,
                  key: str = "variant", points: bool = True, say_metric: bool = False) -> str:
     """One sentence: is `name` ahead of, behind or within the seed spread of each of `against` on `metric`?

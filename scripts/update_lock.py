@@ -20,8 +20,8 @@ LOCK = ROOT / "constraints.txt"
 SPACE = ROOT / "spaces" / "stt-demo"
 # What the Space installs: stt-hf's own dependencies (its source is uploaded beside app.py) and the demo's.
 SPACE_PACKAGES = ("torch", "torchvision", "timm", "transformers", "huggingface_hub", "safetensors",
-                  "datasets", "evaluate", "accelerate", "pyyaml", "matplotlib", "pillow", "tokenizers",
-                  "scikit-image", "gradio")
+                  "datasets", "evaluate", "accelerate", "pyyaml", "matplotlib", "pillow", "scipy",
+                  "tokenizers", "scikit-image", "gradio")
 HEADER = """\
 # The exact versions the test suite passed with (pip freeze of .venv, minus stt-hf itself).
 # Install with: pip install -c constraints.txt -e ".[test,data,caption,export,demo]"

@@ -317,6 +317,9 @@ default_cfgs = generate_default_cfgs({
 # comparison, small") found it more accurate and more robust than block placement at 28 px.
 SMALL = dict(small_input=True, img_size=32, attn_placement="final")
 NARROW = dict(channels=(32, 64, 128, 256))
+# The 224 px family keeps the SttResNet defaults, STT inside the blocks of stages 3-4: on segmentation
+# (docs/segmentation.md, "Where should attention go?") one block after the last stage or after each stage
+# tied with it, and no placement beat the plain ResNet, so the evidence gives no reason to move it.
 
 # What each registered model is: its depth (see ARCHS) and the SttResNet keyword arguments its
 # entrypoint sets. The timm entrypoints below and the transformers presets

@@ -123,7 +123,8 @@ def test_report_tables_verdict_and_plot(compared):
     out = Path(config.out_dir)
     text = (out / "results.md").read_text()
     seeded, cost = text.split("### Cost at 64 px")
-    assert "### fashion_scenes at 32 px" in seeded and "| variant | seeds | mIoU (%) |" in seeded
+    assert "### fashion_scenes at 32 px" in seeded
+    assert "| variant | seeds | mIoU (%) | p vs stt_blocks34 |" in seeded
     assert "| plain | 1 |" in seeded and "| stt_blocks34 | 1 |" in seeded
     assert "fashion_scenes (1 seed(s)): stt_blocks34 is not yet comparable with plain" in seeded
     assert "no res_block_final runs yet" in seeded
@@ -136,6 +137,27 @@ def test_report_tables_verdict_and_plot(compared):
     assert all((r["mean_iou"] == "") == (r["kind"] == "cost") for r in summary)
     assert (out / "runs.csv").read_text().count("\n") == 4
     assert (out / "miou.png").stat().st_size > 1000
+
+
+def test_summary_gives_welch_p_against_the_default_placement():
+    def run(variant, seed, iou, kind="seeded", canvas=64):
+        return dict(kind=kind, variant=variant, dataset="fashion_scenes", canvas=canvas, seed=seed,
+                    mean_iou=iou, pixel_accuracy=0.9, params=1, macs=1, train_s=1.0, step_s=1.0,
+                    peak_rss_mib=1.0)
+
+    # Equal sizes and spreads: Welch's test is Student's, t = -3.674 on 4 degrees of freedom.
+    runs = [run("plain", s, iou) for s, iou in enumerate((0.01, 0.02, 0.03))]
+    runs += [run("stt_blocks34", s, iou) for s, iou in enumerate((0.04, 0.05, 0.06))]
+    runs += [run("se_final", 0, 0.5), run("plain", 0, None, kind="cost", canvas=224)]
+    summary = seg_comparison.summarize_runs(runs)
+    by = {(r["kind"], r["variant"]): r for r in summary}
+    assert by["seeded", "plain"]["p_vs_default"] == pytest.approx(0.021312, abs=1e-6)
+    assert by["seeded", "stt_blocks34"]["p_vs_default"] is None
+    assert by["seeded", "se_final"]["p_vs_default"] is None  # one seed: no test
+    assert "p_vs_default" not in by["cost", "plain"]
+    text = seg_comparison.markdown(summary)
+    assert "| plain | 3 | 2.00 ± 1.00 | 0.021 | 90.00 |" in text
+    assert "| se_final | 1 | 50.00 ± 0.00 | - |" in text
 
 
 def test_unknown_variant_names_the_known_ones(tmp_path):

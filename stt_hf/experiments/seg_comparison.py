@@ -38,7 +38,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
+from .runs import (
+    check_known,
+    drop_checkpoints,
+    run_missing,
+    seed_verdict,
+    summarize,
+    train,
+    welch_p,
+    write_report,
+)
 
 DATASET = "fashion_scenes"
 BLOCKS34 = dict(attn_placement="block", attn_stages=[3, 4])
@@ -63,6 +72,7 @@ VARIANTS: dict[str, dict] = {
 # The verdict: each of these STT placements against the plain ResNet and the capacity control.
 VERDICT_VARIANTS = ("stt_blocks34", "stt_final")
 VERDICT_AGAINST = ("plain", "res_block_final")
+DEFAULT_PLACEMENT = "stt_blocks34"  # what the 224 px family uses: each variant's p-value is against it
 SEEDED_METRICS = ("mean_iou", "pixel_accuracy", "step_s", "peak_rss_mib")
 COST_METRICS = ("step_s", "peak_rss_mib")
 
@@ -177,19 +187,31 @@ def run(config: SegComparisonConfig) -> list[dict]:
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """One row per (kind, canvas, variant): mean and seed std of the metrics; cost rows carry no scores."""
+    """One row per (kind, canvas, variant): mean and seed std of the metrics; cost rows carry no scores.
+
+    Seeded rows also get `p_vs_default`: Welch's t-test p-value of the variant's mIoUs against those of
+    DEFAULT_PLACEMENT at the same canvas (None for it, or where a side has fewer than 2 seeds)."""
     rows = []
     for kind, metrics in (("seeded", SEEDED_METRICS), ("cost", COST_METRICS)):
         for canvas in sorted({r["canvas"] for r in runs if r["kind"] == kind}):
             group = [r for r in runs if r["kind"] == kind and r["canvas"] == canvas]
-            rows += [{"kind": kind, "canvas": canvas, **row}
-                     for row in summarize(group, VARIANTS, metrics=metrics, costs=("params", "macs"))]
+            for row in summarize(group, VARIANTS, metrics=metrics, costs=("params", "macs")):
+                if kind == "seeded":
+                    ious = {v: [r["mean_iou"] for r in group if r["variant"] == v]
+                            for v in (row["variant"], DEFAULT_PLACEMENT)}
+                    row["p_vs_default"] = (None if row["variant"] == DEFAULT_PLACEMENT
+                                           else welch_p(ious[row["variant"]], ious[DEFAULT_PLACEMENT]))
+                rows.append({"kind": kind, "canvas": canvas, **row})
     return rows
 
 
 def _cost_cells(r: dict) -> str:
     return (f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {1000 * r['step_s']:.0f} | "
             f"{r['peak_rss_mib']:.0f}")
+
+
+def _p_cell(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}"
 
 
 def markdown(summary: list[dict]) -> str:
@@ -201,10 +223,14 @@ def markdown(summary: list[dict]) -> str:
         targets = [v for v in VERDICT_VARIANTS if v in names] or list(VERDICT_VARIANTS)
         lines += [f"### {DATASET} at {canvas} px (mean ± std over seeds)", ""]
         lines += [seed_verdict(rows, DATASET, v, VERDICT_AGAINST, "mean_iou") for v in targets]
-        lines += ["", "| variant | seeds | mIoU (%) | pixel acc. (%) | params (M) | GMACs | ms/step | "
-                  "peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", f"p vs {DEFAULT_PLACEMENT}: Welch's t-test over the seeds' mIoUs (two-sided; - where a "
+                  "side has fewer than 2 seeds).",
+                  "", f"| variant | seeds | mIoU (%) | p vs {DEFAULT_PLACEMENT} | pixel acc. (%) | "
+                  "params (M) | GMACs | ms/step | peak RSS (MiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['variant']} | {r['seeds']} | {100 * r['mean_iou']:.2f} ± "
-                  f"{100 * r['mean_iou_std']:.2f} | {100 * r['pixel_accuracy']:.2f} | {_cost_cells(r)} |"
+                  f"{100 * r['mean_iou_std']:.2f} | {_p_cell(r.get('p_vs_default'))} | "
+                  f"{100 * r['pixel_accuracy']:.2f} | {_cost_cells(r)} |"
                   for r in rows]
         lines.append("")
     step_at = {(r["variant"], r["canvas"]): r["step_s"] for r in seeded}

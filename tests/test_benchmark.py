@@ -90,7 +90,8 @@ def test_quick_run_measures_cost_models_and_targets(quick):
     cost = read_csv(out / "cost.csv")
     assert [r["config"] for r in cost] == list(benchmark.COST_CONFIGS)
     for row in cost:
-        for key in ("block_ms", "convs_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs"):
+        for key in ("block_ms", "convs_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs",
+                    "values_ms", "synths_ms", "products_ms", "output_ms"):
             assert float(row[key]) > 0, (key, row)
         assert 20 < int(row["block_ops"]) < 200  # the operators one STT forward dispatches
 

@@ -152,9 +152,11 @@ BLOCK_COLUMNS = ("device", "precision", "module", "channels", "resolution", "n",
                  "fwd_bwd_vs_stt", "peak_fwd_vs_stt", "rss_vs_stt")
 FIT_COLUMNS = ("device", "precision", "module", "channels", "batch", "points", "n_min", "n_max", "k_fwd",
                "k_fwd_bwd", "k_flops", "k_peak_mem")
+BLOCK_PARTS = ("values", "synths", "products", "output")  # STT's steps, timed one by one in the cost section
 COST_COLUMNS = ("device", "precision", "config", "channels", "resolution", "trunk_in", "batch", "reduction",
-                "repeats", "block_ms", "convs_ms", "trunk_ms", "block_ops", "convs_gmacs_s", "trunk_gmacs_s",
-                "block_vs_convs", "trunk_vs_convs_gmacs")
+                "repeats", "block_ms", "convs_ms", "trunk_ms", "values_ms", "synths_ms", "products_ms",
+                "output_ms", "block_ops", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs",
+                "trunk_vs_convs_gmacs")
 MODEL_COLUMNS = ("device", "precision", "model", "reference", "img_size", "note", "params", "gmacs",
                  "infer_batch", "train_batch", "peak_infer_mb", "peak_train_mb", "repeats", "infer_ms",
                  "infer_img_s", "train_step_ms", "train_img_s", "compiled_infer_ms", "compiled_infer_img_s",
@@ -661,7 +663,9 @@ def count_ops(fn: Callable[[], object]) -> int:
 
 
 def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
-    """Per cost config: the STT block, its two 1x1 convs + BN alone, and the trunk's 1x1 conv, alternating.
+    """Per cost config: the STT block, its two 1x1 convs + BN alone, and the trunk's 1x1 conv, alternating;
+    and the block's parts one by one on fixed inputs (values: the first projection; synths: the attention
+    maps; products: the mode products; output: projection, BN and residual), to show where its time goes.
 
     Eval mode, batch --infer_batch; 3 x --repeats rounds, as these calls are short.
     """
@@ -672,10 +676,18 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
         trunk = nn.Conv2d(trunk_in, channels, 1, bias=False, device=device).eval()
         x = torch.randn(batch, channels, size, size, device=device)
         x_trunk = torch.randn(batch, trunk_in, size, size, device=device)
+        with torch.inference_mode(), autocast(device, precision):
+            v = stt.values(x)
+            maps = stt.attention_maps(v)
+            y = stt.transform(v, maps).reshape(batch, -1, size, size)
         calls = {"block": lambda stt=stt, x=x: stt(x),
                  "convs": lambda stt=stt, x=x: stt.norm(conv1x1(conv1x1(x, stt.to_v.weight),
                                                                  stt.proj.weight)),
-                 "trunk": lambda trunk=trunk, x=x_trunk: trunk(x)}
+                 "trunk": lambda trunk=trunk, x=x_trunk: trunk(x),
+                 "values": lambda stt=stt, x=x: stt.values(x),
+                 "synths": lambda stt=stt, v=v: stt.attention_maps(v),
+                 "products": lambda stt=stt, v=v, maps=maps: stt.transform(v, maps),
+                 "output": lambda stt=stt, x=x, y=y: stt.output(x, y)}
         times = {k: [] for k in calls}
         with torch.inference_mode(), autocast(device, precision):
             for call in calls.values():
@@ -692,12 +704,15 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
         rows.append(dict(device=device.type, precision=precision, config=config, channels=channels,
                          resolution=size, trunk_in=trunk_in, batch=batch, reduction=COST_REDUCTION,
                          repeats=len(times["block"]), block_ms=med["block"] * 1e3,
-                         convs_ms=med["convs"] * 1e3, trunk_ms=med["trunk"] * 1e3, block_ops=ops,
+                         convs_ms=med["convs"] * 1e3, trunk_ms=med["trunk"] * 1e3,
+                         **{f"{part}_ms": med[part] * 1e3 for part in BLOCK_PARTS},
+                         block_ops=ops,
                          convs_gmacs_s=convs_gmacs_s, trunk_gmacs_s=trunk_gmacs_s,
                          block_vs_convs=med["block"] / med["convs"],
                          trunk_vs_convs_gmacs=trunk_gmacs_s / convs_gmacs_s))
         print(f"cost: {device.type} {config}: block {med['block'] * 1e3:.2f} ms, convs+BN "
-              f"{med['convs'] * 1e3:.2f} ms, trunk conv {med['trunk'] * 1e3:.2f} ms, {ops} ops", flush=True)
+              f"{med['convs'] * 1e3:.2f} ms, trunk conv {med['trunk'] * 1e3:.2f} ms, {ops} ops; parts "
+              + ", ".join(f"{part} {med[part] * 1e3:.2f}" for part in BLOCK_PARTS) + " ms", flush=True)
     return rows
 
 
@@ -921,12 +936,16 @@ def render_scaling(fits: list[dict]) -> list[str]:
 def render_cost(rows: list[dict]) -> list[str]:
     table = [[r["config"], str(r["batch"]), f"{r['block_ms']:.2f}", f"{r['convs_ms']:.2f}",
               f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x", f"{r['convs_gmacs_s']:.1f}",
-              f"{r['trunk_gmacs_s']:.1f}", f"{r['trunk_vs_convs_gmacs']:.2f}x", str(r["block_ops"])]
+              f"{r['trunk_gmacs_s']:.1f}", f"{r['trunk_vs_convs_gmacs']:.2f}x", str(r["block_ops"]),
+              " / ".join(f"{r[f'{part}_ms']:.2f}" for part in BLOCK_PARTS)]
              for r in rows]
     return [f"STT (reduction {COST_REDUCTION}, eval) against its two 1x1 convs + BN alone, and the trunk's "
-            "1x1 expansion conv at the same place in ResNet-50; block ops: ATen operators per forward.", "",
+            "1x1 expansion conv at the same place in ResNet-50; block ops: ATen operators per forward; "
+            "parts: the block's steps timed one by one (values = first projection, synths = attention maps, "
+            "products = mode products, output = projection + BN + residual).", "",
             markdown_table(["C:HxW", "B", "block ms", "convs+BN ms", "trunk conv ms", "block/convs",
-                            "convs GMAC/s", "trunk GMAC/s", "trunk/convs GMAC/s", "block ops"], table)]
+                            "convs GMAC/s", "trunk GMAC/s", "trunk/convs GMAC/s", "block ops",
+                            "parts ms: values / synths / products / output"], table)]
 
 
 def render_models(rows: list[dict]) -> list[str]:

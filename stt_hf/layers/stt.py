@@ -240,6 +240,10 @@ class STT(nn.Module):
         b, _, h, w = x.shape
         v = self.values(x)
         y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
+        return self.output(x, y)
+
+    def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Z = X + BN(conv1x1(Y)): the block's input (B, C, H, W) and transformed values (B, Cv, H, W)."""
         bias = self.proj.bias
         if bias is not None:  # fused for inference: the BN lives in the projection's weight and bias
             return add_conv1x1(x, y, self.proj.weight, bias)

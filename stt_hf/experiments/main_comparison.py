@@ -27,11 +27,12 @@ from .ablation import CORRUPTIONS, corrupt, load_tensors
 from .runs import (
     check_known,
     drop_checkpoints,
+    p_against,
+    p_cell,
     run_missing,
     seed_verdict,
     summarize,
     train,
-    welch_p,
     write_report,
 )
 
@@ -137,9 +138,8 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
     `p_vs_stt`: Welch's t-test p-value of each variant's test accuracies against STT's (None for STT)."""
     summary = summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
     for row in summary:
-        accs = {v: [r["acc"] for r in runs if r["dataset"] == row["dataset"] and r["variant"] == v]
-                for v in (row["variant"], "stt")}
-        row["p_vs_stt"] = None if row["variant"] == "stt" else welch_p(accs[row["variant"]], accs["stt"])
+        same_dataset = [r for r in runs if r["dataset"] == row["dataset"]]
+        row["p_vs_stt"] = p_against(same_dataset, row["variant"], "stt", "acc")
     return summary
 
 
@@ -155,8 +155,7 @@ def markdown(summary: list[dict]) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORRUPTIONS)]
         for r in rows:
             acc = f"{100 * r['acc']:.2f} ± {100 * r['acc_std']:.2f}"
-            p = "-" if r.get("p_vs_stt") is None else f"{r['p_vs_stt']:.3f}"
-            lines.append(f"| {r['variant']} | {r['seeds']} | {acc} | {p} | "
+            lines.append(f"| {r['variant']} | {r['seeds']} | {acc} | {p_cell(r.get('p_vs_stt'))} | "
                          f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {r['train_s']:.0f} | "
                          + " | ".join(f"{100 * r[c]:.2f}" for c in CORRUPTIONS) + " |")
         lines.append("")

@@ -165,6 +165,21 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return None if np.isnan(p) else p
 
 
+def p_against(runs: list[dict], variant: str, reference: str, metric: str) -> float | None:
+    """welch_p of `variant`'s `metric` over its runs against `reference`'s (None for the reference itself).
+
+    `runs` holds one comparable group (one dataset, one canvas)."""
+    if variant == reference:
+        return None
+    seeds = {v: [r[metric] for r in runs if r["variant"] == v] for v in (variant, reference)}
+    return welch_p(seeds[variant], seeds[reference])
+
+
+def p_cell(p: float | None) -> str:
+    """A p-value for a markdown table: 3 decimals, or - where there is none."""
+    return "-" if p is None else f"{p:.3f}"
+
+
 def seed_verdict(summary: list[dict], dataset: str, name: str, against: Sequence[str], metric: str, *,
                  key: str = "variant", points: bool = True, say_metric: bool = False) -> str:
     """One sentence: is `name` ahead of, behind or within the seed spread of each of `against` on `metric`?

@@ -41,11 +41,12 @@ from pathlib import Path
 from .runs import (
     check_known,
     drop_checkpoints,
+    p_against,
+    p_cell,
     run_missing,
     seed_verdict,
     summarize,
     train,
-    welch_p,
     write_report,
 )
 
@@ -197,10 +198,7 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
             group = [r for r in runs if r["kind"] == kind and r["canvas"] == canvas]
             for row in summarize(group, VARIANTS, metrics=metrics, costs=("params", "macs")):
                 if kind == "seeded":
-                    ious = {v: [r["mean_iou"] for r in group if r["variant"] == v]
-                            for v in (row["variant"], DEFAULT_PLACEMENT)}
-                    row["p_vs_default"] = (None if row["variant"] == DEFAULT_PLACEMENT
-                                           else welch_p(ious[row["variant"]], ious[DEFAULT_PLACEMENT]))
+                    row["p_vs_default"] = p_against(group, row["variant"], DEFAULT_PLACEMENT, "mean_iou")
                 rows.append({"kind": kind, "canvas": canvas, **row})
     return rows
 
@@ -208,10 +206,6 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
 def _cost_cells(r: dict) -> str:
     return (f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {1000 * r['step_s']:.0f} | "
             f"{r['peak_rss_mib']:.0f}")
-
-
-def _p_cell(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3f}"
 
 
 def markdown(summary: list[dict]) -> str:
@@ -229,7 +223,7 @@ def markdown(summary: list[dict]) -> str:
                   "params (M) | GMACs | ms/step | peak RSS (MiB) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['variant']} | {r['seeds']} | {100 * r['mean_iou']:.2f} ± "
-                  f"{100 * r['mean_iou_std']:.2f} | {_p_cell(r.get('p_vs_default'))} | "
+                  f"{100 * r['mean_iou_std']:.2f} | {p_cell(r.get('p_vs_default'))} | "
                   f"{100 * r['pixel_accuracy']:.2f} | {_cost_cells(r)} |"
                   for r in rows]
         lines.append("")

@@ -60,6 +60,23 @@ def fit_square(logits: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(logits, size=[size, size], mode="bilinear", align_corners=False)
 
 
+@register_notrace_function
+@torch.fx.wrap
+def pool_matrix(h: int, w: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(H W, size^2 + H + W): a map flattened over (H, W) times this matrix is its size x size adaptive
+    average pool, its row means (over W) and its column means (over H), side by side.
+
+    Made by pooling the identity, so the windows are adaptive_avg_pool2d's own. Every synthesizer's
+    descriptor then comes from one matmul over V: pooling V's B G c maps directly, and two mean
+    reductions with inner sizes of 7 or 14, took most of the synthesizers' time on a CPU.
+    """
+    eye = torch.eye(h * w, dtype=like.dtype, device=like.device).reshape(h * w, 1, h, w)
+    pooled = F.adaptive_avg_pool2d(eye, [size, size]).reshape(h * w, size * size)
+    row_means = F.adaptive_avg_pool2d(eye, [h, 1]).reshape(h * w, h)
+    column_means = F.adaptive_avg_pool2d(eye, [1, w]).reshape(h * w, w)
+    return torch.cat([pooled, row_means, column_means], dim=1)
+
+
 def mode_product(y: torch.Tensor, attn: torch.Tensor, dim: int) -> torch.Tensor:
     """Y x_m A along dim 2 (c), 3 (h) or 4 (w) of Y (B, G, c, H, W); A is (B or 1, G, I, I).
 
@@ -95,8 +112,12 @@ class DenseSynth(nn.Module):
         nn.init.normal_(self.w2, std=hidden**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, G, I, D) @ (G, D, K): per-head weights broadcast over the batch, one matmul per layer.
-        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+        # The batch joins the rows, (G, B I, D): each layer is one bmm over the heads with its bias fused,
+        # where broadcasting (B, G, I, D) @ (G, D, K) would copy the weights B times and add the bias apart.
+        b, g, i, d = x.shape
+        rows = x.transpose(0, 1).reshape(g, b * i, d)
+        hidden = torch.baddbmm(self.b1, rows, self.w1).relu_()  # (G, B I, K)
+        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, -1).transpose(0, 1)  # (B, G, I, O)
 
 
 class RandomSynth(nn.Module):
@@ -126,7 +147,8 @@ class RandomSynth(nn.Module):
 
 
 class ModeSynth(nn.Module):
-    """Synthesizes the attention of one mode from V (B, G, c, H, W): softmax logits (B or 1, G, I, I)."""
+    """Synthesizes the attention of one mode: softmax logits (B or 1, G, I, I), from the mode's slice
+    descriptors (dense) and/or learned maps (random)."""
 
     def __init__(self, mode: str, synth: str, heads: int, head_channels: int, ref_size: int, *,
                  hidden: int, pool_size: int, rank: int, fixed: bool, temperature: float = 1.0,
@@ -134,7 +156,7 @@ class ModeSynth(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.mode, self.dim, self.ref_size = mode, MODE_DIMS[mode], ref_size
-        self.pool_size, self.temperature = pool_size, temperature
+        self.temperature = temperature
         self.dense = self.random = self.mix_logit = None
         if synth in ("dense", "mixture"):
             in_dim = pool_size * pool_size if mode == "c" else head_channels
@@ -146,29 +168,20 @@ class ModeSynth(nn.Module):
             # sigmoid(0) = 0.5: start as an even blend of the dense and random maps.
             self.mix_logit = nn.Parameter(torch.zeros(1, heads, 1, 1, **dd))
 
-    def describe(self, v: torch.Tensor) -> torch.Tensor:
-        """One descriptor per slice along this mode, keeping the tensor structure."""
-        if self.dim == 2:  # (B, G, c, s*s): each channel map pooled to s x s
-            b, g, c, h, w = v.shape
-            pooled = F.adaptive_avg_pool2d(v.reshape(b, g * c, h, w), self.pool_size)
-            return pooled.reshape(b, g, c, -1)
-        if self.dim == 3:  # (B, G, H, c): mean over W
-            return v.mean(dim=-1).transpose(-1, -2)
-        return v.mean(dim=-2).transpose(-1, -2)  # w: (B, G, W, c), mean over H
-
-    def logits(self, v: torch.Tensor) -> torch.Tensor:
+    def logits(self, described: dict[str, torch.Tensor], size: int) -> torch.Tensor:
         # `is None` tests on submodules are resolved when TorchScript compiles: one branch per synth.
         if self.random is None:
             assert self.dense is not None
-            return fit_columns(self.dense(self.describe(v)), self.ref_size)
-        rand = fit_square(self.random(), v.shape[self.dim])
+            return fit_columns(self.dense(described[self.mode]), self.ref_size)
+        rand = fit_square(self.random(), size)
         if self.dense is None or self.mix_logit is None:
             return rand
         a = torch.sigmoid(self.mix_logit)
-        return a * fit_columns(self.dense(self.describe(v)), self.ref_size) + (1 - a) * rand
+        return a * fit_columns(self.dense(described[self.mode]), self.ref_size) + (1 - a) * rand
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return softmax_f32(self.logits(v), self.temperature)
+    def forward(self, described: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        """Softmax of this mode's logits, (B or 1, G, size, size), from STT.describe's descriptors."""
+        return softmax_f32(self.logits(described, size), self.temperature)
 
 
 class STT(nn.Module):
@@ -199,6 +212,7 @@ class STT(nn.Module):
         cv = value_channels(channels, opt["reduction"], opt["min_channels"], opt["heads"])
         self.channels, self.modes, self.synth = channels, tuple(dict.fromkeys(opt["modes"])), opt["synth"]
         self.heads, self.temperature, self.resize = opt["heads"], opt["temperature"], opt["resize"]
+        self.pool_size = opt["pool_size"]
         self.feat_size = to_pair(feat_size)
         head_channels = cv // self.heads
         ref = {"c": head_channels, "h": self.feat_size[0], "w": self.feat_size[1]}
@@ -219,11 +233,26 @@ class STT(nn.Module):
         b, _, h, w = x.shape
         return conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h, w)
 
+    def describe(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One descriptor per slice along each mode, averages of V (B, G, c, H, W) that keep its structure:
+        c: (B, G, c, s*s) each channel map pooled to s x s; h: (B, G, H, c) mean over W;
+        w: (B, G, W, c) mean over H. Empty when no synthesizer reads them (random maps)."""
+        described: dict[str, torch.Tensor] = {}
+        if self.synth in ("dense", "mixture"):
+            b, g, c, h, w = v.shape
+            s2 = self.pool_size * self.pool_size
+            pooled = v.reshape(b, g, c, h * w) @ pool_matrix(h, w, self.pool_size, v)  # (B, G, c, s2 + H + W)
+            described["c"] = pooled[..., :s2]
+            described["h"] = pooled[..., s2:s2 + h].transpose(-1, -2)
+            described["w"] = pooled[..., s2 + h:].transpose(-1, -2)
+        return described
+
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
+        described = self.describe(v)
         maps: dict[str, torch.Tensor] = {}
         for mode, synth in self.synths.items():
-            maps[mode] = synth(v)
+            maps[mode] = synth(described, v.shape[synth.dim])
         return maps
 
     def transform(self, v: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:

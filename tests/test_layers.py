@@ -131,6 +131,33 @@ def test_matches_mode_n_unfolding_reference(modes, synth, size):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
+def reference_dense_maps(stt: STT, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The dense synthesizers written out: descriptors by pooling and means, the MLP per head and row."""
+    b, g, c, h, w = v.shape
+    described = {"c": F.adaptive_avg_pool2d(v.reshape(b, g * c, h, w), stt.pool_size).reshape(b, g, c, -1),
+                 "h": v.mean(dim=-1).transpose(-1, -2), "w": v.mean(dim=-2).transpose(-1, -2)}
+    maps = {}
+    for mode, synth in stt.synths.items():
+        mlp, x = synth.dense, described[mode]
+        logits = torch.stack([torch.stack([torch.relu(x[i, k] @ mlp.w1[k] + mlp.b1[k]) @ mlp.w2[k] + mlp.b2[k]
+                                           for k in range(g)]) for i in range(b)])
+        if logits.shape[-1] != logits.shape[-2]:  # another size: the columns are interpolated
+            rows = logits.shape[-2]
+            logits = F.interpolate(logits.flatten(0, 1), size=rows, mode="linear").unflatten(0, (b, g))
+        maps[mode] = logits.softmax(dim=-1)
+    return maps
+
+
+@pytest.mark.parametrize("size", [(H, W), (8, 3), (7, 7), (14, 14)])
+def test_dense_maps_match_their_definition(size):
+    """The synthesizers' one-matmul descriptors and fused MLP compute what the definition says."""
+    stt = make_stt("dense", "chw", dtype=torch.float64).eval()
+    v = stt.values(torch.randn(3, C, *size, dtype=torch.float64))
+    maps, ref = stt.attention_maps(v), reference_dense_maps(stt, v)
+    for mode in "chw":
+        torch.testing.assert_close(maps[mode], ref[mode], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("synth", SYNTHS)
 @pytest.mark.parametrize("order", ["".join(p) for p in itertools.permutations("chw")][1:])
 def test_mode_products_commute(order, synth, switch_on):

@@ -159,7 +159,8 @@ def markdown(summary: list[dict]) -> str:
                   "|---|---:|" + "---:|" * (len(metrics) + 3)]
         for r in rows:
             lines.append(f"| {r['encoder']} | {r['seeds']} | "
-                         + " | ".join(f"{r[m]:.4f} ± {r[f'{m}_std']:.4f}" for m in metrics)
+                         + " | ".join(f"{r[m]:.4f} ± " + (f"{r[f'{m}_std']:.4f}" if r["seeds"] > 1 else "–")
+                                      for m in metrics)  # one run has no spread
                          + f" | {r['encoder_params'] / 1e6:.3f} | {r['params'] / 1e6:.3f} "
                          f"| {r['train_s']:.0f} |")
         lines.append("")

@@ -194,7 +194,7 @@ def seed_verdict(summary: list[dict], dataset: str, name: str, against: Sequence
     parts = []
     for other in against:
         if other not in by:
-            parts.append(f"no {other} runs yet")
+            parts.append(f"not comparable with {other} (no {other} runs yet)")
             continue
         diff = scale * (by[name][metric] - by[other][metric])
         seeds = by[name]["seeds"], by[other]["seeds"]

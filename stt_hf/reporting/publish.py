@@ -205,8 +205,9 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
             img_size=encoder_config.input_size()[-1], mean=tuple(round(m, 4) for m in data["mean"]),
             std=tuple(round(s, 4) for s in data["std"]), max_caption_length=model_args["max_caption_length"],
             generation=(f"beam search, {generation.num_beams} beams" if generation.num_beams > 1
-                        else "greedy") + f", at most {generation.max_length} tokens, no repeated "
-                                         f"{generation.no_repeat_ngram_size}-grams",
+                        else "greedy") + f", at most {generation.max_length} tokens"
+                       + (f", no repeated {generation.no_repeat_ngram_size}-grams"
+                          if generation.no_repeat_ngram_size else ""),
             examples=[(e["reference"], e["generated"]) for e in results["examples"][:8]],
             eval_samples=len(dsd["test"]), train_samples=len(dsd["train"]),
             val_samples=len(dsd["validation"]), hyperparameters=hyperparameters, command=command,

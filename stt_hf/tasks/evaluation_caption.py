@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_beams", type=int, default=None, help="default: the saved generation config")
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
+                        help="no repeated n-grams of this size in the captions, 0: no limit (default: the "
+                             "saved generation config)")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed of the split selection; stt-hf train-caption's default, so both score "
                              "the same images")
@@ -56,6 +59,9 @@ def generate_captions(model, tokenizer, image_processor, images, batch_size: int
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
+        raise ValueError(f"--no_repeat_ngram_size must be 0 (no limit) or a positive n-gram size, got "
+                         f"{args.no_repeat_ngram_size}")
     model, tokenizer, image_processor = load_captioner(args.model, args.trust_remote_code)
     dsd = load_caption_dataset(args.dataset, image_column=args.image_column,
                                caption_column=args.caption_column, seed=args.seed,
@@ -65,6 +71,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--split {args.split!r} is not in the dataset; it has {sorted(dsd)}")
     data = dsd[args.split]
     generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    if args.no_repeat_ngram_size is not None:
+        generate_kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     generated = generate_captions(model, tokenizer, image_processor, list(data["image"]), args.batch_size,
                                   **generate_kwargs)
     references = list(data["captions"]) if "captions" in data.column_names else [[c] for c in data["caption"]]

@@ -91,6 +91,10 @@ class CaptionModelArguments:
     max_caption_length: int = field(default=32, metadata={
         "help": "Token limit of a caption including the end token; longer captions are truncated."})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format."})
+    no_repeat_ngram_size: int = field(default=3, metadata={
+        "help": "Generated captions never repeat an n-gram of this size (0: no limit). It stops loops, but "
+                "also blocks a scene caption that names two items of one class ('a t-shirt left of a "
+                "t-shirt'): 0 scores higher on fashion_scenes."})
 
 
 @dataclass
@@ -126,6 +130,9 @@ def parse_args(argv: list[str] | None = None):
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
     training_args.generation_max_length = model_args.max_caption_length
+    if model_args.no_repeat_ngram_size < 0:
+        raise ValueError(f"--no_repeat_ngram_size must be 0 (no limit) or a positive n-gram size, got "
+                         f"{model_args.no_repeat_ngram_size}")
     return model_args, data_args, training_args
 
 
@@ -220,7 +227,8 @@ def run(argv: list[str] | None = None):
         decoder_kwargs=dict(layers=model_args.decoder_layers, heads=model_args.decoder_heads,
                             max_positions=max(64, model_args.max_caption_length + 1)),
         generation=dict(max_length=model_args.max_caption_length,
-                        num_beams=training_args.generation_num_beams or 1))
+                        num_beams=training_args.generation_num_beams or 1,
+                        no_repeat_ngram_size=model_args.no_repeat_ngram_size))
     if model_args.channels_last:
         model.encoder.to(memory_format=torch.channels_last)
     train_tf, eval_tf = build_transforms(model.config.encoder, data_args)

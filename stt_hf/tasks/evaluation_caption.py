@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="metrics JSON (default: <model>/eval_<split>.json)")
 
 
+def check_no_repeat_ngram_size(size: int) -> None:
+    """The n-gram limit of generation: 0 (none) or a positive size; anything else is an error."""
+    if size < 0:
+        raise ValueError(f"--no_repeat_ngram_size must be 0 (no limit) or a positive n-gram size, got {size}")
+
+
 def load_captioner(path: str, trust_remote_code: bool = False):
     """(model, tokenizer, image processor) of a saved captioner."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
@@ -59,9 +65,8 @@ def generate_captions(model, tokenizer, image_processor, images, batch_size: int
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
-        raise ValueError(f"--no_repeat_ngram_size must be 0 (no limit) or a positive n-gram size, got "
-                         f"{args.no_repeat_ngram_size}")
+    if args.no_repeat_ngram_size is not None:
+        check_no_repeat_ngram_size(args.no_repeat_ngram_size)
     model, tokenizer, image_processor = load_captioner(args.model, args.trust_remote_code)
     dsd = load_caption_dataset(args.dataset, image_column=args.image_column,
                                caption_column=args.caption_column, seed=args.seed,

@@ -38,7 +38,7 @@ from .common import (
     push_run_folder,
     resume_checkpoint,
 )
-from .evaluation_caption import generate_captions
+from .evaluation_caption import check_no_repeat_ngram_size, generate_captions
 
 # The fashion_scenes recipe measured in docs/results.md (captioning): 8 epochs of 313 steps, greedy decoding.
 CAPTION_DEFAULTS = dict(
@@ -130,9 +130,7 @@ def parse_args(argv: list[str] | None = None):
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
     training_args.generation_max_length = model_args.max_caption_length
-    if model_args.no_repeat_ngram_size < 0:
-        raise ValueError(f"--no_repeat_ngram_size must be 0 (no limit) or a positive n-gram size, got "
-                         f"{model_args.no_repeat_ngram_size}")
+    check_no_repeat_ngram_size(model_args.no_repeat_ngram_size)
     return model_args, data_args, training_args
 
 

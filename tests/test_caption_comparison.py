@@ -101,6 +101,25 @@ def test_run_appends_resumes_and_reports(tmp_path):
     # The command line: --report_only rebuilds from runs.jsonl without training.
     assert caption_comparison.main(["--out_dir", str(out), "--report_only"]) == 0
 
+    # Rescoring: the saved captioners decoded again without the n-gram limit, resumable, reported apart.
+    rescored = caption_comparison.rescore(config, 0)
+    assert [(r["encoder"], r["seed"], r["no_repeat_ngram_size"]) for r in rescored] == [("stt", 0, 0),
+                                                                                         ("plain", 0, 0)]
+    for row, again in zip(runs, rescored, strict=True):
+        assert set(METRICS) <= set(again) and again["params"] == row["params"]
+        run_dir = out / "runs" / f"{row['encoder']}-seed0"
+        evaluated = json.loads((run_dir / "eval_test_ngram0.json").read_text())
+        assert evaluated["decoding"]["no_repeat_ngram_size"] == 0 and evaluated["samples"] == 8
+        assert evaluated["metrics"]["object_f1"] == again["object_f1"]
+        assert [e["reference"] for e in evaluated["examples"]] == [e["reference"] for e in row["examples"]]
+    before = (out / "rescored.jsonl").read_text()
+    assert caption_comparison.main(["--out_dir", str(out), "--encoders", "stt", "plain", "--seeds", "0",
+                                    "--rescore", "0"]) == 0
+    assert (out / "rescored.jsonl").read_text() == before
+    text = (out / "results.md").read_text()
+    assert text.count("| stt | 1 | ") == 2 and "decoded with no_repeat_ngram_size=0 (`--rescore 0`)" in text
+    assert (out / "summary_ngram0.csv").read_text().startswith("dataset,encoder,seeds,")
+
 
 def test_verdict_reads_the_seed_spread():
     def row(encoder, f1, std, seeds=3):
@@ -118,9 +137,16 @@ def test_verdict_reads_the_seed_spread():
     assert "by test cider" in caption_comparison.verdict(no_scenes, "d")
 
 
-def test_unknown_encoder_and_own_flags_fail_clearly(tmp_path):
+def test_unknown_encoder_and_own_flags_fail_clearly(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"unknown encoders \['cbam'\]; known: \['stt', 'plain'"):
         caption_comparison.main(["--out_dir", str(tmp_path), "--encoders", "stt", "cbam"])
     with pytest.raises(ValueError, match="--seeds"):
         caption_comparison.run(CaptionComparisonConfig(out_dir=str(tmp_path), train_args=["--seed", "3"]))
     assert not (tmp_path / "runs.jsonl").exists()
+    with pytest.raises(SystemExit):
+        caption_comparison.main(["--out_dir", str(tmp_path), "--rescore", "-1"])
+    error = capsys.readouterr().err
+    assert "--rescore must be 0 (no n-gram limit) or a positive n-gram size, got -1" in error
+    row = dict(encoder="stt", seed=0, dataset="fashion_scenes")
+    with pytest.raises(FileNotFoundError, match="stt-seed0 holds no saved captioner"):
+        caption_comparison.rescore_one(CaptionComparisonConfig(out_dir=str(tmp_path)), row, 0)

@@ -65,11 +65,13 @@ def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_p
     # Same test images, same greedy decoding: the same captions as at the end of training.
     assert [e["generated"] for e in evaluated["examples"]] == [e["generated"] for e in trained["examples"]]
     assert evaluated["samples"] == 8 and set(evaluated["metrics"]) == set(trained["metrics"])
+    assert evaluated["decoding"] == {"num_beams": 1, "no_repeat_ngram_size": 3}  # the saved generation config
     # Without the n-gram limit the decoding may differ, and the report is written all the same.
     unlimited = tmp_path / "unlimited.json"
     run_cli(["eval-caption", "--model", str(out), "--dataset", "tuxpaint", "--max_eval_samples", "8",
              "--no_repeat_ngram_size", "0", "--output", str(unlimited)])
-    assert json.loads(unlimited.read_text())["samples"] == 8
+    unlimited = json.loads(unlimited.read_text())
+    assert unlimited["samples"] == 8 and unlimited["decoding"]["no_repeat_ngram_size"] == 0
 
 
 def test_pipeline_loads_the_trained_captioner(caption_run):

@@ -16,6 +16,11 @@ datasets).
     python scripts/caption_comparison.py --dataset tuxpaint --out_dir outputs/caption_comparison_tux
     python scripts/caption_comparison.py -- --num_train_epochs 5   # anything after -- goes to train-caption
     python scripts/caption_comparison.py --report_only           # tables and grid from runs.jsonl
+    python scripts/caption_comparison.py --rescore 0             # decode the saved runs, no n-gram limit
+
+`--rescore N` decodes every finished run's saved captioner again on the test split with
+`no_repeat_ngram_size=N` (`stt-hf eval-caption`, one process per run, resumable in `rescored.jsonl`), and
+the report adds a table of those scores: the same models, compared under another decoding setting.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import check_known, drop_checkpoints, run_missing, seed_verdict, summarize, train, write_report
+from .runs import (
+    check_known,
+    drop_checkpoints,
+    read_runs,
+    run_logged,
+    run_missing,
+    seed_verdict,
+    summarize,
+    train,
+    write_csv,
+    write_report,
+)
 
 # name -> encoder options set on top of train-caption's `encoder_kwargs` (everything else is the recipe's).
 ENCODERS: dict[str, dict] = {
@@ -58,6 +74,11 @@ def run_name(encoder: str, seed: int) -> str:
     return f"{encoder}-seed{seed}"
 
 
+def run_dir(config: CaptionComparisonConfig, encoder: str, seed: int) -> Path:
+    """Where a run's captioner is saved (train-caption's --output_dir)."""
+    return Path(config.out_dir) / "runs" / run_name(encoder, seed)
+
+
 def encoder_kwargs(train_args: list[str], encoder: str) -> dict:
     """The run's encoder options: those given (or train-caption's default) with ENCODERS[encoder] on top."""
     from ..tasks.train_caption import CaptionModelArguments
@@ -81,7 +102,7 @@ def _without(args: list[str], flag: str) -> list[str]:
 
 def train_command(config: CaptionComparisonConfig, encoder: str, seed: int) -> list[str]:
     """train-caption with the given arguments and only the dataset, seed, encoder options and folder set."""
-    out = Path(config.out_dir) / "runs" / run_name(encoder, seed)
+    out = run_dir(config, encoder, seed)
     return [sys.executable, "-m", "stt_hf.cli", "train-caption",
             *_without(config.train_args, "--encoder_kwargs"), "--dataset", config.dataset,
             "--seed", str(seed),
@@ -131,6 +152,55 @@ def run(config: CaptionComparisonConfig) -> list[dict]:
                        f"caption comparison on {config.dataset}")
 
 
+# ------------------------------------------------------------------------------------ rescoring
+
+
+def rescore_command(config: CaptionComparisonConfig, row: dict, ngram: int) -> list[str]:
+    """eval-caption of a finished run's captioner on the test split it was scored on, with
+    no_repeat_ngram_size=`ngram`; the scores go to eval_test_ngram<N>.json in the run's folder."""
+    folder, data = run_dir(config, row["encoder"], row["seed"]), row["data_args"]
+    command = [sys.executable, "-m", "stt_hf.cli", "eval-caption", "--model", str(folder),
+               "--dataset", row["dataset"], "--split", "test", "--seed", str(row["seed"]),
+               "--image_column", data["image_column"], "--caption_column", data["caption_column"],
+               "--no_repeat_ngram_size", str(ngram), "--output", str(folder / f"eval_test_ngram{ngram}.json")]
+    if data["max_eval_samples"] is not None:
+        command += ["--max_eval_samples", str(data["max_eval_samples"])]
+    return command + (["--keep_symbols"] if data["keep_symbols"] else [])
+
+
+def rescore_one(config: CaptionComparisonConfig, row: dict, ngram: int) -> dict:
+    """Decode one saved run again; its rescored.jsonl row (the run's sizes and train time kept)."""
+    folder = run_dir(config, row["encoder"], row["seed"])
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds no saved captioner (model.safetensors) to rescore: "
+                                "runs.jsonl lists the run, but its folder is gone (a fresh checkout keeps "
+                                "only the rows)")
+    command = rescore_command(config, row, ngram)
+    log = Path(config.out_dir) / "logs" / f"{run_name(row['encoder'], row['seed'])}-ngram{ngram}.log"
+    run_logged(command, log)
+    result = json.loads(Path(command[command.index("--output") + 1]).read_text())
+    scores = {k: result["metrics"][k] for k in METRICS if k in result["metrics"]}
+    return dict(encoder=row["encoder"], seed=row["seed"], dataset=row["dataset"], no_repeat_ngram_size=ngram,
+                **scores, **{k: row[k] for k in ("encoder_params", "params", "train_s")},
+                examples=result["examples"][:EXAMPLES])
+
+
+def rescore(config: CaptionComparisonConfig, ngram: int) -> list[dict]:
+    """Every finished run of the config's encoders, seeds and dataset decoded with no_repeat_ngram_size=
+    `ngram`, unless rescored.jsonl has it already; returns rescored.jsonl's rows."""
+    from ..tasks.evaluation_caption import check_no_repeat_ngram_size
+
+    check_no_repeat_ngram_size(ngram)
+    check_known(config.encoders, ENCODERS, "encoders")
+    done = {(r["encoder"], r["seed"]): r for r in read_runs(Path(config.out_dir) / "runs.jsonl")
+            if r["dataset"] == config.dataset}
+    jobs = [(e, config.dataset, s, ngram) for s in config.seeds for e in config.encoders if (e, s) in done]
+    return run_missing(config, ("encoder", "dataset", "seed", "no_repeat_ngram_size"), jobs,
+                       lambda e, _, s, n: rescore_one(config, done[(e, s)], n), describe,
+                       f"rescoring with no_repeat_ngram_size={ngram} on {config.dataset}",
+                       runs_file="rescored.jsonl", config_file="rescore_config.json")
+
+
 # --------------------------------------------------------------------------------------- report
 
 
@@ -170,6 +240,14 @@ def markdown(summary: list[dict]) -> str:
 def report(out_dir: str | Path) -> dict:
     """runs.csv, summary.csv, results.md and the example grid(s) from runs.jsonl; returns the summary."""
     out, runs, summary = write_report(out_dir, summarize_runs, markdown, not_in_csv=("data_args", "examples"))
+    rescored = read_runs(out / "rescored.jsonl")
+    for ngram in sorted({r["no_repeat_ngram_size"] for r in rescored}):
+        rows = [r for r in rescored if r["no_repeat_ngram_size"] == ngram]
+        again = summarize_runs(rows)
+        write_csv(out / f"summary_ngram{ngram}.csv", again)
+        with (out / "results.md").open("a") as f:
+            f.write(f"\n## The same captioners decoded with no_repeat_ngram_size={ngram} "
+                    f"(`--rescore {ngram}`)\n\n" + markdown(again))
     datasets = sorted({r["dataset"] for r in runs})
     grids = [grid(runs, d, out / ("examples.png" if len(datasets) == 1 else f"examples-{d}.png"))
              for d in datasets]
@@ -237,12 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=CaptionComparisonConfig.dataset,
                         help="any train-caption --dataset (default: fashion_scenes)")
     parser.add_argument("--report_only", action="store_true", help="only rebuild the tables and the grid")
+    parser.add_argument("--rescore", type=int, metavar="N", default=None,
+                        help="instead of training: decode every finished run again with "
+                             "no_repeat_ngram_size=N (0: no limit), resumable, and report both")
     parser.add_argument("train_args", nargs="*", help="after --: arguments for stt-hf train-caption")
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("encoders", "seeds") if getattr(args, k)}
     config = CaptionComparisonConfig(out_dir=args.out_dir, dataset=args.dataset, train_args=args.train_args,
                                      **overrides)
-    if not args.report_only:
+    if args.rescore is not None:
+        if args.rescore < 0:
+            parser.error(f"--rescore must be 0 (no n-gram limit) or a positive n-gram size, "
+                         f"got {args.rescore}")
+        rescore(config, args.rescore)
+    elif not args.report_only:
         run(config)
     result = report(config.out_dir)
     print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, "

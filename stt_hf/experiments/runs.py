@@ -96,18 +96,19 @@ def check_known(names: Iterable[str], known: Iterable[str], what: str = "variant
 
 
 def run_missing(config, key: Sequence[str], jobs: list[tuple], train_one: Callable[..., dict],
-                describe: Callable[[dict], str], title: str, timed_by: str | None = None) -> list[dict]:
-    """Train every job that runs.jsonl in `config.out_dir` holds no row for; return all its rows.
+                describe: Callable[[dict], str], title: str, timed_by: str | None = None,
+                runs_file: str = "runs.jsonl", config_file: str = "config.json") -> list[dict]:
+    """Train every job that `runs_file` in `config.out_dir` holds no row for; return all its rows.
 
     A job is the values of the row fields `key`, in that order; the caller lists them seed-major, so a
     partial comparison has every variant at the same number of seeds. `train_one(*job)` returns the row,
     appended as soon as it is back; `describe(row)` is its progress line. The ETA reads each remaining
     job as the mean time of the finished ones with the same `timed_by` field (all of them if none yet).
-    `config` (a dataclass) is written to config.json first."""
+    `config` (a dataclass) is written to `config_file` first."""
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    runs_path = out / "runs.jsonl"
+    (out / config_file).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    runs_path = out / runs_file
     done = {tuple(r[k] for k in key) for r in read_runs(runs_path)}
     todo = [job for job in jobs if tuple(job) not in done]
     print(f"{title}: {len(done)} runs done, {len(todo)} to go -> {runs_path}", flush=True)
@@ -210,13 +211,18 @@ def seed_verdict(summary: list[dict], dataset: str, name: str, against: Sequence
     return f"{heading}: {name} is " + "; ".join(parts) + "."
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """rows as a CSV whose columns are every key of any row, first seen first."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_csvs(out: Path, runs: list[dict], summary: list[dict]) -> None:
     """runs.csv (one row per run) and summary.csv (one row per dataset and variant) in `out`."""
-    for name, rows in (("runs.csv", runs), ("summary.csv", summary)):
-        with (out / name).open("w", newline="") as f:  # columns: every key of any row, first seen first
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csv(out / "runs.csv", runs)
+    write_csv(out / "summary.csv", summary)
 
 
 def write_report(out_dir: str | Path, summarize_runs: Callable[[list[dict]], list[dict]],

@@ -83,8 +83,11 @@ def run(args: argparse.Namespace) -> dict:
     references = list(data["captions"]) if "captions" in data.column_names else [[c] for c in data["caption"]]
     objects = list(data["objects"]) if "objects" in data.column_names else None
     metrics = compute_caption_metrics(generated, references, objects)
+    saved = model.generation_config
+    decoding = {"num_beams": saved.num_beams, "no_repeat_ngram_size": saved.no_repeat_ngram_size or 0,
+                **generate_kwargs}  # what the captions were decoded with
     result = dict(model=str(args.model), dataset=args.dataset, split=args.split, samples=len(data),
-                  metrics=metrics, examples=[dict(reference=r, generated=g)
+                  decoding=decoding, metrics=metrics, examples=[dict(reference=r, generated=g)
                                              for r, g in zip(data["caption"], generated, strict=True)])
     default_dir = Path(args.model) if Path(args.model).is_dir() else Path(".")
     out = Path(args.output) if args.output else default_dir / f"eval_{args.split}.json"

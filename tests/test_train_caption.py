@@ -52,7 +52,8 @@ def test_train_caption_writes_a_complete_captioner(caption_run):
     assert scores["cider"] == round(metrics["metrics"]["cider"], 4)
     assert "12 tokens including the end token" in card  # the caption length limit
     assert "stt-hf train-caption" in card
-    assert "| generation | greedy, at most 12 tokens" in card and "| train crop scale | 0.8 |" in card
+    assert "| generation | greedy, at most 12 tokens, no repeated 3-grams |" in card  # the default off scenes
+    assert "| train crop scale | 0.8 |" in card
 
 
 def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_path):
@@ -135,3 +136,8 @@ def test_train_caption_on_scenes_reports_the_scene_metrics_against_every_referen
     assert {k: scores[f"test_{k}"] for k in expected} == pytest.approx(expected)
     card = json.loads((out / "metrics.json").read_text())["metrics"]
     assert {"object_f1", "relation_accuracy", "distinct_ratio"} <= set(card)
+    # Scene captions may repeat a phrase ("a t-shirt left of a t-shirt"): no n-gram limit by default.
+    from transformers import GenerationConfig
+
+    assert GenerationConfig.from_pretrained(out).no_repeat_ngram_size in (None, 0)
+    assert "no repeated" not in (out / "README.md").read_text()

@@ -91,10 +91,10 @@ class CaptionModelArguments:
     max_caption_length: int = field(default=32, metadata={
         "help": "Token limit of a caption including the end token; longer captions are truncated."})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format."})
-    no_repeat_ngram_size: int = field(default=3, metadata={
-        "help": "Generated captions never repeat an n-gram of this size (0: no limit). It stops loops, but "
-                "also blocks a scene caption that names two items of one class ('a t-shirt left of a "
-                "t-shirt'): 0 scores higher on fashion_scenes."})
+    no_repeat_ngram_size: int | None = field(default=None, metadata={
+        "help": "Generated captions never repeat an n-gram of this size (0: no limit). Default 3, which "
+                "stops loops, except 0 on fashion_scenes, where a limit blocks captions that name two items "
+                "of one class ('a t-shirt left of a t-shirt')."})
 
 
 @dataclass
@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None):
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
     training_args.generation_max_length = model_args.max_caption_length
+    if model_args.no_repeat_ngram_size is None:  # resolved here, so the card states the value used
+        model_args.no_repeat_ngram_size = 0 if data_args.dataset == "fashion_scenes" else 3
     check_no_repeat_ngram_size(model_args.no_repeat_ngram_size)
     return model_args, data_args, training_args
 

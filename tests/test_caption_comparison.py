@@ -137,6 +137,25 @@ def test_verdict_reads_the_seed_spread():
     assert "by test cider" in caption_comparison.verdict(no_scenes, "d")
 
 
+def test_summary_has_welch_p_values_against_stt():
+    from scipy.stats import ttest_ind
+
+    def run(encoder, seed, f1):
+        scores = dict.fromkeys(METRICS, 0.5) | {"object_f1": f1}
+        return dict(encoder=encoder, seed=seed, dataset="d", **scores, encoder_params=1e5, params=1e6,
+                    train_s=60)
+
+    f1s = {"stt": [0.80, 0.81, 0.83], "plain": [0.70, 0.72, 0.71], "self_attn": [0.80]}
+    runs = [run(e, s, f1) for e, values in f1s.items() for s, f1 in enumerate(values)]
+    summary = {r["encoder"]: r for r in caption_comparison.summarize_runs(runs)}
+    expected = ttest_ind(f1s["plain"], f1s["stt"], equal_var=False).pvalue
+    assert summary["plain"]["p_vs_stt"] == pytest.approx(expected) and expected < 0.01
+    assert summary["stt"]["p_vs_stt"] is None and summary["self_attn"]["p_vs_stt"] is None  # one seed
+    text = caption_comparison.markdown(list(summary.values()))
+    assert "| p vs stt (object_f1) |" in text and f" | {expected:.3f} | " in text
+    assert text.splitlines()[-1].startswith("| self_attn | 1 | ") and " | - | " in text.splitlines()[-1]
+
+
 def test_unknown_encoder_and_own_flags_fail_clearly(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"unknown encoders \['cbam'\]; known: \['stt', 'plain'"):
         caption_comparison.main(["--out_dir", str(tmp_path), "--encoders", "stt", "cbam"])

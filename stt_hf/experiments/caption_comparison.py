@@ -35,6 +35,8 @@ from pathlib import Path
 from .runs import (
     check_known,
     drop_checkpoints,
+    p_against,
+    p_cell,
     read_runs,
     run_logged,
     run_missing,
@@ -205,8 +207,13 @@ def rescore(config: CaptionComparisonConfig, ngram: int) -> list[dict]:
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds of every score, per (dataset, encoder), in ENCODERS order."""
-    return summarize(runs, ENCODERS, key="encoder", metrics=METRICS, costs=("encoder_params", "params"))
+    """Mean and sample std over seeds of every score, per (dataset, encoder), in ENCODERS order, and
+    `p_vs_stt`: Welch's t-test p-value of each encoder's primary metric against STT's (None for STT)."""
+    summary = summarize(runs, ENCODERS, key="encoder", metrics=METRICS, costs=("encoder_params", "params"))
+    for row in summary:
+        same_dataset = [r for r in runs if r["dataset"] == row["dataset"]]
+        row["p_vs_stt"] = p_against(same_dataset, row["encoder"], "stt", primary_metric(row), key="encoder")
+    return summary
 
 
 def verdict(summary: list[dict], dataset: str, encoder: str = "stt",
@@ -222,17 +229,19 @@ def markdown(summary: list[dict]) -> str:
     for dataset in sorted({r["dataset"] for r in summary}):
         rows = [r for r in summary if r["dataset"] == dataset]
         metrics = [m for m in METRICS if all(m in r for r in rows)]
+        primary = primary_metric(rows[0])
         lines += [f"### {dataset}", "", verdict(summary, dataset), "",
-                  "Test-split scores, mean ± std over seeds; train time is per run.", "",
+                  "Test-split scores, mean ± std over seeds; train time is per run; p: Welch's t-test of "
+                  f"{primary} against stt over the seeds (- where there are fewer than 2 of either).", "",
                   "| encoder | seeds | " + " | ".join(metrics)
-                  + " | encoder params (M) | params (M) | train time (s) |",
-                  "|---|---:|" + "---:|" * (len(metrics) + 3)]
+                  + f" | p vs stt ({primary}) | encoder params (M) | params (M) | train time (s) |",
+                  "|---|---:|" + "---:|" * (len(metrics) + 4)]
         for r in rows:
             lines.append(f"| {r['encoder']} | {r['seeds']} | "
                          + " | ".join(f"{r[m]:.4f} ± " + (f"{r[f'{m}_std']:.4f}" if r["seeds"] > 1 else "–")
                                       for m in metrics)  # one run has no spread
-                         + f" | {r['encoder_params'] / 1e6:.3f} | {r['params'] / 1e6:.3f} "
-                         f"| {r['train_s']:.0f} |")
+                         + f" | {p_cell(r.get('p_vs_stt'))} | {r['encoder_params'] / 1e6:.3f} "
+                         f"| {r['params'] / 1e6:.3f} | {r['train_s']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 

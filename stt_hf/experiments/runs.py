@@ -166,13 +166,14 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return None if np.isnan(p) else p
 
 
-def p_against(runs: list[dict], variant: str, reference: str, metric: str) -> float | None:
+def p_against(runs: list[dict], variant: str, reference: str, metric: str,
+              key: str = "variant") -> float | None:
     """welch_p of `variant`'s `metric` over its runs against `reference`'s (None for the reference itself).
 
-    `runs` holds one comparable group (one dataset, one canvas)."""
+    `runs` holds one comparable group (one dataset, one canvas); `key` is the row field naming the variant."""
     if variant == reference:
         return None
-    seeds = {v: [r[metric] for r in runs if r["variant"] == v] for v in (variant, reference)}
+    seeds = {v: [r[metric] for r in runs if r[key] == v] for v in (variant, reference)}
     return welch_p(seeds[variant], seeds[reference])
 
 

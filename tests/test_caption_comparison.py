@@ -27,6 +27,8 @@ def test_every_encoder_builds_with_the_recipe_options():
     for name in ENCODERS:
         options = caption_comparison.encoder_kwargs([], name)
         assert options["channels"] == [16, 32, 64, 128]  # train-caption's default stays
+        if options["attn_layer"] == "stt":  # STT's rows mean the same whatever train-caption's default modes
+            assert options["stt_modes"] == ("hw" if name == "stt_hw" else "chw"), name
         config = SttVisionConfig.from_timm_name("stt_resnet10_s", img_size=img_size, hidden_size=32,
                                                 **options)
         encoder = SttVisionEncoder(config).eval()

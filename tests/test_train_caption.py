@@ -141,3 +141,15 @@ def test_train_caption_on_scenes_reports_the_scene_metrics_against_every_referen
 
     assert GenerationConfig.from_pretrained(out).no_repeat_ngram_size in (None, 0)
     assert "no repeated" not in (out / "README.md").read_text()
+
+
+def test_default_encoder_is_the_comparisons_best_stt():
+    """The default encoder is the one the captioning comparison calls `stt_hw` (docs/results.md)."""
+    from stt_hf.experiments.caption_comparison import encoder_kwargs
+    from stt_hf.hf.configuration_stt import SttVisionConfig
+
+    model_args, _, _ = train_caption.parse_args([])
+    default = json.loads(model_args.encoder_kwargs)
+    config = SttVisionConfig.from_timm_name(model_args.encoder, img_size=model_args.img_size, **default)
+    assert config.attn_layer == "stt" and config.stt_modes == "hw"
+    assert {"attn_layer": "stt", **default} == encoder_kwargs([], "stt_hw")

@@ -49,7 +49,7 @@ from .runs import (
 
 # name -> encoder options set on top of train-caption's `encoder_kwargs` (everything else is the recipe's).
 ENCODERS: dict[str, dict] = {
-    "stt": dict(attn_layer="stt"),
+    "stt": dict(attn_layer="stt", stt_modes="chw"),
     "plain": dict(attn_layer="none"),
     "self_attn": dict(attn_layer="self_attn"),
     "flat_dense": dict(attn_layer="flat_dense"),

@@ -54,6 +54,8 @@ def test_train_caption_writes_a_complete_captioner(caption_run):
     assert "stt-hf train-caption" in card
     assert "| generation | greedy, at most 12 tokens, no repeated 3-grams |" in card  # the default off scenes
     assert "| train crop scale | 0.8 |" in card
+    assert ("channels [16, 32, 64, 128], attention `stt` over modes `chw`, `dense` synthesizer (final "
+            "placement, stage(s) 4)") in card  # the encoder_kwargs given replace the default (modes hw)
 
 
 def test_eval_caption_scores_the_saved_captioner_the_same_way(caption_run, tmp_path):

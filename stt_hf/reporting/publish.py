@@ -159,6 +159,13 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
     }
 
 
+def attention_text(config) -> str:
+    """The encoder's attention as the cards name it: `stt` with its modes and synthesizer, else its name."""
+    if config.attn_layer == "stt":
+        return f"`stt` over modes `{config.stt_modes}`, `{config.stt_synth}` synthesizer"
+    return f"`{config.attn_layer or 'none'}`"
+
+
 def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: dict, dsd, results: dict,
                           command: str) -> dict:
     """Final captioner (safetensors, config + code, generation config, tokenizer, image processor),
@@ -193,8 +200,8 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
         context=dict(
             description=f"`{model_args['encoder']}` encoder + {decoder.model_type} decoder, trained with "
                         "`stt-hf train-caption`.",
-            architecture=encoder_config.timm_architecture(), attn_layer=encoder_config.attn_layer or "none",
-            placement=encoder_config.attn_placement,
+            architecture=encoder_config.timm_architecture(), attention=attention_text(encoder_config),
+            placement=encoder_config.attn_placement, channels=list(encoder_config.channels),
             stages=", ".join(str(s) for s in encoder_config.placed_stages()), grid=grid,
             hidden_size=encoder_config.hidden_size, position_embedding=encoder_config.position_embedding,
             decoder=f"{decoder.model_type}, {decoder.num_hidden_layers} layers, {decoder.hidden_size} wide, "

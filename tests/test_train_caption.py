@@ -145,7 +145,7 @@ def test_train_caption_on_scenes_reports_the_scene_metrics_against_every_referen
     assert "no repeated" not in (out / "README.md").read_text()
 
 
-def test_default_encoder_is_the_comparisons_best_stt():
+def test_default_encoder_is_the_comparisons_stt_hw():
     """The default encoder is the one the captioning comparison calls `stt_hw` (docs/results.md)."""
     from stt_hf.experiments.caption_comparison import encoder_kwargs
     from stt_hf.hf.configuration_stt import SttVisionConfig

@@ -77,7 +77,7 @@ class CaptionModelArguments:
         "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
     img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
     # Half the width of stt_resnet10_s (for CPU budgets), STT over the h and w modes: in the captioning
-    # comparison (docs/results.md) "hw" beat all three modes at every seed.
+    # comparison (docs/results.md) "hw" had the best mean scores (within the seed spread).
     encoder_kwargs: str | None = field(default=json.dumps(dict(channels=[16, 32, 64, 128], stt_modes="hw")),
                                        metadata={
         "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '

@@ -64,6 +64,9 @@ CAPTION_DEFAULTS = dict(
     dataloader_pin_memory=False,
     seed=42,
 )
+# Half the width of stt_resnet10_s (for CPU budgets), STT over the h and w modes: in the captioning
+# comparison (docs/results.md) "hw" had the best mean scores (within the seed spread).
+DEFAULT_ENCODER_KWARGS = dict(channels=[16, 32, 64, 128], stt_modes="hw")
 # Scores computed at each evaluation during training; the final evaluation adds METEOR (slow to start).
 TRAINING_METRICS = ("bleu", "rouge_l", "cider")
 # What the end-of-run summary prints (the scene metrics only exist for fashion_scenes).
@@ -76,10 +79,7 @@ class CaptionModelArguments:
     encoder: str = field(default="stt_resnet10_s", metadata={
         "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
     img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
-    # Half the width of stt_resnet10_s (for CPU budgets), STT over the h and w modes: in the captioning
-    # comparison (docs/results.md) "hw" had the best mean scores (within the seed spread).
-    encoder_kwargs: str | None = field(default=json.dumps(dict(channels=[16, 32, 64, 128], stt_modes="hw")),
-                                       metadata={
+    encoder_kwargs: str | None = field(default=json.dumps(DEFAULT_ENCODER_KWARGS), metadata={
         "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '
                 '\'{"attn_layer": "self_attn"}\' for dot-product self-attention.'})
     hidden_size: int = field(default=256, metadata={"help": "Width of encoder tokens and decoder."})

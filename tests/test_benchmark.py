@@ -90,14 +90,22 @@ def test_quick_run_measures_cost_models_and_targets(quick):
     cost = read_csv(out / "cost.csv")
     assert [r["config"] for r in cost] == list(benchmark.COST_CONFIGS)
     for row in cost:
-        for key in ("block_ms", "convs_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs",
-                    "values_ms", "synths_ms", "products_ms", "output_ms"):
+        for key in ("block_ms", "convs_ms", "conv_pair_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s",
+                    "block_vs_convs", "values_ms", "synths_ms", "products_ms", "output_ms"):
             assert float(row[key]) > 0, (key, row)
         assert 20 < int(row["block_ops"]) < 200  # the operators one STT forward dispatches
+        # The convs' GMAC/s are those of the two convs alone (BN has no MACs): C -> C/16 -> C.
+        c, size, batch = int(row["channels"]), int(row["resolution"]), int(row["batch"])
+        macs = 2 * c * (c // benchmark.COST_REDUCTION) * size * size * batch
+        assert float(row["convs_gmacs_s"]) == pytest.approx(macs / float(row["conv_pair_ms"]) / 1e6, rel=1e-6)
 
     models = read_csv(out / "models.csv")
     assert [m["model"] for m in models] == [benchmark.REFERENCE_MODEL, "stt_resnet50"]
     assert float(models[0]["infer_speed_vs_ref"]) == 1.0 and float(models[0]["train_speed_vs_ref"]) == 1.0
+    for kind in ("infer", "train"):  # the reference against itself: every paired ratio is 1
+        assert float(models[0][f"{kind}_speed_ci_low"]) == float(models[0][f"{kind}_speed_ci_high"]) == 1.0
+        low, mid, high = (float(models[1][f"{kind}_speed_{k}"]) for k in ("ci_low", "vs_ref", "ci_high"))
+        assert 0 < low <= mid <= high
     assert float(models[1]["params_vs_ref"]) > 1.0  # STT adds parameters to resnet50
     assert models[1]["compiled_infer_ms"] == ""  # no --compile
 
@@ -116,6 +124,43 @@ def test_quick_run_measures_cost_models_and_targets(quick):
         with Image.open(out / f"{name}.png") as img:
             assert img.format == "PNG" and img.size[0] >= 400 and img.size[1] >= 200
         assert f"({name}.png)" in md
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    reference, times = [2.0, 2.0, 2.0, 4.0, 2.0], [1.0, 2.0, 4.0, 2.0, 2.0]  # ratios 2, 1, 0.5, 2, 1
+    mid, low, high = benchmark.paired_ratio(reference, times)
+    assert mid == 1.0 and 0.5 <= low <= 1.0 <= high <= 2.0
+    assert benchmark.paired_ratio(reference, times) == (mid, low, high)  # seeded: reproducible
+    assert benchmark.paired_ratio([1.0] * 4, [1.0] * 4) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError):  # rounds must pair up
+        benchmark.paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_model_specs_pass_options_to_create_model():
+    assert benchmark.parse_model_spec("resnet50") == ("resnet50", {})
+    assert benchmark.parse_model_spec("stt_resnet50:attn_layer=res_block, stt_heads=4,stt_modes=hw") == (
+        "stt_resnet50", {"attn_layer": "res_block", "stt_heads": 4, "stt_modes": "hw"})
+    name, _ = benchmark.parse_model_spec(benchmark.CAPACITY_CONTROL)
+    control = benchmark.create_model(benchmark.CAPACITY_CONTROL, 64, device="meta")
+    stt = benchmark.create_model(name, 64, device="meta")
+    from timm.models.resnet import Bottleneck
+
+    from stt_hf.layers import STT
+    # The control sits where STT sits, a bottleneck in place of each STT block.
+    assert stt.attn_names == control.attn_names and stt.attn_names
+    for where in stt.attn_names:
+        assert isinstance(stt.get_submodule(where), STT)
+        assert isinstance(control.get_submodule(where), Bottleneck)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("stt_resnet50:attn_layer", "each option must be key=value"),
+    ("stt_resnet50:=3", "each option must be key=value"),
+    ("no_such_net", "'no_such_net' is not a registered timm model"),
+])
+def test_bad_model_specs_raise(spec, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark.parse_model_spec(spec)
 
 
 def test_compile_adds_compiled_inference_columns():
@@ -258,6 +303,8 @@ def test_presets_fill_what_is_not_given():
     (["--configs", "16:8", "--channels", "16"], "one or the other"),
     (["--warmup", "0"], "--warmup must be at least 1"),
     (["--batch_sizes", "0"], "--batch_sizes must be positive"),
+    (["--models", "stt_resnet50:attn_layer"], "each option must be key=value"),
+    (["--reference", "no_such_net"], "not a registered timm model"),
 ])
 def test_bad_options_fail_with_a_message(argv, message, capsys, tmp_path):
     args = parse([*argv, "--out", str(tmp_path)])

@@ -487,6 +487,23 @@ def test_attn_layer_baselines(attn_layer):
                                    msg=lambda m, f=form: f"{f}: {m}")
 
 
+@pytest.mark.parametrize("attn_layer", sorted(ATTN_FACTORIES))
+def test_every_attn_layer_trains_inside_the_blocks(attn_layer, switch_on):
+    """Block placement: the host block adds its shortcut to the module's output in place (timm's
+    `x += shortcut`), which autograd refuses on a tensor the module's backward saved."""
+    model = switch_on(timm.create_model("stt_resnet10_s", attn_layer=attn_layer, attn_placement="block",
+                                        attn_stages=(3, 4), zero_init_last=False))
+    assert model.attn_names == ["layer3.0.se", "layer4.0.se"]
+    for _, module in model.attention_modules():  # the control's zero-init output BN is its bn3
+        for bn in module.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(bn.weight)
+    out = model(torch.randn(2, 3, 32, 32))
+    (out * torch.randn_like(out)).sum().backward()
+    for name, module in model.attention_modules():
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
+
+
 def test_flat_attention_is_tied_to_its_input_size():
     model = timm.create_model("stt_resnet18", attn_layer="flat_random")
     assert model.pretrained_cfg["fixed_input_size"] is True

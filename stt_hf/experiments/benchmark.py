@@ -18,12 +18,14 @@
 3. Block cost. An STT block (reduction 16, as in stt_resnet50) against its own two 1x1 convs + BN
    (run as the block runs them, `stt_hf.layers.helpers.conv1x1`) and against the trunk's 1x1
    expansion conv at the same place (ResNet-50 stages 3 and 4 at 224 px: 1024:14x14 and 2048:7x7):
-   block / convs latency, the convs' and the trunk conv's GMAC/s, and the ATen operators one block
-   forward dispatches.
+   block / (convs + BN) latency, the GMAC/s of the two convs alone and of the trunk conv, and the
+   ATen operators one block forward dispatches.
 4. Models. stt_resnet50 and its random / mixture variants against timm's resnet50, seresnet50,
    ecaresnet50d, botnet26t_256, halonet26t and lambda_resnet26t (random init, nothing downloaded):
    inference and one SGD training step, as ratios to resnet50 measured in the same run; with
-   --compile also inference under torch.compile. Models that cannot run at --img_size
+   --compile also inference under torch.compile. A model is a timm name, optionally with keyword
+   arguments for timm.create_model: `stt_resnet50:attn_layer=res_block` is the capacity control
+   (a plain bottleneck as wide as STT's values, at the same places). Models that cannot run at --img_size
    (botnet26t_256 has a fixed 256 px input, halonet26t needs a multiple of its 8 px halo blocks at
    every stage) run at their own default input size, which the table says.
 5. Targets. Every project target that the run measured, in one table, PASS / MISS with the margin
@@ -58,6 +60,9 @@ How each number is measured:
   allocator's slack and code paged in on the first call, so it is larger than the tensor peak and
   varies by some 15% from run to run for small rows.
 - Training step: forward, cross-entropy, backward and a plain SGD step (no optimizer state).
+- Model ratios: every round times each model once, back to back; a model's speed ratio is the median
+  over rounds of the reference's time / the model's time in the same round (pairing cancels the slow
+  load drift of a shared machine), with a 95% bootstrap interval of that median.
 - Skips: a row whose estimated memory exceeds --max_mem_gb is not run and is marked `skipped`
   (the N x N maps of the flattened baselines reach tens of GB at 112 x 112); a row that fails (its
   worker raises or is killed, for example for memory) is marked `failed` with the reason.
@@ -70,16 +75,19 @@ Usage:
     stt-hf bench --preset targets          # the targets check, about 5 minutes on 2 CPU cores
     stt-hf bench --quick --out outputs/bench_quick   # smoke test: a tiny grid, one model pair
     stt-hf bench --channels 128 --resolutions 14 28 56 --batch_sizes 4 --models resnet50 stt_resnet50
+    stt-hf bench --skip_blocks --skip_cost --models stt_resnet50 stt_resnet50:attn_layer=res_block
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import itertools
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -116,6 +124,9 @@ ALL_BLOCK_MODULES = (*BLOCK_MODULES, "flat_random")
 QUADRATIC = ("self_attn", "flat_dense", "flat_random")  # hold (B, N, N) maps
 
 REFERENCE_MODEL = "resnet50"
+# stt_resnet50 with a plain bottleneck as wide as STT's values in place of each STT block: what an extra
+# block of about STT's size costs at the same places, with no attention.
+CAPACITY_CONTROL = "stt_resnet50:attn_layer=res_block"
 DEFAULT_MODELS = ("stt_resnet50", "stt_resnet50_random", "stt_resnet50_mixture", "resnet50", "seresnet50",
                   "ecaresnet50d", "botnet26t_256", "halonet26t", "lambda_resnet26t")
 
@@ -134,8 +145,9 @@ PRESETS = {
     "targets": dict(configs=["256:28x28", "256:56x56", "128:112x112"], channels=[128, 256],
                     resolutions=[28, 56, 112],
                     batch_sizes=[8], modules=[STT_REFERENCE, *QUADRATIC], repeats=10, warmup=1,
-                    row_budget_s=20.0, max_mem_gb="auto", forward_only=True, models=["stt_resnet50"],
-                    img_size=224, infer_batch=8, train_batch=8, model_repeats=5),
+                    row_budget_s=20.0, max_mem_gb="auto", forward_only=True,
+                    models=["stt_resnet50", CAPACITY_CONTROL], img_size=224, infer_batch=8, train_batch=8,
+                    model_repeats=15),
     "quick": dict(configs=None, channels=[16], resolutions=[7, 14], batch_sizes=[1],
                   modules=list(BLOCK_MODULES), repeats=1, warmup=1, row_budget_s=1.0, max_mem_gb=4.0,
                   forward_only=False, models=["stt_resnet50"], img_size=64, infer_batch=2, train_batch=2,
@@ -154,13 +166,14 @@ FIT_COLUMNS = ("device", "precision", "module", "channels", "batch", "points", "
                "k_fwd_bwd", "k_flops", "k_peak_mem")
 BLOCK_PARTS = ("values", "synths", "products", "output")  # STT's steps, timed one by one in the cost section
 COST_COLUMNS = ("device", "precision", "config", "channels", "resolution", "trunk_in", "batch", "reduction",
-                "repeats", "block_ms", "convs_ms", "trunk_ms", "values_ms", "synths_ms", "products_ms",
-                "output_ms", "block_ops", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs",
+                "repeats", "block_ms", "convs_ms", "conv_pair_ms", "trunk_ms", "values_ms", "synths_ms",
+                "products_ms", "output_ms", "block_ops", "convs_gmacs_s", "trunk_gmacs_s", "block_vs_convs",
                 "trunk_vs_convs_gmacs")
 MODEL_COLUMNS = ("device", "precision", "model", "reference", "img_size", "note", "params", "gmacs",
                  "infer_batch", "train_batch", "peak_infer_mb", "peak_train_mb", "repeats", "infer_ms",
                  "infer_img_s", "train_step_ms", "train_img_s", "compiled_infer_ms", "compiled_infer_img_s",
-                 "params_vs_ref", "gmacs_vs_ref", "infer_speed_vs_ref", "train_speed_vs_ref",
+                 "params_vs_ref", "gmacs_vs_ref", "infer_speed_vs_ref", "infer_speed_ci_low",
+                 "infer_speed_ci_high", "train_speed_vs_ref", "train_speed_ci_low", "train_speed_ci_high",
                  "compiled_speed_vs_ref")
 TARGET_COLUMNS = ("device", "precision", "target", "measured", "unit", "required", "margin", "status",
                   "where")
@@ -663,9 +676,10 @@ def count_ops(fn: Callable[[], object]) -> int:
 
 
 def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
-    """Per cost config: the STT block, its two 1x1 convs + BN alone, and the trunk's 1x1 conv, alternating;
-    and the block's parts one by one on fixed inputs (values: the first projection; synths: the attention
-    maps; products: the mode products; output: projection, BN and residual), to show where its time goes.
+    """Per cost config: the STT block, its two 1x1 convs + BN, the two convs alone and the trunk's 1x1
+    conv, alternating; and the block's parts one by one on fixed inputs (values: the first projection;
+    synths: the attention maps; products: the mode products; output: projection, BN and residual), to
+    show where its time goes.
 
     Eval mode, batch --infer_batch; 3 x --repeats rounds, as these calls are short.
     """
@@ -683,6 +697,7 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
         calls = {"block": lambda stt=stt, x=x: stt(x),
                  "convs": lambda stt=stt, x=x: stt.norm(conv1x1(conv1x1(x, stt.to_v.weight),
                                                                  stt.proj.weight)),
+                 "conv_pair": lambda stt=stt, x=x: conv1x1(conv1x1(x, stt.to_v.weight), stt.proj.weight),
                  "trunk": lambda trunk=trunk, x=x_trunk: trunk(x),
                  "values": lambda stt=stt, x=x: stt.values(x),
                  "synths": lambda stt=stt, v=v: stt.attention_maps(v),
@@ -699,19 +714,22 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
             ops = count_ops(calls["block"])
         med = {k: statistics.median(v) for k, v in times.items()}
         cv = stt.to_v.out_channels
-        convs_gmacs_s = 2 * channels * cv * size * size * batch / med["convs"] / 1e9
+        # GMAC/s of the convolutions themselves (BN has no MACs; its time is in block / convs + BN).
+        convs_gmacs_s = 2 * channels * cv * size * size * batch / med["conv_pair"] / 1e9
         trunk_gmacs_s = trunk_in * channels * size * size * batch / med["trunk"] / 1e9
         rows.append(dict(device=device.type, precision=precision, config=config, channels=channels,
                          resolution=size, trunk_in=trunk_in, batch=batch, reduction=COST_REDUCTION,
                          repeats=len(times["block"]), block_ms=med["block"] * 1e3,
-                         convs_ms=med["convs"] * 1e3, trunk_ms=med["trunk"] * 1e3,
+                         convs_ms=med["convs"] * 1e3, conv_pair_ms=med["conv_pair"] * 1e3,
+                         trunk_ms=med["trunk"] * 1e3,
                          **{f"{part}_ms": med[part] * 1e3 for part in BLOCK_PARTS},
                          block_ops=ops,
                          convs_gmacs_s=convs_gmacs_s, trunk_gmacs_s=trunk_gmacs_s,
                          block_vs_convs=med["block"] / med["convs"],
                          trunk_vs_convs_gmacs=trunk_gmacs_s / convs_gmacs_s))
         print(f"cost: {device.type} {config}: block {med['block'] * 1e3:.2f} ms, convs+BN "
-              f"{med['convs'] * 1e3:.2f} ms, trunk conv {med['trunk'] * 1e3:.2f} ms, {ops} ops; parts "
+              f"{med['convs'] * 1e3:.2f} ms (convs alone {med['conv_pair'] * 1e3:.2f}), trunk conv "
+              f"{med['trunk'] * 1e3:.2f} ms, {ops} ops; parts "
               + ", ".join(f"{part} {med[part] * 1e3:.2f}" for part in BLOCK_PARTS) + " ms", flush=True)
     return rows
 
@@ -720,9 +738,49 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
 # Model level
 # ---------------------------------------------------------------------------------------------------
 
-def model_kwargs(name: str, img_size: int) -> dict:
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value,key=value' -> (timm name, create_model keyword arguments).
+
+    Values are Python literals where they parse as one (3, 0.5, True, [1, 2]), else strings.
+    """
+    name, sep, options = spec.partition(":")
+    kwargs = {}
+    for item in options.split(",") if sep else ():
+        key, eq, value = item.partition("=")
+        if not (eq and key.strip().isidentifier() and value.strip()):
+            raise ValueError(f"--models: {spec!r}: each option must be key=value, e.g. "
+                             f"stt_resnet50:attn_layer=res_block; got {item!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    if not timm.is_model(name):
+        raise ValueError(f"--models: {spec!r}: {name!r} is not a registered timm model")
+    return name, kwargs
+
+
+def model_kwargs(spec: str, img_size: int) -> dict:
+    name, kwargs = parse_model_spec(spec)
     # STT models build their synthesizers for the input size they will see.
-    return dict(img_size=img_size) if name.startswith("stt_") else {}
+    return dict(kwargs, img_size=img_size) if name.startswith("stt_") else kwargs
+
+
+def create_model(spec: str, img_size: int, **kwargs) -> nn.Module:
+    """A random-init timm model from a model spec (see parse_model_spec) for `img_size` inputs."""
+    return timm.create_model(parse_model_spec(spec)[0], pretrained=False, **model_kwargs(spec, img_size),
+                             **kwargs)
+
+
+def paired_ratio(reference: Sequence[float], times: Sequence[float], resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(median, 95% low, 95% high) over rounds of reference time / time, timed in the same round.
+
+    The interval is a percentile bootstrap of the median (seeded: the same times give the same interval).
+    """
+    ratios = [r / t for r, t in zip(reference, times, strict=True)]
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def model_input(name: str, img_size: int) -> tuple[int, str, dict]:
@@ -731,7 +789,7 @@ def model_input(name: str, img_size: int) -> tuple[int, str, dict]:
     Decided with a forward on the meta device, which also counts params and GMACs without any compute.
     """
     def build(size: int) -> nn.Module:
-        return timm.create_model(name, pretrained=False, device="meta", **model_kwargs(name, size)).eval()
+        return create_model(name, size, device="meta").eval()
 
     model, size, note = build(img_size), img_size, ""
     own_size = model.pretrained_cfg.get("input_size", (3, img_size, img_size))[-1]
@@ -762,7 +820,7 @@ def model_case(name: str, reference: str, device: torch.device, precision: str,
                args: argparse.Namespace) -> ModelCase:
     """A random-init model with its inference and training-step closures (and compiled inference)."""
     size, note, static = model_input(name, args.img_size)
-    model = timm.create_model(name, pretrained=False, **model_kwargs(name, size)).to(device)
+    model = create_model(name, size).to(device)
     # Plain SGD keeps no state, so every step (the first, profiled one too) allocates the same tensors.
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     x_infer = torch.randn(args.infer_batch, 3, size, size, device=device)
@@ -826,13 +884,16 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
             case.row.update(compiled_infer_ms=med["compiled_infer"] * 1e3,
                             compiled_infer_img_s=args.infer_batch / med["compiled_infer"])
         rows.append(case.row)
-    ref = rows[0]
-    for row in rows:
+    ref, ref_times = rows[0], cases[0].times
+    for row, case in zip(rows, cases, strict=True):
+        infer = paired_ratio(ref_times["infer"], case.times["infer"])
+        train = paired_ratio(ref_times["train_step"], case.times["train_step"])
         row.update(params_vs_ref=row["params"] / ref["params"], gmacs_vs_ref=row["gmacs"] / ref["gmacs"],
-                   infer_speed_vs_ref=row["infer_img_s"] / ref["infer_img_s"],
-                   train_speed_vs_ref=row["train_img_s"] / ref["train_img_s"])
+                   infer_speed_vs_ref=infer[0], infer_speed_ci_low=infer[1], infer_speed_ci_high=infer[2],
+                   train_speed_vs_ref=train[0], train_speed_ci_low=train[1], train_speed_ci_high=train[2])
         if row["compiled_infer_img_s"] is not None:
-            row["compiled_speed_vs_ref"] = row["compiled_infer_img_s"] / ref["compiled_infer_img_s"]
+            row["compiled_speed_vs_ref"] = paired_ratio(ref_times["compiled_infer"],
+                                                        case.times["compiled_infer"])[0]
     return rows
 
 
@@ -858,7 +919,11 @@ def target_value(target: Target, section: dict) -> tuple[float | None, str]:
         return (row[target.metric], f"B={row['batch']}") if row else (None, "")
     row = next((r for r in section["models"] if r["model"] == target.module
                 and r["reference"] == TARGET_REFERENCE), None)
-    return (row[target.metric], f"{row['img_size']} px") if row else (None, "")
+    if row is None:
+        return None, ""
+    low, high = (row.get(target.metric.replace("_vs_ref", f"_ci_{end}")) for end in ("low", "high"))
+    interval = f", 95% CI {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
+    return row[target.metric], f"{row['img_size']} px{interval}"
 
 
 def check_targets(section: dict, targets: Sequence[Target] = TARGETS) -> list[dict]:
@@ -935,17 +1000,24 @@ def render_scaling(fits: list[dict]) -> list[str]:
 
 def render_cost(rows: list[dict]) -> list[str]:
     table = [[r["config"], str(r["batch"]), f"{r['block_ms']:.2f}", f"{r['convs_ms']:.2f}",
-              f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x", f"{r['convs_gmacs_s']:.1f}",
+              fmt(r.get("conv_pair_ms"), ".2f"), f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x",
+              f"{r['convs_gmacs_s']:.1f}",
               f"{r['trunk_gmacs_s']:.1f}", f"{r['trunk_vs_convs_gmacs']:.2f}x", str(r["block_ops"]),
               " / ".join(f"{r[f'{part}_ms']:.2f}" for part in BLOCK_PARTS)]
              for r in rows]
     return [f"STT (reduction {COST_REDUCTION}, eval) against its two 1x1 convs + BN alone, and the trunk's "
-            "1x1 expansion conv at the same place in ResNet-50; block ops: ATen operators per forward; "
+            "1x1 expansion conv at the same place in ResNet-50; convs GMAC/s: the two convs without BN; "
+            "block ops: ATen operators per forward; "
             "parts: the block's steps timed one by one (values = first projection, synths = attention maps, "
             "products = mode products, output = projection + BN + residual).", "",
-            markdown_table(["C:HxW", "B", "block ms", "convs+BN ms", "trunk conv ms", "block/convs",
-                            "convs GMAC/s", "trunk GMAC/s", "trunk/convs GMAC/s", "block ops",
+            markdown_table(["C:HxW", "B", "block ms", "convs+BN ms", "convs ms", "trunk conv ms",
+                            "block/convs", "convs GMAC/s", "trunk GMAC/s", "trunk/convs GMAC/s", "block ops",
                             "parts ms: values / synths / products / output"], table)]
+
+
+def interval(row: dict, kind: str) -> str:
+    low, high = row.get(f"{kind}_speed_ci_low"), row.get(f"{kind}_speed_ci_high")
+    return "" if low is None or high is None else f" ({low:.3f}-{high:.3f})"
 
 
 def render_models(rows: list[dict]) -> list[str]:
@@ -953,14 +1025,15 @@ def render_models(rows: list[dict]) -> list[str]:
     table = [[r["model"], str(r["img_size"]), f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.2f}",
               f"{r['infer_ms']:.1f}", f"{r['infer_img_s']:.2f}", f"{r['train_step_ms']:.1f}",
               f"{r['train_img_s']:.2f}", f"{r['peak_train_mb']:.0f}", f"{r['params_vs_ref']:.3f}x",
-              f"{r['gmacs_vs_ref']:.3f}x", f"{r['infer_speed_vs_ref']:.3f}x",
-              f"{r['train_speed_vs_ref']:.3f}x"]
+              f"{r['gmacs_vs_ref']:.3f}x", f"{r['infer_speed_vs_ref']:.3f}x" + interval(r, "infer"),
+              f"{r['train_speed_vs_ref']:.3f}x" + interval(r, "train")]
              + ([fmt(r["compiled_infer_img_s"], ".2f"), fmt(r["compiled_speed_vs_ref"], ".3f", "x")]
                 if compiled else []) + [r["note"]] for r in rows]
     header = ["model", "px", "params", "GMACs/img", "infer ms", "infer img/s", "train step ms", "train img/s",
               "peak train MB", "params", "GMACs", "infer speed", "train speed"]
     header += ["compiled img/s", "compiled speed"] if compiled else []
-    return [f"Ratios are model / {rows[0]['reference']} (speed: images per second, higher is faster).", "",
+    return [f"Ratios are model / {rows[0]['reference']} (speed: images per second, higher is faster; the "
+            "median over rounds of the paired ratio, with its 95% bootstrap interval).", "",
             markdown_table(header + ["note"], table)]
 
 
@@ -1210,6 +1283,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.resolutions = sorted({s for _, s in grid_points(args)})
     if args.models == ["none"] or args.skip_models:
         args.models = []
+    for spec in (args.reference, *args.models):
+        parse_model_spec(spec)  # a clear error now rather than after the block rows
     for key in ("channels", "resolutions", "batch_sizes"):
         if any(v < 1 for v in getattr(args, key)):
             raise ValueError(f"--{key} must be positive, got {getattr(args, key)}")
@@ -1285,8 +1360,9 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"\nModels on {label}: {args.reference} and {', '.join(others)}", flush=True)
                 section["models"] = run_models(args, device, precision)
                 for row in section["models"]:
-                    print(f"  {row['model']:<22} {row['img_size']} px  "
-                          f"infer {row['infer_speed_vs_ref']:.2f}x  train {row['train_speed_vs_ref']:.2f}x  "
+                    print(f"  {row['model']:<36} {row['img_size']} px  "
+                          f"infer {row['infer_speed_vs_ref']:.3f}x{interval(row, 'infer')}  "
+                          f"train {row['train_speed_vs_ref']:.3f}x{interval(row, 'train')}  "
                           f"params {row['params_vs_ref']:.2f}x  "
                           f"GMACs {row['gmacs_vs_ref']:.2f}x  (vs {args.reference})", flush=True)
             section["targets"] = check_targets(section)

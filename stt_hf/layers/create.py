@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 from torch import nn
@@ -37,6 +38,18 @@ def _flat_synth(kind, channels, feat_size, reduction=2, min_channels=16, hidden=
                            min_channels=min_channels, hidden=hidden, device=device, dtype=dtype)
 
 
+class InputSavingReLU(nn.Module):
+    """ReLU into a new tensor, with a backward that reads its input rather than its output.
+
+    Placed inside a residual block, an attention module's output gets the host's shortcut added in place
+    (timm's `x += shortcut`); autograd refuses that on a tensor its own backward saved, as ReLU saves its
+    output. clamp(min=0) is the same function and saves its input instead.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+
 def _res_block(channels, feat_size, reduction=16, min_channels=16, device=None, dtype=None, **_):
     """Capacity control: a plain bottleneck residual block as wide as STT's value (C -> Cv -> Cv -> C).
 
@@ -46,6 +59,7 @@ def _res_block(channels, feat_size, reduction=16, min_channels=16, device=None, 
     planes = channels // Bottleneck.expansion  # timm's width = planes * base_width / 64
     block = Bottleneck(channels, planes, base_width=width * 64 // planes, device=device, dtype=dtype)
     nn.init.zeros_(block.bn3.weight)  # identity at init, like STT (timm's zero_init_last)
+    block.act3 = InputSavingReLU()  # its output may be added to in place by a host block
     return block
 
 

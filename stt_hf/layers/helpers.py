@@ -101,18 +101,19 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 @torch.fx.wrap
 def add_conv1x1(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:
-    """residual + conv1x1(x, weight, bias) in one pass over the output (B, Cout, H, W).
+    """residual + conv1x1(x, weight, bias) with one pass over the output (B, Cout, H, W) besides the matmul.
 
-    The bias rides along as one more input channel of ones, [W | b] @ [X; 1], so baddbmm's copy of
-    the residual into the output is the only full-size pass: a separate bias or residual add would
-    write the largest map of the block once more.
+    The bias is added while the residual is copied into a new output (`residual + bias`), and the matmul
+    accumulates into it in place (`baddbmm_`): a separate bias or residual add would write the largest map
+    of the block once more, and an augmented [W | b] @ [X; 1] costs two concatenations per call.
     """
     if not (x.is_contiguous() and residual.is_contiguous()):
         return F.conv2d(x, weight, bias).add_(residual)
     b, cin, h, w = x.shape
-    w_aug = torch.cat([weight.reshape(weight.shape[0], -1), bias.unsqueeze(-1)], dim=1)  # (Cout, Cin + 1)
-    x_aug = torch.cat([x.reshape(b, cin, h * w), x.new_ones(b, 1, h * w)], dim=1)  # (B, Cin + 1, HW)
-    out = torch.baddbmm(residual.reshape(b, -1, h * w), w_aug.expand(b, -1, -1), x_aug)
+    dtype = residual.dtype  # in-place ops are not autocast: every operand explicitly in the output's dtype
+    out = (residual + bias.to(dtype).reshape(-1, 1, 1)).reshape(b, -1, h * w)  # (B, Cout, HW), a new tensor
+    out.baddbmm_(weight.to(dtype).reshape(weight.shape[0], -1).expand(b, -1, -1),
+                 x.to(dtype).reshape(b, cin, h * w))
     return out.reshape(residual.shape)
 
 

@@ -616,3 +616,15 @@ def test_count_macs_leaves_model_state_alone():
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"count_macs changed {key}"
+
+
+def test_count_macs_counts_the_eval_path_like_the_training_path(switch_on):
+    """Eval mode runs the output projection as an in-place matmul (add_conv1x1): still counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stt_hf.reporting.profiling import count_macs
+
+    block = switch_on(STT(64, feat_size=8, reduction=4)).train()
+    with FlopCounterMode(display=False) as counter:
+        block(torch.randn(1, 64, 8, 8))
+    assert count_macs(block, (64, 8, 8)) == counter.get_total_flops() // 2 > 2 * 64 * 16 * 64

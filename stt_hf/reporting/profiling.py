@@ -12,6 +12,15 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _bmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+    batch, m, k = a_shape
+    return 2 * batch * m * k * b_shape[-1]
+
+
+# In-place matmuls the eval path uses (`add_conv1x1`'s baddbmm_), which torch's counter does not know.
+IN_PLACE_FLOPS = {torch.ops.aten.baddbmm_: _bmm_flops}
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:
     """Multiply-accumulates of one forward pass (torch's FLOP counter / 2), per batch."""
     device = next(model.parameters()).device
@@ -21,7 +30,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=IN_PLACE_FLOPS) as counter:
             model(x)
     finally:
         model.train(was_training)

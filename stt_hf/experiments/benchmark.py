@@ -72,7 +72,7 @@ of them with the run's settings), results.md and the plots.
 
 Usage:
     stt-hf bench                           # the default grid, about 20 minutes on 2 CPU cores
-    stt-hf bench --preset targets          # the targets check, about 5 minutes on 2 CPU cores
+    stt-hf bench --preset targets          # the targets check, about 7 minutes on 2 CPU cores
     stt-hf bench --quick --out outputs/bench_quick   # smoke test: a tiny grid, one model pair
     stt-hf bench --channels 128 --resolutions 14 28 56 --batch_sizes 4 --models resnet50 stt_resnet50
     stt-hf bench --skip_blocks --skip_cost --models stt_resnet50 stt_resnet50:attn_layer=res_block

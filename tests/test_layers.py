@@ -651,6 +651,15 @@ def test_add_conv1x1_matches_residual_plus_conv2d(layout):
     x = torch.randn(2, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt)
     residual = torch.randn(2, 9, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt)
     weight, bias = torch.randn(9, 6, 1, 1, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    kept = residual.clone()
+    inputs = [t.requires_grad_() for t in (residual, x, weight, bias)]
     out = add_conv1x1(residual, x, weight, bias)
-    torch.testing.assert_close(out, residual + F.conv2d(x, weight, bias), rtol=1e-12, atol=1e-12)
-    assert residual.shape == out.shape and not out.data_ptr() == residual.data_ptr()  # the input is kept
+    expected = residual + F.conv2d(x, weight, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert residual.shape == out.shape and not out.data_ptr() == residual.data_ptr()
+    assert torch.equal(residual.detach(), kept)  # the input is kept
+    # The matmul accumulates in place into a new tensor: gradients still reach every input.
+    grad = torch.randn_like(out)
+    got, want = torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)
+    for name, g, e in zip(("residual", "x", "weight", "bias"), got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")

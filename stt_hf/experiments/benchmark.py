@@ -759,16 +759,12 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def model_kwargs(spec: str, img_size: int) -> dict:
-    name, kwargs = parse_model_spec(spec)
-    # STT models build their synthesizers for the input size they will see.
-    return dict(kwargs, img_size=img_size) if name.startswith("stt_") else kwargs
-
-
 def create_model(spec: str, img_size: int, **kwargs) -> nn.Module:
     """A random-init timm model from a model spec (see parse_model_spec) for `img_size` inputs."""
-    return timm.create_model(parse_model_spec(spec)[0], pretrained=False, **model_kwargs(spec, img_size),
-                             **kwargs)
+    name, options = parse_model_spec(spec)
+    if name.startswith("stt_"):  # STT models build their synthesizers for the input size they will see
+        options["img_size"] = img_size
+    return timm.create_model(name, pretrained=False, **options, **kwargs)
 
 
 def paired_ratio(reference: Sequence[float], times: Sequence[float], resamples: int = 2000,
@@ -1000,7 +996,7 @@ def render_scaling(fits: list[dict]) -> list[str]:
 
 def render_cost(rows: list[dict]) -> list[str]:
     table = [[r["config"], str(r["batch"]), f"{r['block_ms']:.2f}", f"{r['convs_ms']:.2f}",
-              fmt(r.get("conv_pair_ms"), ".2f"), f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x",
+              f"{r['conv_pair_ms']:.2f}", f"{r['trunk_ms']:.2f}", f"{r['block_vs_convs']:.2f}x",
               f"{r['convs_gmacs_s']:.1f}",
               f"{r['trunk_gmacs_s']:.1f}", f"{r['trunk_vs_convs_gmacs']:.2f}x", str(r["block_ops"]),
               " / ".join(f"{r[f'{part}_ms']:.2f}" for part in BLOCK_PARTS)]
@@ -1016,8 +1012,7 @@ def render_cost(rows: list[dict]) -> list[str]:
 
 
 def interval(row: dict, kind: str) -> str:
-    low, high = row.get(f"{kind}_speed_ci_low"), row.get(f"{kind}_speed_ci_high")
-    return "" if low is None or high is None else f" ({low:.3f}-{high:.3f})"
+    return f" ({row[f'{kind}_speed_ci_low']:.3f}-{row[f'{kind}_speed_ci_high']:.3f})"
 
 
 def render_models(rows: list[dict]) -> list[str]:

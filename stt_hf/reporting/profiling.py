@@ -5,20 +5,16 @@ from __future__ import annotations
 import timm
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, baddbmm_flop
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _bmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
-    batch, m, k = a_shape
-    return 2 * batch * m * k * b_shape[-1]
-
-
-# In-place matmuls the eval path uses (`add_conv1x1`'s baddbmm_), which torch's counter does not know.
-IN_PLACE_FLOPS = {torch.ops.aten.baddbmm_: _bmm_flops}
+# In-place matmuls of the eval path (add_conv1x1's baddbmm_), which torch's counter does not know, counted
+# with torch's own formula (`__wrapped__`: before its shape wrapper, which the counter applies again).
+IN_PLACE_FLOPS = {torch.ops.aten.baddbmm_: baddbmm_flop.__wrapped__}
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:

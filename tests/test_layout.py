@@ -16,8 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stt_hf"
 # The layers of the package, lowest first: a module may import from its own layer and the ones below.
 LAYERS = ("layers", "models", "hf", "data", "metrics", "reporting", "tasks", "experiments", "cli")
 # Top-level modules outside the folders, and the layer each belongs to. `stt_hf` itself (its __init__)
-# registers the models, so importing it counts as importing from `hf`.
-ROOT_MODULES = {"stt_hf": "hf", "registration": "hf", "cli": "cli"}
+# registers the models, so importing it counts as importing from `hf`; `plotting` (the one matplotlib set-up)
+# imports nothing of the package, so every layer may use it.
+ROOT_MODULES = {"stt_hf": "hf", "registration": "hf", "cli": "cli", "plotting": "layers"}
 # Facades that name every layer on purpose, lazily: the package namespace and the old module paths.
 FACADES = {"stt_hf", "stt_hf.compat"}
 # Upward imports that are allowed, with the reason: (importing module, imported module) -> reason.

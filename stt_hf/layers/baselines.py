@@ -53,7 +53,25 @@ class _ResidualOut(nn.Module):
         return self
 
 
-class SelfAttention2d(nn.Module):
+def attend(v: torch.Tensor, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Y = V softmax(logits)^T over the flattened positions: v (B, G, c, N), logits (B or 1, G, N, N)
+    -> (B, G*c, H, W)."""
+    attn = softmax_f32(logits).to(v.dtype)
+    return (v @ attn.transpose(-1, -2)).reshape(v.shape[0], -1, h, w)
+
+
+class _FlattenedAttention(nn.Module):
+    """What the N x N baselines share besides `attend`: folding their residual output `self.out` (a
+    `_ResidualOut`; not annotated on the class, which TorchScript would read as an attribute type)."""
+
+    @torch.jit.ignore
+    def fuse_for_inference(self):
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
+        self.out.fuse_for_inference()
+        return self
+
+
+class SelfAttention2d(_FlattenedAttention):
     """Non-local dot-product self-attention: (B, C, H, W) -> (B, C, H, W), O(N^2) in N = H*W."""
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
@@ -71,18 +89,10 @@ class SelfAttention2d(nn.Module):
         qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, -1, h * w)  # (B, 3, G, c, N)
         q, k, v = qkv.unbind(1)
         logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
-class FlatSynthesizer(nn.Module):
+class FlatSynthesizer(_FlattenedAttention):
     """Synthesizer (Tay et al. 2020) over the flattened map: N x N logits, N = H*W.
 
     `dense`: each position's value vector -> a row of N logits by a two-layer MLP.
@@ -117,15 +127,7 @@ class FlatSynthesizer(nn.Module):
         else:
             assert self.random is not None
             logits = self.random.unsqueeze(0)  # (1, G, N, N), broadcast over the batch
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
 __all__ = ["FlatSynthesizer", "SelfAttention2d"]

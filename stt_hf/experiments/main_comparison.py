@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .ablation import CORRUPTIONS, corrupt, load_tensors
+from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
     check_known,
     drop_checkpoints,
@@ -36,16 +37,12 @@ from .runs import (
     write_report,
 )
 
-# name -> the model's attn_layer options (everything else is the main job's default model).
+# name -> the model's attn_layer options (everything else is the main job's default model): the ablation's
+# variants of the same names, STT with its defaults as "stt", and the capacity control.
+OWN_VARIANTS = {"res_block": dict(attn_layer="res_block"), "stt": ABLATION_VARIANTS["stt_dense"]}
 VARIANTS: dict[str, dict] = {
-    "plain": dict(attn_layer="none"),
-    "res_block": dict(attn_layer="res_block"),
-    "se": dict(attn_layer="se"),
-    "eca": dict(attn_layer="eca"),
-    "self_attn": dict(attn_layer="self_attn"),
-    "flat_dense": dict(attn_layer="flat_dense"),
-    "stt": dict(attn_layer="stt"),
-    "stt_factorized_random": dict(attn_layer="stt", stt_synth="factorized_random"),
+    name: dict(OWN_VARIANTS.get(name) or ABLATION_VARIANTS[name])
+    for name in ("plain", "res_block", "se", "eca", "self_attn", "flat_dense", "stt", "stt_factorized_random")
 }
 
 

@@ -189,6 +189,11 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         """The stages that get attention (`final` placement: stage 4 whatever `attn_stages` says)."""
         return placed_stages(self.attn_placement, self.attn_stages)
 
+    @property
+    def depths(self) -> list[int]:
+        """Residual blocks per stage (the name transformers' ResNetConfig and backbone tests use)."""
+        return list(ARCHS[self.depth][1])
+
     def input_size(self) -> tuple[int, int, int]:
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
         return (self.in_chans, *size)

@@ -39,7 +39,11 @@ class _ResidualOut(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(value_channels, channels, 1, bias=False, device=device, dtype=dtype)
         self.norm = nn.BatchNorm2d(channels, device=device, dtype=dtype)
-        nn.init.zeros_(self.norm.weight)
+        self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        if isinstance(self.norm, nn.BatchNorm2d):  # not yet folded by fuse_for_inference
+            nn.init.zeros_(self.norm.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.norm(conv1x1(y, self.proj.weight, self.proj.bias))
@@ -104,8 +108,13 @@ class FlatSynthesizer(nn.Module):
         self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
         # The unused one is None, so TorchScript compiles only the branch this block takes.
         self.dense = DenseSynth(heads, cv // heads, hidden, n, **dd) if synth == "dense" else None
-        self.random = nn.Parameter(torch.randn(heads, n, n, **dd)) if synth == "random" else None
+        self.random = nn.Parameter(torch.empty(heads, n, n, **dd)) if synth == "random" else None
         self.out = _ResidualOut(channels, cv, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.random is not None:
+            nn.init.normal_(self.random)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "FlatSynthesizer")

@@ -40,7 +40,7 @@ WEBDATASET_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".cls", ".txt",
 
 def open_stream(name_or_path: str, split: str = "train"):
     """The split of a Hub dataset id or a local folder of shards as a `datasets.IterableDataset`,
-    columns as written (WebDataset extensions stripped: `image.png` → `image`)."""
+    columns as written (WebDataset extensions stripped: `image.png` → `image`), images undecoded."""
     import datasets
 
     from .classification import BUILTIN_DATASETS
@@ -55,14 +55,24 @@ def open_stream(name_or_path: str, split: str = "train"):
     streams = datasets.load_dataset(str(name_or_path), streaming=True)
     if split not in streams:
         raise ValueError(f"{name_or_path} has no {split!r} split; its splits are: {', '.join(streams)}")
-    stream = streams[split]
+    stream = undecoded(streams[split])
     renames = {c: c.rsplit(".", 1)[0] for c in stream.column_names if c.endswith(WEBDATASET_SUFFIXES)}
     return stream.rename_columns(renames) if renames else stream
 
 
+def undecoded(stream):
+    """Image columns as raw {"bytes", "path"}: renaming, shuffling and skipping then never decode (and
+    renaming a decoded column would re-encode its images)."""
+    import datasets
+
+    for name, feature in stream.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            stream = stream.cast_column(name, datasets.Image(decode=False))
+    return stream
+
+
 def select_columns(stream, image_column: str, target_column: str, target: str):
-    """Keep `image_column` and `target_column`, renamed `image` and `target`; images left undecoded
-    ({"bytes", "path"}) so that skipping and shuffling never decode them."""
+    """Keep `image_column` and `target_column` of an `open_stream` stream, renamed `image` and `target`."""
     import datasets
 
     for column in (image_column, target_column):
@@ -75,7 +85,7 @@ def select_columns(stream, image_column: str, target_column: str, target: str):
     if not isinstance(stream.features["image"], datasets.Image):
         raise ValueError(f"column {image_column!r} must be a datasets.Image feature, got "
                          f"{stream.features['image']!r}")
-    return stream.cast_column("image", datasets.Image(decode=False))
+    return stream
 
 
 def class_names(stream, eval_split) -> list[str]:
@@ -115,11 +125,15 @@ def node_shard(stream, rank: int, world_size: int):
 
 
 def workers_for(stream, requested: int) -> int:
-    """DataLoader workers that all get data: at most one per shard this process reads."""
-    if requested > stream.num_shards:
-        logger.warning("%d dataloader workers but %d shard(s) to read: using %d", requested,
-                       stream.num_shards, stream.num_shards)
-    return min(requested, stream.num_shards)
+    """DataLoader workers that share this process's shards evenly: the most, up to `requested`, that
+    divide the shard count (a worker with fewer shards would start its next pass early and see its
+    examples more often)."""
+    workers = max((w for w in range(1, min(requested, stream.num_shards) + 1) if stream.num_shards % w == 0),
+                  default=0)
+    if workers != requested:
+        logger.warning("%d dataloader workers asked for, %d shard(s) to read: using %d", requested,
+                       stream.num_shards, workers)
+    return workers
 
 
 def batches_from_worker(consumed_batches: int, worker: int, num_workers: int) -> int:
@@ -197,4 +211,5 @@ def decode_image(value):
 
 
 __all__ = ["EVAL_SPLITS", "StreamLoader", "TrainingStream", "batches_from_worker", "class_names",
-           "decode_image", "materialise_split", "node_shard", "open_stream", "select_columns", "workers_for"]
+           "decode_image", "materialise_split", "node_shard", "open_stream", "select_columns", "undecoded",
+           "workers_for"]

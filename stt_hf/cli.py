@@ -14,6 +14,10 @@ PASSTHROUGH = {
                       "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
     "train-seg": ("stt_hf.tasks.train_seg",
                   "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
+    "write-shards": ("stt_hf.data.shards",
+                     "write a sharded Parquet/WebDataset copy of a dataset, for train --streaming"),
+    "bench-input": ("stt_hf.experiments.input_pipeline",
+                    "images/s of decoding + the train transform per worker vs a model's training step"),
 }
 
 

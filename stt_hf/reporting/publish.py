@@ -149,7 +149,8 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
             stages=", ".join(str(s) for s in config.placed_stages()), synth=config.stt_synth,
             modes=config.stt_modes, mean=tuple(round(m, 4) for m in data["mean"]),
             std=tuple(round(s, 4) for s in data["std"]), eval_samples=len(dsd[split]),
-            train_samples=len(dsd["train"]), val_samples=len(dsd["validation"]),
+            train_samples=results.get("train_samples") or len(dsd["train"]),  # a stream has no length
+            val_samples=len(dsd["validation"]),
             hyperparameters=hyperparameters, command=command, repo_or_path=str(out)),
     )
     card_path = out / "README.md"

@@ -32,6 +32,11 @@ class DataArguments:
         "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
                 "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
                 "per-image transforms."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the train split as a stream (a Hub dataset id or a folder of Parquet/WebDataset "
+                "shards, see stt-hf write-shards); needs --max_steps. Evaluation splits are materialised."})
+    shuffle_buffer: int = field(default=1000, metadata={
+        "help": "--streaming: examples held in the shuffle buffer (shards are shuffled too); 1: no shuffle."})
 
 
 def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None) -> list:
@@ -46,6 +51,15 @@ def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | 
         defaults.update(load_config_file(argv[argv.index("--config") + 1]))
     parser.set_defaults(**defaults)
     return parser.parse_args_into_dataclasses(argv)[: len(dataclass_types)]
+
+
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the arguments set by a flag or by `--config FILE` (not left at a default)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    if "--config" in argv:
+        names |= set(load_config_file(argv[argv.index("--config") + 1]))
+    return names
 
 
 def load_config_file(path: str) -> dict:
@@ -166,6 +180,6 @@ def push_run_folder(trainer, commit_message: str) -> None:
                 commit_message=commit_message)
 
 
-__all__ = ["DataArguments", "best_checkpoint", "build_transforms", "collate", "image_transforms",
-           "is_checkpoint", "load_config_file", "native_bf16", "parse_with_config", "print_run_summary",
-           "push_run_folder", "resume_checkpoint"]
+__all__ = ["DataArguments", "best_checkpoint", "build_transforms", "collate", "given_flags",
+           "image_transforms", "is_checkpoint", "load_config_file", "native_bf16", "parse_with_config",
+           "print_run_summary", "push_run_folder", "resume_checkpoint"]

@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict] = {
     "se": dict(attn_layer="se"),
     "eca": dict(attn_layer="eca"),
     "self_attn": dict(attn_layer="self_attn"),
+    "axial": dict(attn_layer="axial"),
+    "criss_cross": dict(attn_layer="criss_cross"),
     "flat_dense": dict(attn_layer="flat_dense"),
     "stt": dict(attn_layer="stt"),
     "stt_factorized_random": dict(attn_layer="stt", stt_synth="factorized_random"),

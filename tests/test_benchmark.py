@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from stt_hf.cli import build_parser
+from stt_hf.cli import main as cli_main
 from stt_hf.experiments import benchmark
 
 
@@ -45,7 +46,7 @@ def quick(tmp_path_factory):
             return reply
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "BlockWorker", RecordingWorker)
+        mp.setattr(benchmark.blocks, "BlockWorker", RecordingWorker)  # the grid starts its workers
         result = run(["--quick", "--resolutions", "7", "--modules", "stt_dense", "self_attn", "--img_size",
                       "32", "--out", str(out)])
     return out, result, ready
@@ -309,7 +310,7 @@ def test_presets_fill_what_is_not_given():
 def test_bad_options_fail_with_a_message(argv, message, capsys, tmp_path):
     args = parse([*argv, "--out", str(tmp_path)])
     assert args.func is benchmark.run_command
-    assert args.func(args) == 2
+    assert cli_main(["bench", *argv, "--out", str(tmp_path)]) == 2  # the error path of every subcommand
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing measured, nothing written
 

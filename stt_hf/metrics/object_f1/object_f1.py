@@ -3,16 +3,16 @@
 An `evaluate` metric script; load it offline with `evaluate.load(<this folder>)` or
 `stt_hf.metrics.load_metric("object_f1")`.
 
-Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scenes.parse_caption`): every noun phrase
-names as many items of its class as its count word says ("two bags": 2 bags; "a bag": 1). Per caption,
-the items named correctly are, summed over classes, min(named, present). Over all captions (micro
-average): precision = correct / named, recall = correct / present, F1 = 2 correct / (named + present).
-A caption naming nothing the grammar knows (unparsable) names 0 items: it lowers recall, never crashes.
+Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scene_captions.parse_caption`): every
+noun phrase names as many items of its class as its count word says ("two bags": 2 bags; "a bag": 1). Per
+caption, the items named correctly are, summed over classes, min(named, present). Over all captions (micro
+average): precision = correct / named, recall = correct / present, F1 = 2 correct / (named + present). A
+caption naming nothing the grammar knows (unparsable) names 0 items: it lowers recall, never crashes.
 """
 
 import evaluate
 
-from stt_hf.data.scenes import parse_caption
+from stt_hf.data.scene_captions import parse_caption
 from stt_hf.metrics.captioning import check_scene_inputs, scene_features
 
 _DESCRIPTION = "Micro-averaged F1 of the items (class and count) a caption names versus the items present."

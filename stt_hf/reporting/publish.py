@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..hf.checkpoints import default_file_mode
+
 # Built-in datasets: (name shown in cards, Hub id of the same data).
 BUILTIN_DATASET_NAMES = {
     "fashion_mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
@@ -19,19 +21,6 @@ PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt
 # fnmatch: * spans folders. eval_*: what stt-hf eval/eval-seg write beside a model (scores on someone's
 # data, overlay pictures) stays local; the card already holds the training run's own scores.
 LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*"]
-
-
-def default_file_mode() -> int:
-    """The mode a plain `open(path, "w")` gives a new file: 0o666 minus the process umask."""
-    try:  # Linux reports the umask without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def atomic_save(output_dir: str | Path, *savers) -> list[Path]:

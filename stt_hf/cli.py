@@ -16,12 +16,13 @@ TRAINERS = {
     "train-seg": ("stt_hf.tasks.train_seg",
                   "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
 }
-# Evaluators: (module with add_arguments and run, help).
+# Evaluators: (module with add_arguments and run, help, the kind of model folder it scores).
 EVALUATORS = {
-    "eval": ("stt_hf.tasks.evaluation", "score a checkpoint on a dataset split, write metrics JSON"),
-    "eval-caption": ("stt_hf.tasks.evaluation_caption", "score a captioner on a dataset split, write JSON"),
+    "eval": ("stt_hf.tasks.evaluation", "score a checkpoint on a dataset split, write metrics JSON", "stt"),
+    "eval-caption": ("stt_hf.tasks.evaluation_caption", "score a captioner on a dataset split, write JSON",
+                     "vision-encoder-decoder"),
     "eval-seg": ("stt_hf.tasks.evaluation_seg",
-                 "score a segmenter on a dataset split: metrics JSON, overlay PNG"),
+                 "score a segmenter on a dataset split: metrics JSON, overlay PNG", "upernet"),
 }
 DEBUG_ENV = "STT_HF_DEBUG"
 # Not --debug: that is a TrainingArguments flag, which the trainers' parsers own.
@@ -37,9 +38,12 @@ def _trainer(module: str):
     return train
 
 
-def _evaluator(module: str):
+def _evaluator(module: str, model_kind: str):
     def evaluate(args: argparse.Namespace) -> int:
+        from .hf.convert import check_model_folder
+
         _check_model_path(args.model)
+        check_model_folder(args.model, (model_kind,))
         importlib.import_module(module).run(args)
         return 0
 
@@ -99,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module, help_text) in TRAINERS.items():
         sub.add_parser(name, help=help_text, add_help=False).set_defaults(func=_trainer(module), rest=[])
-    for name, (module, help_text) in EVALUATORS.items():
+    for name, (module, help_text, model_kind) in EVALUATORS.items():
         evaluate = sub.add_parser(name, help=help_text)
         importlib.import_module(module).add_arguments(evaluate)
-        evaluate.set_defaults(func=_evaluator(module))
+        evaluate.set_defaults(func=_evaluator(module, model_kind))
 
     from .experiments.benchmark import add_bench_parser
     from .hf.convert import add_convert_parser

@@ -86,6 +86,10 @@ def png_bytes(array: np.ndarray) -> bytes:
 def load_hub(dataset_id: str, cache_dir):
     import datasets
 
+    if dataset_id.startswith(("/", ".", "~")) or dataset_id.count("/") > 1:  # a path, not an ORG/NAME id
+        raise FileNotFoundError(f"--dataset {dataset_id}: no such folder (a Hub dataset id has the form "
+                                "ORG/NAME)")
+
     return datasets.load_dataset(dataset_id, cache_dir=cache_dir)
 
 

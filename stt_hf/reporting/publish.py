@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..hf.checkpoints import default_file_mode
@@ -23,6 +24,27 @@ PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt
 LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*"]
 
 
+# How a failed write reads in the libraries that write models: safetensors' Rust errors, torch.save's
+# "PytorchStreamWriter failed writing file", and the errno names of a full disk or a file-size limit.
+WRITE_FAILURES = ("no space left", "os error 28", "os error 27", "file too large", "disk quota",
+                  "failed writing", "file write failed")
+
+
+@contextmanager
+def write_failures_as_oserror(where: str | Path):
+    """Turn a failed write inside the block (a full disk at a checkpoint or the final save, which torch
+    and safetensors raise as RuntimeError or their own error types) into an OSError naming `where`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        if any(text in str(e).lower() for text in WRITE_FAILURES):
+            raise OSError(f"writing to {where} failed: {e}; free some space (or raise the limit) and run "
+                          "the command again") from e
+        raise
+
+
 def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     """Run each `saver(tmp_dir)` into a scratch folder, then move the files into place.
 
@@ -34,8 +56,13 @@ def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     tmp = output_dir / ".saving"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for save in savers:
-        save(tmp)
+    try:
+        with write_failures_as_oserror(output_dir):
+            for save in savers:
+                save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the earlier files in output_dir are untouched
+        raise
     moved, mode = [], default_file_mode()
     for path in sorted(tmp.rglob("*")):
         if path.is_file():

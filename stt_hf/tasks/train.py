@@ -24,6 +24,7 @@ from transformers import Trainer, TrainingArguments
 from ..data.classification import load_image_dataset, validate_dataset
 from ..data.common import undecoded
 from ..metrics import compute_classification_metrics
+from ..reporting.publish import write_failures_as_oserror
 from .common import (
     DataArguments,
     UserFileMode,
@@ -166,7 +167,8 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator, compute_metrics=compute_classification_metrics,
                       callbacks=[UserFileMode()])
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in dsd else "validation"
     eval_metrics = trainer.evaluate(undecoded(dsd[eval_split]).with_transform(eval_tf),

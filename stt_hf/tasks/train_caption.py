@@ -31,6 +31,7 @@ from ..hf.captioning import (
     encode_captions,
     train_caption_tokenizer,
 )
+from ..reporting.publish import write_failures_as_oserror
 from .common import (
     UserFileMode,
     best_checkpoint,
@@ -258,7 +259,8 @@ def run(argv: list[str] | None = None):
         eval_dataset=undecoded(dsd["validation"]).with_transform(eval_tf), processing_class=tokenizer,
         data_collator=CaptionCollator(tokenizer, model_args.max_caption_length),
         compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS), callbacks=[UserFileMode()])
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     # The test split is captioned as `stt-hf eval-caption` and the pipeline caption it: the saved weights
     # in float32 with the saved image processor, outside the training precision (bf16 autocast), so

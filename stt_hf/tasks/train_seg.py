@@ -37,6 +37,7 @@ from ..hf.modeling_stt_seg import (
     segmentation_image_processor,
 )
 from ..metrics import compute_segmentation_metrics
+from ..reporting.publish import write_failures_as_oserror
 from .common import (
     UserFileMode,
     best_checkpoint,
@@ -207,7 +208,8 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                       data_collator=SegmentationCollator(data["mean"], data["std"]),
                       compute_metrics=segmentation_metrics(labels),
                       preprocess_logits_for_metrics=argmax_logits, callbacks=[UserFileMode()])
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in arrays else "validation"
     eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)

@@ -195,9 +195,10 @@ def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False)
 
 def check_destination(src: Path, dst: Path, overwrite: bool = False) -> None:
     """Refuse a conversion that would write into its source or replace a model without `overwrite`."""
-    source = src.resolve() if src.is_dir() else src.resolve().parent
-    target = dst.resolve()
-    if target == source or source in target.parents:
+    if not src.exists():
+        raise FileNotFoundError(f"No checkpoint at {src}")
+    source, target = src.resolve(), dst.resolve()
+    if src.is_dir() and (target == source or source in target.parents):
         raise ValueError(f"the output folder {dst} is the source folder {src} or inside it; converting in "
                          f"place would replace the source's files: give another output folder")
     if dst.exists() and not dst.is_dir():

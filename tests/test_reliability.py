@@ -299,7 +299,9 @@ def test_a_corrupt_image_found_mid_training_is_named(tmp_path, capsys):
     raw = dsd["train"].cast_column("image", __import__("datasets").Image(decode=False))
     row = next(r for r in range(len(raw)) if not {r - 1, r, r + 1} & checked)
     victim = Path(raw[row]["image"]["path"])
-    victim.write_bytes(victim.read_bytes()[:60])  # a header and half a chunk: "Truncated File Read"
+    noise = torch.randint(0, 256, (12, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.numpy()).save(victim)
+    victim.write_bytes(victim.read_bytes()[:300])  # the header and part of the pixels: a truncated file
     code, text = run_cli(capsys, ["train", "--dataset", images, "--output_dir", tmp_path / "out",
                                   "--img_size", "16", "--per_device_train_batch_size", "128",
                                   "--max_steps", "1",
@@ -313,7 +315,7 @@ def test_a_corrupt_image_found_mid_training_is_named(tmp_path, capsys):
 
 def test_stt_debug_shows_the_traceback_of_a_trainer_command(tmp_path):
     """train's own --debug belongs to TrainingArguments; --stt_debug works anywhere on the line."""
-    with pytest.raises(ValueError, match="not a positive"):
+    with pytest.raises(ValueError, match="--img_size must be a positive"):
         main(["train", "--output_dir", str(tmp_path), "--img_size", "0", "--stt_debug"])
 
 

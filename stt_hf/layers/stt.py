@@ -130,7 +130,8 @@ class DenseSynth(nn.Module):
         b, g, i, d = x.shape
         rows = x.transpose(0, 1).reshape(g, b * i, d)
         hidden = torch.baddbmm(self.b1, rows, self.w1).relu_()  # (G, B I, K)
-        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, -1).transpose(0, 1)  # (B, G, I, O)
+        out = self.w2.shape[-1]
+        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, out).transpose(0, 1)  # (B, G, I, O)
 
 
 class RandomSynth(nn.Module):
@@ -264,7 +265,8 @@ class STT(nn.Module):
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> V, (B, G, c, H, W): the reduced value tensor split into heads."""
         b, _, h, w = x.shape
-        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h, w)
+        cv = self.to_v.weight.shape[0]  # explicit sizes, not -1: an empty batch reshapes too
+        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, cv // self.heads, h, w)
 
     def describe(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """One descriptor per slice along each mode, averages of V (B, G, c, H, W) that keep its structure:
@@ -301,7 +303,8 @@ class STT(nn.Module):
             x = check_size(x, self.feat_size, "STT built with resize=False")
         b, _, h, w = x.shape
         v = self.values(x)
-        y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
+        cv = v.shape[1] * v.shape[2]
+        y = self.transform(v, self.attention_maps(v)).reshape(b, cv, h, w)  # (B, Cv, H, W)
         return self.output(x, y)
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from ..data.captions import load_caption_dataset
 from ..data.common import to_rgb
 from ..metrics import compute_caption_metrics
-from ..reporting.publish import write_json
+from ..reporting.publish import check_output_file, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,10 @@ def generate_captions(model, tokenizer, image_processor, images, batch_size: int
 
 
 def run(args: argparse.Namespace) -> dict:
+    for flag in ("batch_size", "num_beams", "max_eval_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    check_output_file(args.output, "--output", ".json")
     if args.no_repeat_ngram_size is not None:
         check_no_repeat_ngram_size(args.no_repeat_ngram_size)
     model, tokenizer, image_processor = load_captioner(args.model, args.trust_remote_code)
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.split not in dsd:
         raise ValueError(f"--split {args.split!r} is not in the dataset; it has {sorted(dsd)}")
     data = dsd[args.split]
-    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams is not None else {}
     if args.no_repeat_ngram_size is not None:
         generate_kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     generated = generate_captions(model, tokenizer, image_processor, list(data["image"]), args.batch_size,

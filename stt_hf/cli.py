@@ -181,9 +181,18 @@ def _is_bug(err: BaseException) -> bool:
     return not missing or missing.split(".")[0] == "stt_hf"
 
 
+def problem_of(err: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives re-raised by torch
+    as "Caught E in DataLoader worker process N. Original Traceback ...": its last line is the message."""
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split()) or type(err).__name__
+
+
 def report(err: BaseException, command: str) -> None:
     """The error in two lines on stderr: the problem, then the fix."""
-    problem = " ".join(str(err).split()) or type(err).__name__
+    problem = problem_of(err)
     where = f"stt-hf {command}" if command else "stt-hf"
     print(f"{where}: error: {problem}\n  fix: {how_to_fix(err, command)} "
           f"({DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)

@@ -46,9 +46,11 @@ def _evaluator(module: str, model_kind: str):
     def evaluate(args: argparse.Namespace) -> int:
         from .hf.convert import check_model_folder
 
+        task = importlib.import_module(module)
+        task.check_arguments(args)  # the flag values first: no model is read for a bad one
         _check_model_path(args.model)
         check_model_folder(args.model, (model_kind,))
-        importlib.import_module(module).run(args)
+        task.run(args)
         return 0
 
     return evaluate

@@ -82,8 +82,8 @@ def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
 
 
 def check_output_file(path: str | Path | None, flag: str, suffix: str) -> None:
-    """Raise naming `flag` when `path` cannot be the `suffix` file a command is about to write: a folder,
-    another extension, or a folder that does not exist. Run before any work."""
+    """Raise naming `flag` when `path` cannot be the `suffix` file a command is about to write (a folder,
+    or another extension). Run before any work; the writers create missing parent folders."""
     if path is None:
         return
     path = Path(path)
@@ -92,12 +92,11 @@ def check_output_file(path: str | Path | None, flag: str, suffix: str) -> None:
                          f"e.g. {path / ('out' + suffix)}")
     if path.suffix.lower() != suffix:
         raise ValueError(f"{flag} {path}: expected a file name ending in {suffix}")
-    if path.parent != Path("") and not path.parent.is_dir():
-        raise FileNotFoundError(f"{flag} {path}: the folder {path.parent} does not exist")
 
 
 def write_json(path: str | Path, data: dict) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     try:

@@ -30,11 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics JSON path (default: <model>/eval_<split>.json)")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The flag values, before any work."""
+    check_positive(batch_size=args.batch_size, max_eval_samples=args.max_eval_samples)
+    check_output_file(args.output, "--output", ".json")
+
+
 def run(args: argparse.Namespace) -> dict:
     from ..hf.modeling_stt import SttForImageClassification
 
-    check_positive(batch_size=args.batch_size, max_eval_samples=args.max_eval_samples)
-    check_output_file(args.output, "--output", ".json")
+    check_arguments(args)
     model = SttForImageClassification.from_pretrained(args.model).eval()
     dsd = load_image_dataset(args.dataset, image_column=args.image_column, label_column=args.label_column,
                              max_eval_samples=args.max_eval_samples, seed=args.seed)

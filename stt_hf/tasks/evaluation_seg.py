@@ -12,6 +12,7 @@ from ..data.segmentation import class_names, decode_segmentation, load_segmentat
 from ..hf.modeling_stt_seg import IGNORE_INDEX
 from ..metrics import compute_segmentation_metrics
 from ..reporting.publish import check_output_file, write_json
+from .common import check_positive
 
 OVERLAY_ALPHA = 0.55
 
@@ -98,15 +99,20 @@ def save_overlay(path, images: torch.Tensor, masks: torch.Tensor, predictions: t
     return path
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The flag values, before any work."""
+    check_positive(batch_size=args.batch_size, overlay_count=args.overlay_count,
+                   scenes_canvas=args.scenes_canvas,
+                   scenes_test=args.scenes_test, scenes_validation=args.scenes_validation,
+                   max_eval_samples=args.max_eval_samples)
+    check_output_file(args.output, "--output", ".json")
+    check_output_file(args.overlay, "--overlay", ".png")
+
+
 def run(args: argparse.Namespace) -> dict:
     from ..hf.modeling_stt_seg import SttUperNetForSemanticSegmentation
 
-    for flag in ("batch_size", "overlay_count", "scenes_canvas", "scenes_test", "scenes_validation",
-                 "max_eval_samples"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    check_output_file(args.output, "--output", ".json")
-    check_output_file(args.overlay, "--overlay", ".png")
+    check_arguments(args)
     model = SttUperNetForSemanticSegmentation.from_pretrained(args.model).eval()
     dsd, _ = load_segmentation_dataset(
         args.dataset, image_column=args.image_column, mask_column=args.mask_column, seed=args.seed,

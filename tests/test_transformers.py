@@ -239,7 +239,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             assert model.is_gradient_checkpointing
             assert model.resnet.layer4._gradient_checkpointing_func.keywords == {"use_reentrant": False}
         calls = []
-        model.resnet.layer2[0].register_forward_hook(lambda *_: calls.append(1))
+        model.resnet.layer2[0].register_forward_pre_hook(lambda *_: calls.append(1))
         model(pixels(), labels=torch.tensor([0, 1])).loss.backward()
         return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}, len(calls)
 

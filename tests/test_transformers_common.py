@@ -152,7 +152,7 @@ class _CnnSkips:
 
 
 def list_in_auto_mappings(test: unittest.TestCase, **names: dict[str, str]) -> None:
-    """List the STT classes under their model types in transformers' Auto mappings by class name, for the test.
+    """List the STT classes in transformers' Auto mappings by class name, for the duration of the test.
 
     The mixins choose per class by those names: base and backbone classes are left out of the training tests
     (they return no loss), classifiers get labels. transformers' own classes are listed there; the STT ones
@@ -176,9 +176,10 @@ class SttModelTest(_CnnSkips, ModelTesterMixin, unittest.TestCase):
         self.model_tester = SttModelTester(self)
         self.config_tester = ConfigTester(self, config_class=SttConfig, has_text_modality=False,
                                           common_properties=["num_channels"])
-        list_in_auto_mappings(self, MODEL_MAPPING_NAMES={"stt": "SttModel"},
-                              MODEL_FOR_BACKBONE_MAPPING_NAMES={"stt": "SttBackbone"},
-                              MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES={"stt": "SttForImageClassification"})
+        list_in_auto_mappings(
+            self, MODEL_MAPPING_NAMES={"stt": "SttModel"},
+            MODEL_FOR_BACKBONE_MAPPING_NAMES={"stt": "SttBackbone"},
+            MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES={"stt": "SttForImageClassification"})
 
     def test_config(self):
         self.config_tester.run_common_tests()

@@ -64,12 +64,11 @@ class SttPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Initialize `module`'s own weights and buffers as the network is initialized when built.
 
-        transformers calls this for every module, children before parents, on a model built on the meta
-        device or for weights a checkpoint lacks, and skips what was loaded (`transformers.initialization`).
-        Convolutions get timm's ResNet init, norms ones and zeros with reset running statistics; the
-        network's own modules (the STT synthesizers, timm's attention modules, linear layers) their
-        `reset_parameters`; and blocks that start as the identity (timm's residual blocks, STT and its
-        baselines) zero their last norm again afterwards (`zero_init_last`).
+        transformers calls this, children before parents, for every module with weights or buffers of its own,
+        on a model built on the meta device or for the weights a checkpoint lacks, and leaves what was loaded
+        as it is (`transformers.initialization`). Convolutions get timm's ResNet init, norms ones and zeros
+        with fresh running statistics, the rest (linear layers, the STT synthesizers) their own
+        `reset_parameters`. The blocks above them are `initialize_weights`' part.
         """
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -85,8 +84,11 @@ class SttPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
-        if hasattr(module, "zero_init_last"):
-            module.zero_init_last()
+
+    def initialize_weights(self) -> None:
+        """transformers' initialization (`_init_weights` on each module), then `init_weightless_modules`."""
+        super().initialize_weights()
+        init_weightless_modules(self)
 
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None:
@@ -129,6 +131,27 @@ class SttPreTrainedModel(PreTrainedModel):
             raise
         _check_architecture(model, info, path, new_head)
         return (model, info) if output_loading_info else model
+
+
+@torch.no_grad()
+@init.guard_torch_init_functions()
+def init_weightless_modules(model: nn.Module) -> None:
+    """The initialization of modules that own no weights but initialize their children's.
+
+    transformers does not call `_init_weights` on them (in code outside transformers): blocks that start as
+    the identity zero their last norm (`zero_init_last`: timm's residual blocks, STT and its baselines), and
+    timm's attention modules re-run their `reset_parameters`. Weights a checkpoint loaded are left as they are
+    (the guarded `torch.nn.init`). Models that hold an STT network (captioner, segmenter) call this too.
+    """
+    for module in reversed(list(model.modules())):  # children before parents
+        owns_tensors = any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False))
+        if owns_tensors or isinstance(module, PreTrainedModel):
+            continue  # `_init_weights`' part
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if hasattr(module, "zero_init_last"):
+            module.zero_init_last()
 
 
 def _check_architecture(model: PreTrainedModel, info: dict, path: str, new_head: bool) -> None:
@@ -320,4 +343,4 @@ class SttVisionEncoder(SttPreTrainedModel):
 
 
 __all__ = ["CheckpointError", "MismatchedSizesError", "SttBackbone", "SttForImageClassification", "SttModel",
-           "SttPreTrainedModel", "SttStage", "SttVisionEncoder"]
+           "SttPreTrainedModel", "SttStage", "SttVisionEncoder", "init_weightless_modules"]

@@ -7,7 +7,7 @@ the classifiers do not need. A saved captioner carries this file with the model 
 from transformers import VisionEncoderDecoderModel
 
 from .configuration_stt import SttCaptionerConfig
-from .modeling_stt import SttVisionEncoder
+from .modeling_stt import SttVisionEncoder, init_weightless_modules
 
 
 class SttCaptioner(VisionEncoderDecoderModel):
@@ -29,6 +29,11 @@ class SttCaptioner(VisionEncoderDecoderModel):
         if encoder is None and config is not None:
             encoder = SttVisionEncoder(config.encoder)
         super().__init__(config, encoder=encoder, decoder=decoder)
+
+    def initialize_weights(self) -> None:
+        """transformers' initialization, then the encoder's blocks that start as the identity."""
+        super().initialize_weights()
+        init_weightless_modules(self.encoder)
 
 
 __all__ = ["SttCaptioner"]

@@ -42,6 +42,9 @@ class SttPreTrainedModel(PreTrainedModel):
         # new or replaced (ignore_mismatched_sizes) needs initializing here.
         if isinstance(module, nn.Linear):
             module.reset_parameters()
+        init_buffers = getattr(module, "init_non_persistent_buffers", None)  # STT's cached pooling matrix
+        if callable(init_buffers):
+            init_buffers()
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
         # timm's ResNet checkpoints each stage itself once asked to.

@@ -52,6 +52,7 @@ ENCODERS: dict[str, dict] = {
     "stt": dict(attn_layer="stt", stt_modes="chw"),
     "plain": dict(attn_layer="none"),
     "self_attn": dict(attn_layer="self_attn"),
+    "axial": dict(attn_layer="axial"),
     "flat_dense": dict(attn_layer="flat_dense"),
     "stt_hw": dict(attn_layer="stt", stt_modes="hw"),
 }

@@ -6,8 +6,11 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+
+from ..hf.checkpoints import default_file_mode
 
 # Built-in datasets: (name shown in cards, Hub id of the same data).
 BUILTIN_DATASET_NAMES = {
@@ -32,17 +35,25 @@ PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt
 LOCAL_ONLY_PATTERNS = ["checkpoint-*", ".saving*", "runs/*", "eval_*"]
 
 
-def default_file_mode() -> int:
-    """The mode a plain `open(path, "w")` gives a new file: 0o666 minus the process umask."""
-    try:  # Linux reports the umask without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
+# How a failed write reads in the libraries that write models: safetensors' Rust errors, torch.save's
+# "PytorchStreamWriter failed writing file", and the errno names of a full disk or a file-size limit.
+WRITE_FAILURES = ("no space left", "os error 28", "os error 27", "file too large", "disk quota",
+                  "failed writing", "file write failed")
+
+
+@contextmanager
+def write_failures_as_oserror(where: str | Path):
+    """Turn a failed write inside the block (a full disk at a checkpoint or the final save, which torch
+    and safetensors raise as RuntimeError or their own error types) into an OSError naming `where`."""
+    try:
+        yield
     except OSError:
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+        raise
+    except Exception as e:
+        if any(text in str(e).lower() for text in WRITE_FAILURES):
+            raise OSError(f"writing to {where} failed: {e}; free some space (or raise the limit) and run "
+                          "the command again") from e
+        raise
 
 
 def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
@@ -56,8 +67,13 @@ def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     tmp = output_dir / ".saving"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for save in savers:
-        save(tmp)
+    try:
+        with write_failures_as_oserror(output_dir):
+            for save in savers:
+                save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the earlier files in output_dir are untouched
+        raise
     moved, mode = [], default_file_mode()
     for path in sorted(tmp.rglob("*")):
         if path.is_file():
@@ -70,11 +86,29 @@ def atomic_save(output_dir: str | Path, *savers) -> list[Path]:
     return moved
 
 
+def check_output_file(path: str | Path | None, flag: str, suffix: str) -> None:
+    """Raise naming `flag` when `path` cannot be the `suffix` file a command is about to write (a folder,
+    or another extension). Run before any work; the writers create missing parent folders."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; expected a {suffix} file path, "
+                         f"e.g. {path / ('out' + suffix)}")
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{flag} {path}: expected a file name ending in {suffix}")
+
+
 def write_json(path: str | Path, data: dict) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -171,7 +205,8 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
             gmacs=f"{macs / 1e9:.3f}", img_size=config.input_size()[-1], placement=config.attn_placement,
             stages=", ".join(str(s) for s in config.placed_stages()), synth=config.stt_synth,
             modes=config.stt_modes, **normalization(data), eval_samples=len(dsd[split]),
-            train_samples=len(dsd["train"]), val_samples=len(dsd["validation"]),
+            train_samples=results.get("train_samples") or len(dsd["train"]),  # a stream has no length
+            val_samples=len(dsd["validation"]),
             hyperparameters=hyperparameters, command=command, repo_or_path=str(out)),
     )
     return save_card_and_scores(out, card, {**results, "metrics": metrics}, trainer.state.log_history,

@@ -12,7 +12,6 @@ Masks are checked before any training (size, mode, labels in range); see `stt_hf
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -36,14 +35,19 @@ from ..hf.modeling_stt_seg import (
     build_segmenter,
 )
 from ..metrics import compute_segmentation_metrics
-from ..reporting.publish import write_seg_outputs
+from ..reporting.publish import write_failures_as_oserror, write_seg_outputs
 from .common import (
+    UserFileMode,
     best_checkpoint,
+    check_positive,
+    check_run,
     is_checkpoint,
+    json_object,
     parse_with_config,
     print_run_summary,
     push_run_folder,
     resume_checkpoint,
+    start_run,
 )
 
 SEG_DEFAULTS = dict(
@@ -106,10 +110,15 @@ class SegDataArguments:
 
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
-        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv)
+        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv, prog="stt-hf train-seg")
     if training_args.output_dir in (None, "trainer_output"):
         run = f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
+    json_object(model_args.model_kwargs, "--model_kwargs")
+    check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
+                   scenes_canvas=data_args.scenes_canvas, scenes_train=data_args.scenes_train,
+                   scenes_validation=data_args.scenes_validation, scenes_test=data_args.scenes_test,
+                   max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
     return model_args, data_args, training_args
 
 
@@ -120,7 +129,7 @@ def build_model(model_args: SegModelArguments, labels: list[str]) -> SttUperNetF
         return SttUperNetForSemanticSegmentation.from_pretrained(
             model_args.model, num_labels=len(labels), id2label=id2label,
             label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True)
-    extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    extra = json_object(model_args.model_kwargs, "--model_kwargs")
     return build_segmenter(model_args.model, labels=labels, hidden_size=model_args.hidden_size,
                            use_auxiliary_head=model_args.auxiliary_head, img_size=model_args.img_size,
                            **extra)
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Check the masks, train, score the test split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
+    check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
     dsd, names = load_segmentation_dataset(
         data_args.dataset, image_column=data_args.image_column, mask_column=data_args.mask_column,
@@ -176,6 +186,8 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
         size = size if isinstance(size, int) else size[0]
     arrays, num_labels = decode_segmentation(dsd, size, len(names) if names else None)  # before training
     labels = class_names(names, num_labels)
+    command = shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])])
+    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
     model = build_model(model_args, labels)
     data = model.config.backbone_config.data_config
     training_args.remove_unused_columns = False
@@ -190,8 +202,9 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                       eval_dataset=SegmentationDataset(arrays["validation"]),
                       data_collator=SegmentationCollator(data["mean"], data["std"]),
                       compute_metrics=segmentation_metrics(labels),
-                      preprocess_logits_for_metrics=argmax_logits)
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+                      preprocess_logits_for_metrics=argmax_logits, callbacks=[UserFileMode()])
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in arrays else "validation"
     eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)
@@ -201,13 +214,13 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     if trainer.is_world_process_zero():
         results["paths"] = write_seg_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays,
-            results=results,
-            command=shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])]),
+            results=results, command=command,
             draw_overlay=lambda path: save_prediction_overlay(path, trainer.model, arrays[eval_split],
                                                               labels))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
         push_run_folder(trainer, commit_message="Upload STT segmenter")
+    folder_lock.release()
     return trainer, results
 
 

@@ -7,8 +7,9 @@
    forward FLOPs, the median latency of a forward and of a forward+backward, throughput, peak tensor
    memory and the process's peak RSS, each also as a ratio to STT (`stt_dense`, STT's defaults) at
    the same point. The modules: the STT variants (`stt_dense`, `stt_random`, `stt_factorized_random`,
-   `stt_mixture`), dot-product self-attention (`self_attn`), the flattened Synthesizer (`flat_dense`;
-   `flat_random` on request) and timm's SE, ECA, CBAM and GC, all built by `stt_hf.create_attn` with
+   `stt_mixture`), dot-product self-attention (`self_attn`), axial and criss-cross attention (`axial`,
+   `criss_cross`), the flattened Synthesizer (`flat_dense`; `flat_random` on request) and timm's SE,
+   ECA, CBAM and GC, all built by `stt_hf.create_attn` with
    its defaults (or the shared --reduction), so all sit at the same placement.
 2. Scaling. Forward latency against N = H*W on log-log axes, with a fitted exponent k per module
    (latency ~ N^k, np.polyfit of log latency on log N) for every (C, B) series of the grid. The
@@ -35,9 +36,10 @@
 Presets (--preset; options given explicitly still win): `grid` (the default: C {64, 256} x H=W
 {14, 28, 56, 112} x B {1, 8}, every module, forward and forward+backward, models at 224 px),
 `targets` (the points the block targets name, 256:28x28, 256:56x56 and 128:112x112 at batch 8,
-STT against the N x N baselines, forward only, memory cap 80% of what is available) and `quick`
-(--quick: a tiny grid and one model pair at 64 px, a smoke test). With CUDA available the tables are
-measured again on the GPU in bf16 under autocast and reported separately.
+STT against the N x N baselines and axial / criss-cross attention, forward only, memory cap 80% of
+what is available) and `quick` (--quick: a tiny grid and one model pair at 64 px, a smoke test).
+With CUDA available the tables are measured again on the GPU in bf16 under autocast and reported
+separately.
 
 How each number is measured:
 

@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch_sizes", "--batch-sizes", type=int, nargs="+",
                    help=f"block batch sizes ({preset_values('batch_sizes')})")
     p.add_argument("--modules", nargs="+", choices=ALL_BLOCK_MODULES,
-                   help="block modules (grid, quick: all but flat_random; targets: stt_dense and the N x N "
-                        "baselines)")
+                   help="block modules (grid, quick: all but flat_random; targets: stt_dense, the N x N "
+                        "baselines, axial and criss_cross)")
     p.add_argument("--reduction", type=int,
                    help="value-channel reduction shared by every block that has one (default: each "
                         "module's own, 2 for STT and the N x N baselines)")

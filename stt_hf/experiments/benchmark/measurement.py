@@ -12,7 +12,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .spec import QUADRATIC
+from .spec import AXIAL, QUADRATIC
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,12 +104,15 @@ def estimate_peak_gb(module: str, channels: int, height: int, width: int, batch:
     """Rough float32 peak memory of a forward (or forward+backward) of one block, in GB.
 
     The quadratic baselines hold their logits and softmax output, both (B, N, N), at the same time;
-    the others hold a few copies of the feature map. A backward about doubles both, and adds the
+    axial and criss-cross attention the same along rows and columns, (B, N, H + W); the others hold a
+    few copies of the feature map. A backward about doubles both, and adds the
     parameter gradients.
     """
     feature_map = batch * channels * height * width * 4
     if module in QUADRATIC:
         activations = 2 * batch * (height * width) ** 2 * 4 + 4 * feature_map
+    elif module in AXIAL:
+        activations = 2 * batch * height * width * (height + width) * 4 + 6 * feature_map
     else:
         activations = 6 * feature_map
     weights = params * 4

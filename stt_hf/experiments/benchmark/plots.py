@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ...plotting import pyplot
-from .spec import QUADRATIC, STT_VARIANTS
+from .spec import AXIAL, QUADRATIC, STT_VARIANTS
 
-MODULE_STYLE = {**{m: "-" for m in STT_VARIANTS}, **{m: "--" for m in QUADRATIC}}
+MODULE_STYLE = {**{m: "-" for m in STT_VARIANTS}, **{m: "--" for m in QUADRATIC}, **{m: "-." for m in AXIAL}}
 # (file name, block column, axis label / title, fit column) of each scaling plot
 PLOTS = (("latency_vs_n", "fwd_ms", "forward latency (ms)", "k_fwd"),
          ("train_latency_vs_n", "fwd_bwd_ms", "forward+backward latency (ms)", "k_fwd_bwd"),

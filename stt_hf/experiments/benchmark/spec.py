@@ -7,9 +7,10 @@ from __future__ import annotations
 STT_VARIANTS = {"stt_dense": "dense", "stt_random": "random", "stt_factorized_random": "factorized_random",
                 "stt_mixture": "mixture"}
 STT_REFERENCE = "stt_dense"  # STT with its defaults: the block ratios (`*_vs_stt`) divide by this row
-BLOCK_MODULES = (*STT_VARIANTS, "self_attn", "flat_dense", "se", "eca", "cbam", "gc")
+BLOCK_MODULES = (*STT_VARIANTS, "self_attn", "axial", "criss_cross", "flat_dense", "se", "eca", "cbam", "gc")
 ALL_BLOCK_MODULES = (*BLOCK_MODULES, "flat_random")
 QUADRATIC = ("self_attn", "flat_dense", "flat_random")  # hold (B, N, N) maps
+AXIAL = ("axial", "criss_cross")  # hold (B, N, H + W) maps: attention along rows and columns
 
 REFERENCE_MODEL = "resnet50"
 # stt_resnet50 with a plain bottleneck as wide as STT's values in place of each STT block: what an extra
@@ -32,7 +33,7 @@ PRESETS = {
                  train_batch=2, model_repeats=3),
     "targets": dict(configs=["256:28x28", "256:56x56", "128:112x112"], channels=[128, 256],
                     resolutions=[28, 56, 112],
-                    batch_sizes=[8], modules=[STT_REFERENCE, *QUADRATIC], repeats=10, warmup=1,
+                    batch_sizes=[8], modules=[STT_REFERENCE, *QUADRATIC, *AXIAL], repeats=10, warmup=1,
                     row_budget_s=20.0, max_mem_gb="auto", forward_only=True,
                     models=["stt_resnet50", CAPACITY_CONTROL], img_size=224, infer_batch=8, train_batch=8,
                     model_repeats=15),

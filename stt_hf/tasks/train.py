@@ -135,6 +135,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Train, evaluate on the held-out split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
     started = time.time()
+    streaming.check_parallelism(training_args)
     if data_args.streaming:
         streaming.check_training_args(training_args)
         train_stream, dsd, labels = streaming.load_streaming_data(data_args, training_args)

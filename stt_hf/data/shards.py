@@ -153,8 +153,7 @@ def load_source(dataset: str, task: str, seed: int = 0, max_train_samples: int |
     raise ValueError(f"task must be classification, caption or segmentation, got {task!r}")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """`stt-hf write-shards DATASET FOLDER`: a sharded copy of a dataset for `stt-hf train --streaming`."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stt-hf write-shards", description=main.__doc__)
     parser.add_argument("dataset", help="a built-in dataset (fashion_mnist, mnist_5k, fashion_scenes, ...), "
                                         "a local folder or a Hub dataset id")
@@ -167,7 +166,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the loader's split carving and subsets")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """`stt-hf write-shards DATASET FOLDER`: a sharded copy of a dataset for `stt-hf train --streaming`."""
+    args = parse_args(argv)
     dsd = load_source(args.dataset, args.task, args.seed, args.max_train_samples, args.max_eval_samples)
     shards = {split: args.num_shards if split == "train" else args.eval_shards for split in dsd}
     folder = write_shards(dsd, args.folder, format=args.format, num_shards=shards)
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> Path:
     return folder
 
 
-__all__ = ["FORMATS", "load_source", "main", "shard_name", "write_card", "write_shards",
+__all__ = ["FORMATS", "load_source", "main", "parse_args", "shard_name", "write_card", "write_shards",
            "write_webdataset_tar"]
 
 if __name__ == "__main__":

@@ -74,6 +74,14 @@ class StreamingTrainer(Trainer):
                             prefetch_factor=args.dataloader_prefetch_factor if workers else None)
 
 
+def check_parallelism(training_args) -> None:
+    """Refuse `--fsdp` without a GPU: accelerate enables FSDP only for GPU-like devices, and CPU
+    processes would silently train as plain DDP instead."""
+    if training_args.fsdp and not torch.cuda.is_available():
+        raise ValueError("--fsdp: FSDP needs GPUs (accelerate runs CPU processes as DDP and would ignore "
+                         "--fsdp); drop --fsdp to train data-parallel on CPUs")
+
+
 def check_training_args(training_args) -> None:
     """`--max_steps` is required; epoch-wise evaluation and saving become step-wise."""
     if training_args.max_steps is None or training_args.max_steps <= 0:
@@ -199,5 +207,6 @@ def pipeline_defaults(training_args, *, per_image: bool, explicit: set[str]) -> 
 
 
 __all__ = ["GPU_IMAGES_PER_S", "IMAGES_PER_S_PER_WORKER_224", "StreamSettings", "StreamingTrainer",
-           "batches_trained", "build_trainer", "check_training_args", "default_num_workers",
-           "example_transform", "load_streaming_data", "pipeline_defaults", "stream_settings"]
+           "batches_trained", "build_trainer", "check_parallelism", "check_training_args",
+           "default_num_workers", "example_transform", "load_streaming_data", "pipeline_defaults",
+           "stream_settings"]

@@ -74,7 +74,26 @@ class _ResidualOut(nn.Module):
         return self
 
 
-class SelfAttention2d(nn.Module):
+def attend(v: torch.Tensor, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Y = V softmax(logits)^T over the flattened positions: v (B, G, c, N), logits (B or 1, G, N, N)
+    -> (B, G*c, H, W)."""
+    attn = softmax_f32(logits).to(v.dtype)
+    b, g, c, _ = v.shape  # explicit sizes, not -1: an empty batch reshapes too
+    return (v @ attn.transpose(-1, -2)).reshape(b, g * c, h, w)
+
+
+class _ResidualAttention(nn.Module):
+    """What the attention baselines share: folding their residual output `self.out` (a
+    `_ResidualOut`; not annotated on the class, which TorchScript would read as an attribute type)."""
+
+    @torch.jit.ignore
+    def fuse_for_inference(self):
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
+        self.out.fuse_for_inference()
+        return self
+
+
+class SelfAttention2d(_ResidualAttention):
     """Non-local dot-product self-attention: (B, C, H, W) -> (B, C, H, W), O(N^2) in N = H*W."""
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
@@ -93,18 +112,10 @@ class SelfAttention2d(nn.Module):
         qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, c, h * w)  # (B, 3, G, c, N)
         q, k, v = qkv.unbind(1)
         logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, self.heads * c, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
-class FlatSynthesizer(nn.Module):
+class FlatSynthesizer(_ResidualAttention):
     """Synthesizer (Tay et al. 2020) over the flattened map: N x N logits, N = H*W.
 
     `dense`: each position's value vector -> a row of N logits by a two-layer MLP.
@@ -145,18 +156,10 @@ class FlatSynthesizer(nn.Module):
         else:
             assert self.random is not None
             logits = self.random.unsqueeze(0)  # (1, G, N, N), broadcast over the batch
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, cv, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
-class AxialAttention2d(nn.Module):
+class AxialAttention2d(_ResidualAttention):
     """Multi-head dot-product attention along H, then along W: (B, C, H, W) -> (B, C, H, W).
 
     Each pass has its own 1x1 query/key/value projection (the W pass reads the H pass's output, as in
@@ -194,14 +197,8 @@ class AxialAttention2d(nn.Module):
         y = torch.einsum("bgijl,bgcil->bgcij", attn, v).reshape(b, -1, h, w)  # along W: (B, Cv, H, W)
         return self.out(x, y)
 
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
 
-
-class CrissCrossAttention2d(nn.Module):
+class CrissCrossAttention2d(_ResidualAttention):
     """CCNet's recurrent criss-cross attention (Huang et al. 2019): (B, C, H, W) -> (B, C, H, W).
 
     Y_0 = conv1x1(X) (the value reduction, CCNet's `conva`), then `recurrence` times with shared
@@ -244,12 +241,6 @@ class CrissCrossAttention2d(nn.Module):
         for _ in range(self.recurrence):
             y = y + self.criss_cross(y)
         return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
 
 
 __all__ = ["AxialAttention2d", "CrissCrossAttention2d", "FlatSynthesizer", "SelfAttention2d"]

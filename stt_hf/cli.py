@@ -15,6 +15,10 @@ TRAINERS = {
                       "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
     "train-seg": ("stt_hf.tasks.train_seg",
                   "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
+    "write-shards": ("stt_hf.data.shards",
+                     "write a sharded Parquet/WebDataset copy of a dataset, for train --streaming"),
+    "bench-input": ("stt_hf.experiments.input_pipeline",
+                    "images/s of decoding + the train transform per worker vs a model's training step"),
 }
 # Evaluators: (module with add_arguments and run, help, the kind of model folder it scores).
 EVALUATORS = {
@@ -179,9 +183,18 @@ def _is_bug(err: BaseException) -> bool:
     return not missing or missing.split(".")[0] == "stt_hf"
 
 
+def problem_of(err: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives re-raised by torch
+    as "Caught E in DataLoader worker process N. Original Traceback ...": its last line is the message."""
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split()) or type(err).__name__
+
+
 def report(err: BaseException, command: str) -> None:
     """The error in two lines on stderr: the problem, then the fix."""
-    problem = " ".join(str(err).split()) or type(err).__name__
+    problem = problem_of(err)
     where = f"stt-hf {command}" if command else "stt-hf"
     print(f"{where}: error: {problem}\n  fix: {how_to_fix(err, command)} "
           f"({DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)

@@ -24,7 +24,7 @@ import safetensors.torch
 import timm
 from torch import nn
 
-from ..models.stt_resnet import SttResNet
+from ..models.stt_resnet import MODEL_KWARGS, SttResNet
 from .checkpoints import (
     SAFE_NAME,
     default_file_mode,
@@ -33,7 +33,7 @@ from .checkpoints import (
     load_state_dict_strict,
     timm_to_hf_state_dict,
 )
-from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
+from .configuration_stt import DATA_KEYS, SttConfig
 from .modeling_stt import SttForImageClassification, SttModel, SttPreTrainedModel
 
 
@@ -116,7 +116,7 @@ def check_model_folder(path: str | os.PathLike, accepted: tuple[str, ...], flag:
 def _config_from_timm_dict(cfg: dict) -> SttConfig:
     pretrained_cfg = cfg.get("pretrained_cfg", {})
     overrides = dict(cfg.get("model_args") or {})
-    unknown = sorted(set(overrides) - {*TIMM_KWARGS, "num_classes"})
+    unknown = sorted(set(overrides) - {*MODEL_KWARGS, "num_classes"})
     if unknown:  # SttConfig could not carry them: the converted model would differ
         raise ValueError(f"model_args {unknown} of this timm checkpoint have no SttConfig field")
     overrides["num_labels"] = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))

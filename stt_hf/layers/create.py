@@ -16,7 +16,7 @@ from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 from torch import nn
 
-from .baselines import FlatSynthesizer, SelfAttention2d
+from .baselines import AxialAttention2d, CrissCrossAttention2d, FlatSynthesizer, SelfAttention2d
 from .options import STT_OPTION_NAMES
 from .stt import STT
 
@@ -31,6 +31,16 @@ def _stt(channels, feat_size, **options):
 def _self_attn(channels, feat_size, reduction=2, min_channels=16, device=None, dtype=None, **_):
     return SelfAttention2d(channels, reduction=reduction, min_channels=min_channels,
                            device=device, dtype=dtype)
+
+
+def _axial(channels, feat_size, reduction=2, min_channels=16, heads=1, device=None, dtype=None, **_):
+    return AxialAttention2d(channels, reduction=reduction, min_channels=min_channels, heads=heads,
+                            device=device, dtype=dtype)
+
+
+def _criss_cross(channels, feat_size, reduction=2, min_channels=16, heads=1, device=None, dtype=None, **_):
+    return CrissCrossAttention2d(channels, reduction=reduction, min_channels=min_channels, heads=heads,
+                                 device=device, dtype=dtype)
 
 
 def _flat_synth(kind, channels, feat_size, reduction=2, min_channels=16, hidden=32, device=None,
@@ -84,6 +94,8 @@ def _timm_attn(name, channels, feat_size, device=None, dtype=None, **_):
 ATTN_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "stt": _stt,
     "self_attn": _self_attn,
+    "axial": _axial,
+    "criss_cross": _criss_cross,
     "flat_dense": partial(_flat_synth, "dense"),
     "flat_random": partial(_flat_synth, "random"),
     "res_block": _res_block,

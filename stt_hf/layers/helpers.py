@@ -75,6 +75,14 @@ def softmax_f32(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 @register_notrace_function
 @torch.fx.wrap
+def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x in like's dtype; x itself, with no op dispatched, when it already is (a leaf: FX cannot compare
+    dtypes)."""
+    return x if x.dtype == like.dtype else x.to(like.dtype)
+
+
+@register_notrace_function
+@torch.fx.wrap
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 1x1 convolution (B, Cin, H, W) -> (B, Cout, H, W) with a (Cout, Cin, 1, 1) weight.
 
@@ -136,5 +144,5 @@ def check_foldable(module: nn.Module) -> None:
                            f"statistics: call .eval() first")
 
 
-__all__ = ["add_conv1x1", "check_foldable", "check_input", "check_size", "conv1x1", "fuse_conv_bn",
-           "softmax_f32", "to_pair", "value_channels"]
+__all__ = ["add_conv1x1", "cast_like", "check_foldable", "check_input", "check_size", "conv1x1",
+           "fuse_conv_bn", "softmax_f32", "to_pair", "value_channels"]

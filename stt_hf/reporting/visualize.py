@@ -202,10 +202,9 @@ def heatmap(ax, values: np.ndarray, title: str, *, cmap: str = "viridis", xlabel
 
 def draw(captured: list[dict], pixels: torch.Tensor, config: dict, *, head: int | str, title: str):
     """The matplotlib figure: the input, then one row per STT block."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = 5  # up to three attention maps, input energy, reweighting
     fig, axes = plt.subplots(1 + len(captured), cols, figsize=(3.4 * cols, 3.4 * (1 + len(captured))),
@@ -272,9 +271,9 @@ def visualize(model: str | nn.Module, image: str | Path | Image.Image | np.ndarr
     out = Path(out) if out is not None else default_out(model, image_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    import matplotlib.pyplot as plt
+    from ..plotting import pyplot
 
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 

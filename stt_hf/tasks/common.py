@@ -35,6 +35,11 @@ class DataArguments:
         "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
                 "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
                 "per-image transforms."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the train split as a stream (a Hub dataset id or a folder of Parquet/WebDataset "
+                "shards, see stt-hf write-shards); needs --max_steps. Evaluation splits are materialised."})
+    shuffle_buffer: int = field(default=1000, metadata={
+        "help": "--streaming: examples held in the shuffle buffer (shards are shuffled too); 1: no shuffle."})
 
 
 class ShortUsageErrors:
@@ -71,10 +76,7 @@ def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | 
     # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
     # processes as one DDP job (gloo) instead of as independent runs.
     defaults = dict(defaults, use_cpu=not torch.cuda.is_available())
-    config_flag = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    config_flag.error = parser.error
-    config_flag.add_argument("--config", default=None)
-    config_path = config_flag.parse_known_args(argv)[0].config  # --config FILE and --config=FILE
+    config_path = config_file_flag(argv, error=parser.error)
     if config_path is not None:
         values = load_config_file(config_path)
         known = {f.name for dc in (*dataclass_types, OutputArguments) for f in dataclasses.fields(dc)}
@@ -87,6 +89,25 @@ def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | 
     *parsed, output_args = parser.parse_args_into_dataclasses(argv)[: len(dataclass_types) + 1]
     parsed[-1].overwrite_output_dir = output_args.overwrite_output_dir
     return parsed
+
+
+def config_file_flag(argv: list[str], error=None) -> str | None:
+    """The FILE of `--config FILE` or `--config=FILE` in argv, or None."""
+    config_flag = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    if error is not None:
+        config_flag.error = error
+    config_flag.add_argument("--config", default=None)
+    return config_flag.parse_known_args(argv)[0].config
+
+
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the arguments set by a flag or by `--config FILE` (not left at a default)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    config_path = config_file_flag(argv)
+    if config_path is not None:
+        names |= set(load_config_file(config_path))
+    return names
 
 
 def load_config_file(path: str) -> dict:
@@ -294,7 +315,6 @@ def push_run_folder(trainer, commit_message: str) -> None:
 
 
 __all__ = ["CommandParser", "DataArguments", "OutputArguments", "ShortUsageErrors", "UserFileMode",
-           "best_checkpoint", "build_transforms", "check_positive", "check_run", "collate",
-           "image_transforms",
-           "is_checkpoint", "json_object", "load_config_file", "native_bf16", "parse_with_config",
-           "print_run_summary", "push_run_folder", "resume_checkpoint", "start_run"]
+           "best_checkpoint", "build_transforms", "check_positive", "check_run", "collate", "given_flags",
+           "image_transforms", "is_checkpoint", "json_object", "load_config_file", "native_bf16",
+           "parse_with_config", "print_run_summary", "push_run_folder", "resume_checkpoint", "start_run"]

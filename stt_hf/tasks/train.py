@@ -25,6 +25,7 @@ from ..data.classification import load_image_dataset, validate_dataset
 from ..data.common import undecoded
 from ..metrics import compute_classification_metrics
 from ..reporting.publish import write_failures_as_oserror
+from . import streaming
 from .common import (
     DataArguments,
     UserFileMode,
@@ -32,6 +33,7 @@ from .common import (
     build_transforms,
     check_positive,
     check_run,
+    given_flags,
     is_checkpoint,
     json_object,
     native_bf16,
@@ -143,11 +145,16 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     model_args, data_args, training_args = parse_args(argv)
     check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
-    dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
-                             label_column=data_args.label_column, val_fraction=data_args.val_fraction,
-                             seed=training_args.seed, max_train_samples=data_args.max_train_samples,
-                             max_eval_samples=data_args.max_eval_samples)
-    labels = dsd["train"].features["label"].names
+    streaming.check_parallelism(training_args)
+    if data_args.streaming:
+        streaming.check_training_args(training_args)
+        train_stream, dsd, labels = streaming.load_streaming_data(data_args, training_args)
+    else:
+        dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
+                                 label_column=data_args.label_column, val_fraction=data_args.val_fraction,
+                                 seed=training_args.seed, max_train_samples=data_args.max_train_samples,
+                                 max_eval_samples=data_args.max_eval_samples)
+        labels = dsd["train"].features["label"].names
     validate_dataset(dsd, num_labels=len(labels))  # fail before any training
 
     if model_args.img_size is None and not is_checkpoint(model_args.model):
@@ -158,17 +165,28 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, eval_tf = build_transforms(model, data_args)
-    train_ds, collator = training_data(model, dsd, data_args, model_args.channels_last)
     val_ds = undecoded(dsd["validation"]).with_transform(eval_tf)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
     # We publish the finished folder ourselves (weights, code, card), not the Trainer's checkpoints.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    resume = resume_checkpoint(training_args)
 
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=collator, compute_metrics=compute_classification_metrics,
-                      callbacks=[UserFileMode()])
+    if data_args.streaming:
+        streaming.pipeline_defaults(training_args, per_image=True, explicit=given_flags(argv))
+        trainer = streaming.build_trainer(model, train_stream, val_ds, data_args, training_args, resume,
+                                          channels_last=model_args.channels_last,
+                                          compute_metrics=compute_classification_metrics)
+    else:
+        from ..data.batch_augment import InMemoryImages
+
+        train_ds, collator = training_data(model, dsd, data_args, model_args.channels_last)
+        streaming.pipeline_defaults(training_args, per_image=not isinstance(train_ds, InMemoryImages),
+                                    explicit=given_flags(argv))
+        trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                          data_collator=collator, compute_metrics=compute_classification_metrics)
+    trainer.add_callback(UserFileMode())
     with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+        train_result = trainer.train(resume_from_checkpoint=resume)
 
     eval_split = "test" if "test" in dsd else "validation"
     eval_metrics = trainer.evaluate(undecoded(dsd[eval_split]).with_transform(eval_tf),
@@ -176,6 +194,10 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
                    global_step=trainer.state.global_step, best=best_checkpoint(trainer),
                    wall_time_s=round(time.time() - started, 1))
+    if data_args.streaming:
+        seen = trainer.state.global_step * training_args.gradient_accumulation_steps * \
+            training_args.per_device_train_batch_size * training_args.world_size
+        results["train_samples"] = f"{seen} streamed"
     if trainer.is_world_process_zero():
         from ..reporting.publish import write_run_outputs
 

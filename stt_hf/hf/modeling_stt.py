@@ -84,6 +84,9 @@ class SttPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
+        init_buffers = getattr(module, "init_non_persistent_buffers", None)  # STT's cached pooling matrix
+        if callable(init_buffers):
+            init_buffers()
 
     def initialize_weights(self) -> None:
         """transformers' initialization (`_init_weights` on each module), then `init_weightless_modules`."""

@@ -125,11 +125,16 @@ class DenseSynth(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.w1 = nn.Parameter(torch.empty(heads, in_dim, hidden, **dd))
-        self.b1 = nn.Parameter(torch.zeros(heads, 1, hidden, **dd))
+        self.b1 = nn.Parameter(torch.empty(heads, 1, hidden, **dd))
         self.w2 = nn.Parameter(torch.empty(heads, hidden, out_dim, **dd))
-        self.b2 = nn.Parameter(torch.zeros(heads, 1, out_dim, **dd))
-        nn.init.normal_(self.w1, std=in_dim**-0.5)
-        nn.init.normal_(self.w2, std=hidden**-0.5)
+        self.b2 = nn.Parameter(torch.empty(heads, 1, out_dim, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.w1, std=self.w1.shape[1] ** -0.5)
+        nn.init.zeros_(self.b1)
+        nn.init.normal_(self.w2, std=self.w2.shape[1] ** -0.5)
+        nn.init.zeros_(self.b2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The batch joins the rows, (G, B I, D): each layer is one bmm over the heads with its bias fused,
@@ -137,7 +142,8 @@ class DenseSynth(nn.Module):
         b, g, i, d = x.shape
         rows = x.transpose(0, 1).reshape(g, b * i, d)
         hidden = torch.baddbmm(self.b1, rows, self.w1).relu_()  # (G, B I, K)
-        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, -1).transpose(0, 1)  # (B, G, I, O)
+        out = self.w2.shape[-1]
+        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, out).transpose(0, 1)  # (B, G, I, O)
 
 
 class RandomSynth(nn.Module):
@@ -149,15 +155,24 @@ class RandomSynth(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.factorized = rank is not None
         if self.factorized:
-            self.p = nn.Parameter(torch.randn(heads, size, rank, **dd) * rank**-0.5)
-            self.q = nn.Parameter(torch.randn(heads, size, rank, **dd))
+            self.p = nn.Parameter(torch.empty(heads, size, rank, **dd))
+            self.q = nn.Parameter(torch.empty(heads, size, rank, **dd))
             self.r = None
         else:
             self.p = self.q = None  # plain attributes: TorchScript drops the branch that needs them
             if fixed:
-                self.register_buffer("r", torch.randn(heads, size, size, **dd))
+                self.register_buffer("r", torch.empty(heads, size, size, **dd))
             else:
-                self.r = nn.Parameter(torch.randn(heads, size, size, **dd))
+                self.r = nn.Parameter(torch.empty(heads, size, size, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Standard normal maps; P scaled by rank^-1/2, so P Q^T has unit variance too."""
+        if self.p is not None and self.q is not None:
+            nn.init.normal_(self.p, std=self.p.shape[-1] ** -0.5)
+            nn.init.normal_(self.q)
+        if self.r is not None:
+            nn.init.normal_(self.r)
 
     def forward(self) -> torch.Tensor:
         if self.p is not None and self.q is not None:
@@ -186,7 +201,12 @@ class ModeSynth(nn.Module):
             self.random = RandomSynth(heads, ref_size, fixed=fixed, rank=rank_, **dd)
         if synth == "mixture":
             # sigmoid(0) = 0.5: start as an even blend of the dense and random maps.
-            self.mix_logit = nn.Parameter(torch.zeros(1, heads, 1, 1, **dd))
+            self.mix_logit = nn.Parameter(torch.empty(1, heads, 1, 1, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.mix_logit is not None:
+            nn.init.zeros_(self.mix_logit)
 
     def logits(self, described: dict[str, torch.Tensor], size: int, mix: torch.Tensor | None = None
                ) -> torch.Tensor:
@@ -259,7 +279,13 @@ class STT(nn.Module):
             self.init_non_persistent_buffers()
         self.proj = nn.Conv2d(cv, channels, 1, bias=False, **dd)
         self.norm = nn.BatchNorm2d(channels, **dd)
-        nn.init.zeros_(self.norm.weight)  # identity at init: safe to drop into a pretrained net
+        self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        """Zero the output BN's weight: the block is the identity, safe to drop into a pretrained net
+        (timm's residual blocks have the same method)."""
+        if isinstance(self.norm, nn.BatchNorm2d):  # not yet folded by fuse_for_inference
+            nn.init.zeros_(self.norm.weight)
 
     def _apply(self, fn, recurse=True):
         # .to(dtype), .half(), .cuda(), .to_empty(): rebuild the cached pooling matrix in its new dtype and
@@ -282,7 +308,8 @@ class STT(nn.Module):
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> V, (B, G, c, H, W): the reduced value tensor split into heads."""
         b, _, h, w = x.shape
-        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h, w)
+        cv = self.to_v.weight.shape[0]  # explicit sizes, not -1: an empty batch reshapes too
+        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, cv // self.heads, h, w)
 
     def describe(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """One descriptor per slice along each mode, averages of V (B, G, c, H, W) that keep its structure:
@@ -332,7 +359,8 @@ class STT(nn.Module):
             x = check_size(x, self.feat_size, "STT built with resize=False")
         b, _, h, w = x.shape
         v = self.values(x)
-        y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
+        cv = v.shape[1] * v.shape[2]
+        y = self.transform(v, self.attention_maps(v)).reshape(b, cv, h, w)  # (B, Cv, H, W)
         return self.output(x, y)
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ def run_one(config: CaptionComparisonConfig, encoder: str, seed: int) -> dict:
     drop_checkpoints(trained.out)
     results = trained.results
 
-    from ..hf.modeling_stt import SttCaptioner
+    from ..hf.modeling_stt_captioner import SttCaptioner
     from ..reporting.profiling import count_params
 
     model = SttCaptioner.from_pretrained(trained.out)

@@ -5,7 +5,7 @@ Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from t
 classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
 `classifier`. Nothing of the network is re-implemented here. What transformers adds around a model works
 (its common model tests run in tests/test_transformers_common.py): activation checkpointing of the stages
-(`SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
+(`stages.SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
 with missing keys), PEFT (`base_model` is the model itself) and `attn_implementation="eager"`.
 """
 
@@ -17,7 +17,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPooling,
@@ -37,12 +36,6 @@ class MismatchedSizesError(CheckpointError, RuntimeError):
     without ignore_mismatched_sizes, and a CheckpointError, as every checkpoint failure here."""
 
 
-class SttStage(GradientCheckpointingLayer, nn.Sequential):
-    """One stage of the timm network (its blocks, in order; same module names and weights), which
-    transformers' activation checkpointing (`model.gradient_checkpointing_enable()`, the Trainer's
-    `gradient_checkpointing=True`) recomputes in the backward pass instead of keeping its activations."""
-
-
 class SttPreTrainedModel(PreTrainedModel):
     config: SttConfig
     config_class = SttConfig
@@ -55,6 +48,10 @@ class SttPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
 
     def _build_resnet(self, config: SttConfig) -> SttResNet:
+        # Imported here: transformers' GradientCheckpointingLayer brings its tokenizers, which `import stt_hf`
+        # does not load.
+        from .stages import SttStage
+
         block, layers = ARCHS[config.depth]
         resnet = SttResNet(block, layers, **{**config.to_timm_kwargs(), "num_classes": 0})
         for name in STAGES:  # the same blocks, in a module transformers' checkpointing knows
@@ -346,4 +343,4 @@ class SttVisionEncoder(SttPreTrainedModel):
 
 
 __all__ = ["CheckpointError", "MismatchedSizesError", "SttBackbone", "SttForImageClassification", "SttModel",
-           "SttPreTrainedModel", "SttStage", "SttVisionEncoder", "init_weightless_modules"]
+           "SttPreTrainedModel", "SttVisionEncoder", "init_weightless_modules"]

@@ -257,8 +257,7 @@ def robustness_verdict(rows: list[dict], peer: str = "self_attn") -> str:
     elif behind:
         claim = "does not hold under every corruption"
     else:
-        claim = ("is not contradicted, nor shown: no corruption where STT is behind beyond chance, and "
-                 "the interval of the mean difference holds zero")
+        claim = "is not contradicted, nor shown: the interval of the mean difference holds zero"
     return f'"Keeping robustness compared to {peer}" {claim}: {averaged}; STT is {per_corruption}.'
 
 

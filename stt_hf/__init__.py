@@ -30,7 +30,7 @@ _LAZY_NAMES = {
     "SttForImageClassification": "hf.modeling_stt",
     "SttBackbone": "hf.modeling_stt",
     "SttVisionEncoder": "hf.modeling_stt",
-    "SttCaptioner": "hf.modeling_stt",
+    "SttCaptioner": "hf.modeling_stt_captioner",
     "SttUperNetConfig": "hf.modeling_stt_seg",
     "SttUperNetForSemanticSegmentation": "hf.modeling_stt_seg",
     "build_segmenter": "hf.modeling_stt_seg",

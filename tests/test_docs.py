@@ -234,8 +234,8 @@ def _check_stt_hf(argv: list[str]) -> str | None:
     from stt_hf import cli
 
     try:
-        if argv and argv[0] in cli.PASSTHROUGH:
-            importlib.import_module(cli.PASSTHROUGH[argv[0]][0]).parse_args(argv[1:])
+        if argv and argv[0] in cli.TRAINERS:
+            importlib.import_module(cli.TRAINERS[argv[0]][0]).parse_args(argv[1:])
         else:
             cli.build_parser().parse_args(argv)
     except SystemExit as err:

@@ -30,6 +30,7 @@ UPWARD_EXCEPTIONS: dict[tuple[str, str], str] = {
 
 # Loaded only when first used: none of these may be imported by `import stt_hf`.
 LAZY_MODULES = ("tokenizers", "datasets", "evaluate", "stt_hf.hf.captioning", "stt_hf.hf.convert",
+                "stt_hf.hf.modeling_stt_captioner",
                 "stt_hf.hf.modeling_stt_seg", "stt_hf.data", "stt_hf.metrics", "stt_hf.tasks",
                 "stt_hf.reporting", "stt_hf.experiments", "stt_hf.cli")
 

@@ -227,18 +227,24 @@ def test_backbone_feature_maps():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    def grads(checkpointing: bool) -> dict:
+    """transformers' activation checkpointing recomputes each stage in the backward pass, with the kwargs
+    asked for, and gives the gradients of a plain backward."""
+    def grads(checkpointing: bool) -> tuple[dict, int]:
         torch.manual_seed(0)
         model = SttForImageClassification(small_config()).train()
         if checkpointing:
             with warnings.catch_warnings():  # transformers 5 renames it activation_checkpointing_enable
                 warnings.simplefilter("ignore", FutureWarning)
-                model.gradient_checkpointing_enable()
-            assert model.resnet.grad_checkpointing
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
+            assert model.resnet.layer4._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+        calls = []
+        model.resnet.layer2[0].register_forward_pre_hook(lambda *_: calls.append(1))
         model(pixels(), labels=torch.tensor([0, 1])).loss.backward()
-        return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}, len(calls)
 
-    plain, ckpt = grads(False), grads(True)
+    (plain, plain_calls), (ckpt, ckpt_calls) = grads(False), grads(True)
+    assert (plain_calls, ckpt_calls) == (1, 2)  # the checkpointed stage ran again in the backward pass
     assert plain.keys() == ckpt.keys()
     for k in plain:
         torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -268,10 +268,9 @@ def markdown(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], out: Path) -> list[Path]:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in summary})
     paths = []

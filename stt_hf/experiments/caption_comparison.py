@@ -267,10 +267,9 @@ def report(out_dir: str | Path) -> dict:
 def grid(runs: list[dict], dataset: str, path: Path, count: int = 8) -> Path:
     """Test images with the reference and each encoder's caption, from each encoder's lowest-seed run
     (the test split is the same for every encoder at one seed)."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in runs if r["dataset"] == dataset]
     seed = min(r["seed"] for r in rows)

@@ -299,10 +299,9 @@ def report(out_dir: str | Path) -> dict:
 
 
 def plot(summary: list[dict], path: Path) -> Path:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in summary})
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)

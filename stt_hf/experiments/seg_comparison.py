@@ -244,10 +244,9 @@ def markdown(summary: list[dict]) -> str:
 
 def plot(summary: list[dict], path: Path) -> Path:
     """Mean IoU of the seeded runs, one panel per canvas, with the seed std as error bars."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     seeded = [r for r in summary if r["kind"] == "seeded"]
     canvases = sorted({r["canvas"] for r in seeded})

@@ -56,7 +56,11 @@ class _ResidualOut(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(value_channels, channels, 1, bias=False, device=device, dtype=dtype)
         self.norm = nn.BatchNorm2d(channels, device=device, dtype=dtype)
-        nn.init.zeros_(self.norm.weight)
+        self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        if isinstance(self.norm, nn.BatchNorm2d):  # not yet folded by fuse_for_inference
+            nn.init.zeros_(self.norm.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + self.norm(conv1x1(y, self.proj.weight, self.proj.bias))
@@ -85,11 +89,12 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "SelfAttention2d")
         b, _, h, w = x.shape
-        qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, -1, h * w)  # (B, 3, G, c, N)
+        c = self.to_qkv.weight.shape[0] // (3 * self.heads)  # explicit, not -1: an empty batch reshapes too
+        qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, c, h * w)  # (B, 3, G, c, N)
         q, k, v = qkv.unbind(1)
         logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
         attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
+        y = (v @ attn.transpose(-1, -2)).reshape(b, self.heads * c, h, w)
         return self.out(x, y)
 
     @torch.jit.ignore
@@ -121,21 +126,27 @@ class FlatSynthesizer(nn.Module):
         self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
         # The unused one is None, so TorchScript compiles only the branch this block takes.
         self.dense = DenseSynth(heads, cv // heads, hidden, n, **dd) if synth == "dense" else None
-        self.random = nn.Parameter(torch.randn(heads, n, n, **dd)) if synth == "random" else None
+        self.random = nn.Parameter(torch.empty(heads, n, n, **dd)) if synth == "random" else None
         self.out = _ResidualOut(channels, cv, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.random is not None:
+            nn.init.normal_(self.random)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "FlatSynthesizer")
         x = check_size(x, self.feat_size, "FlatSynthesizer", " (its N x N logits are tied to N)")
         b, _, h, w = x.shape
-        v = conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h * w)  # (B, G, c, N)
+        cv = self.to_v.weight.shape[0]  # explicit, not -1: an empty batch reshapes too
+        v = conv1x1(x, self.to_v.weight).reshape(b, self.heads, cv // self.heads, h * w)  # (B, G, c, N)
         if self.dense is not None:
             logits = self.dense(v.transpose(-1, -2))  # (B, G, N, N)
         else:
             assert self.random is not None
             logits = self.random.unsqueeze(0)  # (1, G, N, N), broadcast over the batch
         attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, -1, h, w)
+        y = (v @ attn.transpose(-1, -2)).reshape(b, cv, h, w)
         return self.out(x, y)
 
     @torch.jit.ignore

@@ -13,7 +13,8 @@ caption naming nothing the grammar knows (unparsable) names 0 items: it lowers r
 import evaluate
 
 from stt_hf.data.scene_captions import parse_caption
-from stt_hf.metrics.captioning import check_scene_inputs, scene_features
+from stt_hf.metrics.caption_metric import SceneMetric
+from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Micro-averaged F1 of the items (class and count) a caption names versus the items present."
 
@@ -48,23 +49,11 @@ def object_f1_scores(predictions, objects) -> dict[str, float]:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ObjectF1(evaluate.Metric):
+class ObjectF1(SceneMetric):
     """Object F1 of scene captions."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=scene_features(),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; empty, mismatched or malformed inputs raise ValueError or TypeError."""
-        if predictions is not None and references is not None:
-            # Checked first (for a clear error) and reduced to the two keys the features declare.
-            predictions, references = check_scene_inputs(predictions, references)
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
-    def _compute(self, predictions, references):
+    def score(self, predictions, references):
         return object_f1_scores(predictions, references)

@@ -15,7 +15,8 @@ caption states a countable relation (unparsable captions state none).
 import evaluate
 
 from stt_hf.data.scene_captions import parse_caption, relation
-from stt_hf.metrics.captioning import check_scene_inputs, scene_features
+from stt_hf.metrics.caption_metric import SceneMetric
+from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Share of the relations stated between correctly named items that hold in the scene."
 
@@ -54,22 +55,11 @@ def relation_accuracy_score(predictions, objects) -> float:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class RelationAccuracy(evaluate.Metric):
+class RelationAccuracy(SceneMetric):
     """Relation accuracy of scene captions."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=scene_features(),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; empty, mismatched or malformed inputs raise ValueError or TypeError."""
-        if predictions is not None and references is not None:
-            predictions, references = check_scene_inputs(predictions, references)
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
-    def _compute(self, predictions, references):
+    def score(self, predictions, references):
         return {"relation_accuracy": relation_accuracy_score(predictions, references)}

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# read_runs, summarize and write_csvs were first defined here and stay importable from this module.
 from .runs import append_row, check_known, read_runs, summarize, write_report
 
 # Where attention goes unless a variant says otherwise: in the blocks of stages 3 and 4. Set here, not

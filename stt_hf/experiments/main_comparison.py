@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .ablation import CORRUPTIONS, corrupt, load_tensors
+from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
     check_known,
     drop_checkpoints,
@@ -41,18 +42,14 @@ from .runs import (
     write_report,
 )
 
-# name -> the model's attn_layer options (everything else is the main job's default model).
+# name -> the model's attn_layer options (everything else is the main job's default model): the ablation's
+# variants of the same names, STT with its defaults as "stt", the capacity control and the axial baselines.
+OWN_VARIANTS = {"res_block": dict(attn_layer="res_block"), "axial": dict(attn_layer="axial"),
+                "criss_cross": dict(attn_layer="criss_cross"), "stt": ABLATION_VARIANTS["stt_dense"]}
 VARIANTS: dict[str, dict] = {
-    "plain": dict(attn_layer="none"),
-    "res_block": dict(attn_layer="res_block"),
-    "se": dict(attn_layer="se"),
-    "eca": dict(attn_layer="eca"),
-    "self_attn": dict(attn_layer="self_attn"),
-    "axial": dict(attn_layer="axial"),
-    "criss_cross": dict(attn_layer="criss_cross"),
-    "flat_dense": dict(attn_layer="flat_dense"),
-    "stt": dict(attn_layer="stt"),
-    "stt_factorized_random": dict(attn_layer="stt", stt_synth="factorized_random"),
+    name: dict(OWN_VARIANTS.get(name) or ABLATION_VARIANTS[name])
+    for name in ("plain", "res_block", "se", "eca", "self_attn", "axial", "criss_cross", "flat_dense", "stt",
+                 "stt_factorized_random")
 }
 
 

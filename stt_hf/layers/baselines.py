@@ -74,7 +74,26 @@ class _ResidualOut(nn.Module):
         return self
 
 
-class SelfAttention2d(nn.Module):
+def attend(v: torch.Tensor, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Y = V softmax(logits)^T over the flattened positions: v (B, G, c, N), logits (B or 1, G, N, N)
+    -> (B, G*c, H, W)."""
+    attn = softmax_f32(logits).to(v.dtype)
+    b, g, c, _ = v.shape  # explicit sizes, not -1: an empty batch reshapes too
+    return (v @ attn.transpose(-1, -2)).reshape(b, g * c, h, w)
+
+
+class _ResidualAttention(nn.Module):
+    """What the attention baselines share: folding their residual output `self.out` (a
+    `_ResidualOut`; not annotated on the class, which TorchScript would read as an attribute type)."""
+
+    @torch.jit.ignore
+    def fuse_for_inference(self):
+        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
+        self.out.fuse_for_inference()
+        return self
+
+
+class SelfAttention2d(_ResidualAttention):
     """Non-local dot-product self-attention: (B, C, H, W) -> (B, C, H, W), O(N^2) in N = H*W."""
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
@@ -93,18 +112,10 @@ class SelfAttention2d(nn.Module):
         qkv = conv1x1(x, self.to_qkv.weight).reshape(b, 3, self.heads, c, h * w)  # (B, 3, G, c, N)
         q, k, v = qkv.unbind(1)
         logits = (q.transpose(-1, -2) @ k) * q.shape[2] ** -0.5  # (B, G, N, N)
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, self.heads * c, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
-class FlatSynthesizer(nn.Module):
+class FlatSynthesizer(_ResidualAttention):
     """Synthesizer (Tay et al. 2020) over the flattened map: N x N logits, N = H*W.
 
     `dense`: each position's value vector -> a row of N logits by a two-layer MLP.
@@ -145,18 +156,10 @@ class FlatSynthesizer(nn.Module):
         else:
             assert self.random is not None
             logits = self.random.unsqueeze(0)  # (1, G, N, N), broadcast over the batch
-        attn = softmax_f32(logits).to(v.dtype)
-        y = (v @ attn.transpose(-1, -2)).reshape(b, cv, h, w)
-        return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
+        return self.out(x, attend(v, logits, h, w))
 
 
-class AxialAttention2d(nn.Module):
+class AxialAttention2d(_ResidualAttention):
     """Multi-head dot-product attention along H, then along W: (B, C, H, W) -> (B, C, H, W).
 
     Each pass has its own 1x1 query/key/value projection (the W pass reads the H pass's output, as in
@@ -178,8 +181,9 @@ class AxialAttention2d(nn.Module):
         self.out = _ResidualOut(channels, cv, **dd)
 
     def split_heads(self, qkv: torch.Tensor) -> list[torch.Tensor]:
-        b, _, h, w = qkv.shape
-        return qkv.reshape(b, 3, self.heads, -1, h, w).unbind(1)  # q, k, v: (B, G, c, H, W)
+        b, c3, h, w = qkv.shape  # explicit sizes, not -1: an empty batch reshapes too
+        c = c3 // (3 * self.heads)
+        return qkv.reshape(b, 3, self.heads, c, h, w).unbind(1)  # q, k, v: (B, G, c, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "AxialAttention2d")
@@ -187,21 +191,16 @@ class AxialAttention2d(nn.Module):
         q, k, v = self.split_heads(conv1x1(x, self.to_qkv_h.weight))
         logits = torch.einsum("bgcij,bgckj->bgjik", q, k) * q.shape[2] ** -0.5  # (B, G, W, H, H)
         attn = softmax_f32(logits).to(v.dtype)
-        y = torch.einsum("bgjik,bgckj->bgcij", attn, v).reshape(b, -1, h, w)  # along H: (B, Cv, H, W)
+        cv = v.shape[1] * v.shape[2]
+        y = torch.einsum("bgjik,bgckj->bgcij", attn, v).reshape(b, cv, h, w)  # along H: (B, Cv, H, W)
         q, k, v = self.split_heads(conv1x1(y, self.to_qkv_w.weight))
         logits = torch.einsum("bgcij,bgcil->bgijl", q, k) * q.shape[2] ** -0.5  # (B, G, H, W, W)
         attn = softmax_f32(logits).to(v.dtype)
-        y = torch.einsum("bgijl,bgcil->bgcij", attn, v).reshape(b, -1, h, w)  # along W: (B, Cv, H, W)
+        y = torch.einsum("bgijl,bgcil->bgcij", attn, v).reshape(b, cv, h, w)  # along W: (B, Cv, H, W)
         return self.out(x, y)
 
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
 
-
-class CrissCrossAttention2d(nn.Module):
+class CrissCrossAttention2d(_ResidualAttention):
     """CCNet's recurrent criss-cross attention (Huang et al. 2019): (B, C, H, W) -> (B, C, H, W).
 
     Y_0 = conv1x1(X) (the value reduction, CCNet's `conva`), then `recurrence` times with shared
@@ -227,8 +226,8 @@ class CrissCrossAttention2d(nn.Module):
 
     def criss_cross(self, y: torch.Tensor) -> torch.Tensor:
         """One criss-cross step, (B, Cv, H, W) -> (B, Cv, H, W)."""
-        b, _, h, w = y.shape
-        qkv = conv1x1(y, self.to_qkv.weight).reshape(b, 3, self.heads, -1, h, w)
+        b, cv, h, w = y.shape  # explicit sizes, not -1: an empty batch reshapes too
+        qkv = conv1x1(y, self.to_qkv.weight).reshape(b, 3, self.heads, cv // self.heads, h, w)
         q, k, v = qkv.unbind(1)  # (B, G, c, H, W)
         scale = q.shape[2] ** -0.5
         column = mask_self(torch.einsum("bgcij,bgckj->bgijk", q, k) * scale)  # (B, G, H, W, H)
@@ -236,7 +235,7 @@ class CrissCrossAttention2d(nn.Module):
         attn = softmax_f32(torch.cat([column, row], -1)).to(v.dtype)  # (B, G, H, W, H + W)
         out = (torch.einsum("bgijk,bgckj->bgcij", attn[..., :h], v)
                + torch.einsum("bgijl,bgcil->bgcij", attn[..., h:], v))  # (B, G, c, H, W)
-        return out.reshape(b, -1, h, w)
+        return out.reshape(b, cv, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "CrissCrossAttention2d")
@@ -244,12 +243,6 @@ class CrissCrossAttention2d(nn.Module):
         for _ in range(self.recurrence):
             y = y + self.criss_cross(y)
         return self.out(x, y)
-
-    @torch.jit.ignore
-    def fuse_for_inference(self):
-        """Fold the output BatchNorm into the projection conv (eval mode only); returns self."""
-        self.out.fuse_for_inference()
-        return self
 
 
 __all__ = ["AxialAttention2d", "CrissCrossAttention2d", "FlatSynthesizer", "SelfAttention2d"]

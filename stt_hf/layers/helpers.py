@@ -87,9 +87,9 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     """A 1x1 convolution (B, Cin, H, W) -> (B, Cout, H, W) with a (Cout, Cin, 1, 1) weight.
 
     A contiguous (NCHW) map goes through one batched matmul, W @ X over the flattened map: on a CPU,
-    oneDNN runs a thin 1x1 conv on NCHW up to 4x below that (it reorders the map to a blocked layout
-    and back), which made STT's projections the slowest convolutions in the network. Other layouts
-    (channels_last, where oneDNN's conv is already fast) keep F.conv2d.
+    oneDNN reorders an NCHW map to a blocked layout and back around a 1x1 conv, which for the thin
+    convs of STT's projections costs more than the product itself (docs/implementation-notes.md).
+    Other layouts (channels_last, where oneDNN's conv needs no reorder) keep F.conv2d.
     """
     if not x.is_contiguous():
         return F.conv2d(x, weight, bias)

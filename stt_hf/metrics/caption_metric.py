@@ -32,6 +32,21 @@ Examples:
 """
 
 
+def scene_kwargs_description(returns: str, example_call: str, example_result: str) -> str:
+    """evaluate's input description of a scene metric: the shared Args, then its Returns and Example."""
+    return f"""
+Args:
+    predictions (list of str): one generated caption per scene.
+    references (list of dict): each scene's `objects`: `class_id` (list of int) and `box` (list of
+        [x0, y0, x1, y1]), as in the `fashion_scenes` dataset.
+Returns:
+    {returns}
+Examples:
+    {example_call}
+    {example_result}
+"""
+
+
 class CaptionMetric(MetricScript):
     """Captions against one or more reference captions each, scored as the COCO caption evaluation does."""
 

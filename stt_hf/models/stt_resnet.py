@@ -313,13 +313,12 @@ default_cfgs = generate_default_cfgs({
     "stt_resnet50_s": _small_cfg(),
 })
 
-# The `_s` family puts one STT block after the last stage: the ablation in docs/results.md ("The paper's
-# comparison, small") found it more accurate and more robust than block placement at 28 px.
+# The `_s` family is for 28-32 px inputs: one STT block after the last stage, where the map is smallest
+# and one block sees every position (docs/results.md compares the placements at this size).
 SMALL = dict(small_input=True, img_size=32, attn_placement="final")
 NARROW = dict(channels=(32, 64, 128, 256))
-# The 224 px family keeps the SttResNet defaults, STT inside the blocks of stages 3-4: on segmentation
-# (docs/segmentation.md, "Where should attention go?") one block after the last stage or after each stage
-# tied with it, and no placement beat the plain ResNet, so the evidence gives no reason to move it.
+# The 224 px family keeps the SttResNet defaults, STT inside the blocks of stages 3-4 (docs/segmentation.md
+# compares the other placements on a 224 px-family backbone).
 
 # What each registered model is: its depth (see ARCHS) and the SttResNet keyword arguments its
 # entrypoint sets. The timm entrypoints below and the transformers presets

@@ -23,6 +23,11 @@ BUILTIN_DATASET_NAMES = {
 SEG_DATASET_NAMES = {"fashion_scenes": ("fashion_scenes (Fashion-MNIST items on a canvas, per-pixel masks)",
                                         "fashion_scenes")}
 SEG_OVERLAY_FILE = "predictions_overlay.png"  # a segmenter's predictions on the first evaluated images
+# What each kind of saved model folder holds besides its card, scores and curves: {what: file name}.
+MODEL_FILES = {"weights": "model.safetensors", "config": "config.json",
+               "processor": "preprocessor_config.json"}
+CAPTIONER_FILES = {"weights": "model.safetensors", "config": "config.json", "tokenizer": "tokenizer.json",
+                   "generation": "generation_config.json"}
 # Files a published model folder carries; checkpoints and optimizer state stay local.
 PUBLISHED_PATTERNS = ["*.safetensors", "*.json", "*.py", "*.md", "*.png", "*.txt", "tokenizer*"]
 # fnmatch: * spans folders. eval_*: what stt-hf eval/eval-seg write beside a model (scores on someone's
@@ -152,6 +157,24 @@ def training_hyperparameters(trainer, wall_time_s: float, **task_specific) -> di
     }
 
 
+def normalization(data_config: dict) -> dict:
+    """The card's `mean` and `std` (rounded) from a timm data config."""
+    return {key: tuple(round(v, 4) for v in data_config[key]) for key in ("mean", "std")}
+
+
+def save_card_and_scores(out: Path, card, metrics_json: dict, log_history: list[dict], *, score: str,
+                         files: dict[str, str]) -> dict[str, str]:
+    """Save the model card, metrics.json and training_curves.png (plotting `score`) in `out`; return the
+    paths of what the folder holds: `files` ({what: file name}, saved before), then these three."""
+    card_path = out / "README.md"
+    card.save(card_path)
+    return {**{what: str(out / name) for what, name in files.items()},
+            "model card": str(card_path),
+            "metrics": str(write_json(out / "metrics.json", metrics_json)),
+            "training curves": str(plot_training_curves(log_history, out / "training_curves.png",
+                                                        score=score))}
+
+
 def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, results: dict,
                       command: str) -> dict:
     """Final model (safetensors + config + code + processor), card, metrics JSON and curves PNG."""
@@ -181,22 +204,13 @@ def write_run_outputs(trainer, *, model_args: dict, data_args: dict, dsd, result
             architecture=config.timm_architecture(), params_m=f"{count_params(model) / 1e6:.2f}",
             gmacs=f"{macs / 1e9:.3f}", img_size=config.input_size()[-1], placement=config.attn_placement,
             stages=", ".join(str(s) for s in config.placed_stages()), synth=config.stt_synth,
-            modes=config.stt_modes, mean=tuple(round(m, 4) for m in data["mean"]),
-            std=tuple(round(s, 4) for s in data["std"]), eval_samples=len(dsd[split]),
+            modes=config.stt_modes, **normalization(data), eval_samples=len(dsd[split]),
             train_samples=results.get("train_samples") or len(dsd["train"]),  # a stream has no length
             val_samples=len(dsd["validation"]),
             hyperparameters=hyperparameters, command=command, repo_or_path=str(out)),
     )
-    card_path = out / "README.md"
-    card.save(card_path)
-    return {
-        "weights": str(out / "model.safetensors"),
-        "config": str(out / "config.json"),
-        "processor": str(out / "preprocessor_config.json"),
-        "model card": str(card_path),
-        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics})),
-        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png")),
-    }
+    return save_card_and_scores(out, card, {**results, "metrics": metrics}, trainer.state.log_history,
+                                score="accuracy", files=MODEL_FILES)
 
 
 def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, results: dict, command: str,
@@ -237,26 +251,15 @@ def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, res
             params_m=f"{count_params(model) / 1e6:.2f}",
             backbone_params_m=f"{count_params(model.backbone) / 1e6:.2f}",
             gmacs=f"{count_macs(model, size) / 1e9:.3f}", img_size=size[-1],
-            mean=tuple(round(m, 4) for m in backbone.data_config["mean"]),
-            std=tuple(round(s, 4) for s in backbone.data_config["std"]),
+            **normalization(backbone.data_config),
             per_class=[(name, "-" if v is None else f"{v:.4f}") for name, v in per_class.items()],
             eval_samples=len(arrays[split]), train_samples=len(arrays["train"]),
             val_samples=len(arrays["validation"]), hyperparameters=hyperparameters, command=command,
             repo_or_path=str(out), overlay=SEG_OVERLAY_FILE),
     )
-    card_path = out / "README.md"
-    card.save(card_path)
-    return {
-        "weights": str(out / "model.safetensors"),
-        "config": str(out / "config.json"),
-        "processor": str(out / "preprocessor_config.json"),
-        "model card": str(card_path),
-        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics,
-                                                          "per_class_iou": per_class})),
-        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png",
-                                                    score="mean_iou")),
-        "overlay": str(overlay),
-    }
+    paths = save_card_and_scores(out, card, {**results, "metrics": metrics, "per_class_iou": per_class},
+                                 trainer.state.log_history, score="mean_iou", files=MODEL_FILES)
+    return {**paths, "overlay": str(overlay)}
 
 
 def attention_text(config) -> str:
@@ -309,8 +312,8 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
             tokenizer=tokenizer_text, params_m=f"{count_params(model) / 1e6:.2f}",
             encoder_params_m=f"{count_params(model.encoder) / 1e6:.2f}",
             gmacs=f"{count_macs(model.encoder, encoder_config.input_size()) / 1e9:.3f}",
-            img_size=encoder_config.input_size()[-1], mean=tuple(round(m, 4) for m in data["mean"]),
-            std=tuple(round(s, 4) for s in data["std"]), max_caption_length=model_args["max_caption_length"],
+            img_size=encoder_config.input_size()[-1], **normalization(data),
+            max_caption_length=model_args["max_caption_length"],
             generation=(f"beam search, {generation.num_beams} beams" if generation.num_beams > 1
                         else "greedy") + f", at most {generation.max_length} tokens"
                        + (f", no repeated {generation.no_repeat_ngram_size}-grams"
@@ -320,18 +323,8 @@ def write_caption_outputs(trainer, *, tokenizer, model_args: dict, data_args: di
             val_samples=len(dsd["validation"]), hyperparameters=hyperparameters, command=command,
             repo_or_path=str(out)),
     )
-    card_path = out / "README.md"
-    card.save(card_path)
-    return {
-        "weights": str(out / "model.safetensors"),
-        "config": str(out / "config.json"),
-        "tokenizer": str(out / "tokenizer.json"),
-        "generation": str(out / "generation_config.json"),
-        "model card": str(card_path),
-        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics})),
-        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png",
-                                                    score="cider")),
-    }
+    return save_card_and_scores(out, card, {**results, "metrics": metrics}, trainer.state.log_history,
+                                score="cider", files=CAPTIONER_FILES)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

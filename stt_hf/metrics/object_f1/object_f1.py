@@ -13,23 +13,16 @@ caption naming nothing the grammar knows (unparsable) names 0 items: it lowers r
 import evaluate
 
 from stt_hf.data.scene_captions import parse_caption
-from stt_hf.metrics.caption_metric import SceneMetric
+from stt_hf.metrics.caption_metric import SceneMetric, scene_kwargs_description
 from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Micro-averaged F1 of the items (class and count) a caption names versus the items present."
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): one generated caption per scene.
-    references (list of dict): each scene's `objects`: `class_id` (list of int) and `box` (list of
-        [x0, y0, x1, y1]), as in the `fashion_scenes` dataset.
-Returns:
-    object_f1, object_precision, object_recall (float): in [0, 1]; 0.0 where nothing was named or correct.
-Examples:
-    >>> metric.compute(predictions=["two bags and a coat."],
-    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}])
-    {'object_f1': 0.8, 'object_precision': 0.6666666666666666, 'object_recall': 1.0}
-"""
+_KWARGS_DESCRIPTION = scene_kwargs_description(
+    "object_f1, object_precision, object_recall (float): in [0, 1]; 0.0 where nothing was named or correct.",
+    '>>> metric.compute(predictions=["two bags and a coat."],\n'
+    '    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}])',
+    "{'object_f1': 0.8, 'object_precision': 0.6666666666666666, 'object_recall': 1.0}")
 
 
 def object_f1_scores(predictions, objects) -> dict[str, float]:

@@ -15,23 +15,16 @@ caption states a countable relation (unparsable captions state none).
 import evaluate
 
 from stt_hf.data.scene_captions import parse_caption, relation
-from stt_hf.metrics.caption_metric import SceneMetric
+from stt_hf.metrics.caption_metric import SceneMetric, scene_kwargs_description
 from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Share of the relations stated between correctly named items that hold in the scene."
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): one generated caption per scene.
-    references (list of dict): each scene's `objects`: `class_id` (list of int) and `box` (list of
-        [x0, y0, x1, y1]), as in the `fashion_scenes` dataset.
-Returns:
-    relation_accuracy (float): in [0, 1]; 0.0 when no countable relation is stated.
-Examples:
-    >>> metric.compute(predictions=["a bag left of a coat.", "a bag above a coat."],
-    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}] * 2)
-    {'relation_accuracy': 0.5}
-"""
+_KWARGS_DESCRIPTION = scene_kwargs_description(
+    "relation_accuracy (float): in [0, 1]; 0.0 when no countable relation is stated.",
+    '>>> metric.compute(predictions=["a bag left of a coat.", "a bag above a coat."],\n'
+    '    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}] * 2)',
+    "{'relation_accuracy': 0.5}")
 
 
 def _holds(statement, scene) -> bool | None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from stt_hf.cli import build_parser
+from stt_hf.cli import main as cli_main
 from stt_hf.experiments import benchmark
 
 
@@ -45,7 +46,7 @@ def quick(tmp_path_factory):
             return reply
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "BlockWorker", RecordingWorker)
+        mp.setattr(benchmark.blocks, "BlockWorker", RecordingWorker)  # the grid starts its workers
         result = run(["--quick", "--resolutions", "7", "--modules", "stt_dense", "self_attn", "--img_size",
                       "32", "--out", str(out)])
     return out, result, ready
@@ -270,6 +271,16 @@ def test_memory_estimate_skips_the_quadratic_baselines_at_112():
         assert benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True) < 4
 
 
+def test_memory_estimate_of_axial_attention_is_between():
+    """Axial and criss-cross attention hold (B, N, H + W) maps: far below the N x N baselines at 112x112,
+    above a block that holds only copies of the feature map."""
+    def estimate(module):
+        return benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True)
+
+    for module in ("axial", "criss_cross"):
+        assert estimate("stt_dense") < estimate(module) < estimate("self_attn") / 10 < 4
+
+
 def test_rows_over_the_cap_are_counted_not_run(tmp_path, capsys):
     result = run(["--configs", "16:14x14", "--batch_sizes", "1", "--modules", "stt_dense", "self_attn",
                   "--max_mem_gb", "0", "--skip_cost", "--skip_models", "--out", str(tmp_path)])
@@ -290,6 +301,7 @@ def test_presets_fill_what_is_not_given():
     assert args.configs == ["256:28x28", "256:56x56", "128:112x112"] and args.batch_sizes == [8]
     assert args.forward_only and args.channels == [128, 256] and args.resolutions == [28, 56, 112]
     assert args.max_mem_source == "80% of available memory" and args.max_mem_gb > 0
+    assert args.modules == ["stt_dense", "self_attn", "flat_dense", "flat_random", "axial", "criss_cross"]
     args = benchmark.resolve_args(parse(["--preset", "targets", "--channels", "32", "--no-forward_only"]))
     assert not args.configs and args.channels == [32] and args.resolutions == [28, 56, 112]
     assert not args.forward_only
@@ -309,7 +321,7 @@ def test_presets_fill_what_is_not_given():
 def test_bad_options_fail_with_a_message(argv, message, capsys, tmp_path):
     args = parse([*argv, "--out", str(tmp_path)])
     assert args.func is benchmark.run_command
-    assert args.func(args) == 2
+    assert cli_main(["bench", *argv, "--out", str(tmp_path)]) == 2  # the error path of every subcommand
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing measured, nothing written
 

@@ -166,7 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the loader's split carving and subsets")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("num_shards", "eval_shards", "max_train_samples", "max_eval_samples"):  # before any loading
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> Path:

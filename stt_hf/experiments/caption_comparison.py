@@ -52,6 +52,7 @@ ENCODERS: dict[str, dict] = {
     "stt": dict(attn_layer="stt", stt_modes="chw"),
     "plain": dict(attn_layer="none"),
     "self_attn": dict(attn_layer="self_attn"),
+    "axial": dict(attn_layer="axial"),
     "flat_dense": dict(attn_layer="flat_dense"),
     "stt_hw": dict(attn_layer="stt", stt_modes="hw"),
 }
@@ -266,10 +267,9 @@ def report(out_dir: str | Path) -> dict:
 def grid(runs: list[dict], dataset: str, path: Path, count: int = 8) -> Path:
     """Test images with the reference and each encoder's caption, from each encoder's lowest-seed run
     (the test split is the same for every encoder at one seed)."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in runs if r["dataset"] == dataset]
     seed = min(r["seed"] for r in rows)

@@ -184,7 +184,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stt-hf bench-input", description=__doc__.split("\n\n")[0])
-    return add_arguments(parser).parse_args(argv)
+    args = add_arguments(parser).parse_args(argv)
+    for flag in ("img_size", "batch", "threads", "rounds"):  # before any measurement
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if not args.min_time > 0:
+        raise ValueError(f"--min_time must be a positive number of seconds, got {args.min_time}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -86,9 +86,9 @@ class SttPreTrainedModel(PreTrainedModel):
             init_buffers()
 
     def initialize_weights(self) -> None:
-        """transformers' initialization (`_init_weights` on each module), then `init_weightless_modules`."""
+        """transformers' initialization (`_init_weights` on each module), then `init_blocks`."""
         super().initialize_weights()
-        init_weightless_modules(self)
+        init_blocks(self)
 
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None:
@@ -135,20 +135,22 @@ class SttPreTrainedModel(PreTrainedModel):
 
 @torch.no_grad()
 @init.guard_torch_init_functions()
-def init_weightless_modules(model: nn.Module) -> None:
-    """The initialization of modules that own no weights but initialize their children's.
+def init_blocks(model: nn.Module) -> None:
+    """The initialization that `_init_weights`, called module by module, cannot do: blocks that set up their
+    children's weights.
 
-    transformers does not call `_init_weights` on them (in code outside transformers): blocks that start as
-    the identity zero their last norm (`zero_init_last`: timm's residual blocks, STT and its baselines), and
-    timm's attention modules re-run their `reset_parameters`. Weights a checkpoint loaded are left as they are
-    (the guarded `torch.nn.init`). Models that hold an STT network (captioner, segmenter) call this too.
+    Blocks that start as the identity zero their last norm once it is initialized (`zero_init_last`: timm's
+    residual blocks, STT and its baselines), and modules without weights of their own, which transformers does
+    not call `_init_weights` on in code outside transformers, re-run their `reset_parameters` (timm's
+    attention modules). Weights a checkpoint loaded are left as they are (the guarded `torch.nn.init`).
+    Models that hold an STT network (the captioner, the segmenter) call this too.
     """
     for module in reversed(list(model.modules())):  # children before parents
+        if isinstance(module, PreTrainedModel):
+            continue
         owns_tensors = any(True for _ in module.parameters(recurse=False)) or any(
             True for _ in module.buffers(recurse=False))
-        if owns_tensors or isinstance(module, PreTrainedModel):
-            continue  # `_init_weights`' part
-        if hasattr(module, "reset_parameters"):
+        if not owns_tensors and hasattr(module, "reset_parameters"):  # else `_init_weights` called it
             module.reset_parameters()
         if hasattr(module, "zero_init_last"):
             module.zero_init_last()
@@ -343,4 +345,4 @@ class SttVisionEncoder(SttPreTrainedModel):
 
 
 __all__ = ["CheckpointError", "MismatchedSizesError", "SttBackbone", "SttForImageClassification", "SttModel",
-           "SttPreTrainedModel", "SttVisionEncoder", "init_weightless_modules"]
+           "SttPreTrainedModel", "SttVisionEncoder", "init_blocks"]

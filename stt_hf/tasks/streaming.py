@@ -41,12 +41,13 @@ from ..data.streaming import (
 
 logger = logging.getLogger(__name__)
 
-# Decoding a JPEG and timm's train transform at 224 px, per DataLoader worker (one core): measured by
-# `stt-hf bench-input` (docs/training.md, "Feeding the model at 224 px").
-IMAGES_PER_S_PER_WORKER_224 = 180.0
-# stt_resnet50 training images/s on one H100-class GPU with bf16 autocast: timm's published ResNet-50
-# training throughput times the measured STT cost ratio (an assumption: docs/training.md).
-GPU_IMAGES_PER_S = 1500.0
+# One DataLoader worker (one thread) decoding an ImageNet-sized JPEG and running timm's train transform
+# at 224 px: 117.4 images/s, `stt-hf bench-input` (model_cards/results/input_pipeline/input_pipeline.json).
+IMAGES_PER_S_PER_WORKER_224 = 117.4
+# stt_resnet50 training images/s on one A100-class GPU with mixed precision: the published ResNet-50
+# rate (2470 images/s) over the cost ratio bench-input measured on a CPU (1.171): an assumption,
+# docs/training.md.
+GPU_IMAGES_PER_S = 2110.0
 
 
 class StreamSettings(TrainerCallback, ExportableState):

@@ -108,6 +108,9 @@ def test_workers_divide_the_shards(shards):
 def test_streaming_needs_max_steps_and_a_stream(tmp_path, shards):
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         train.main([*RUN, "--dataset", str(shards), "--output_dir", str(tmp_path / "a")])
+    with pytest.raises(ValueError, match="--shuffle_buffer must be a positive"):
+        train.main([*RUN, "--dataset", str(shards), "--max_steps", "2", "--shuffle_buffer", "0",
+                    "--output_dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="write-shards mnist_5k"):
         train.main([*RUN, "--dataset", "mnist_5k", "--max_steps", "2", "--output_dir", str(tmp_path / "b")])
 

@@ -104,6 +104,10 @@ def load_streaming_data(data_args, training_args):
     """(train stream of this process, raw; {"validation", "test"} materialised; class names)."""
     import datasets
 
+    if data_args.shuffle_buffer < 1:
+        raise ValueError(f"--shuffle_buffer must be a positive number of examples (1: no shuffling), got "
+                         f"{data_args.shuffle_buffer}")
+
     source = select_columns(open_stream(data_args.dataset, "train"), data_args.image_column,
                             data_args.label_column, "label")
     eval_splits = {}

@@ -9,8 +9,9 @@ What changes against the in-memory path:
   the batches trained on, which makes the resume exact (the guarantee is in `stt_hf.data.streaming`);
 - the validation and test splits are materialised for evaluation.
 
-`default_num_workers` is the DataLoader worker count `stt-hf train` uses when per-image transforms
-run and `--dataloader_num_workers` is not given (the input-pipeline benchmark measures its inputs).
+Two things every `stt-hf train` run gets from here too: `pipeline_defaults`, the DataLoader options
+that follow from the input-pipeline benchmark (`default_num_workers` when per-image transforms run and
+`--dataloader_num_workers` is not given), and `check_parallelism`, which refuses `--fsdp` without a GPU.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ def test_workers_cover_the_training_rate_within_the_cores():
 
 def test_train_sets_the_loader_options_it_was_not_given(monkeypatch, tmp_path):
     def defaults(*flags, cuda=False, per_image=True):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         argv = ["--output_dir", str(tmp_path), *flags]
         args = train.parse_args(argv)[2]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # the device the defaults are for
         streaming.pipeline_defaults(args, per_image=per_image, explicit=train.given_flags(argv))
         return args.dataloader_num_workers, args.dataloader_pin_memory, args.dataloader_persistent_workers
 
@@ -31,7 +32,7 @@ def test_train_sets_the_loader_options_it_was_not_given(monkeypatch, tmp_path):
     assert defaults() == (one_worker, False, one_worker > 0)
     assert defaults(per_image=False) == (0, False, False)  # in-memory batches need no workers
     assert defaults("--dataloader_num_workers", "3") == (3, False, True)
-    assert defaults("--dataloader_pin_memory", "true") == (one_worker, True, one_worker > 0)
+    assert defaults("--dataloader_persistent_workers", "false") == (one_worker, False, False)
     gpu_workers = streaming.default_num_workers(streaming.GPU_IMAGES_PER_S)
     assert defaults(cuda=True) == (gpu_workers, True, gpu_workers > 0)
 

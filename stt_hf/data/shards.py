@@ -69,21 +69,26 @@ def _first_row(num_rows: int, num_shards: int, index: int) -> int:
 
 def write_webdataset_tar(ds, path: Path, first_key: int = 0) -> None:
     """One tar archive in WebDataset layout: the files of one example share the key `%06d` % row."""
-    import datasets
 
-    columns = {name: feature for name, feature in ds.features.items()}
-    raw = ds.cast_column("image", datasets.Image(decode=False)) if "image" in columns else ds
-    for name, feature in columns.items():  # other image columns (segmentation masks) stay bytes too
-        if isinstance(feature, datasets.Image) and name != "image":
-            raw = raw.cast_column(name, datasets.Image(decode=False))
+    columns = dict(ds.features)
     with tarfile.open(path, "w") as tar:
-        for row, example in enumerate(raw):
+        for row, example in enumerate(undecoded(ds)):
             key = f"{first_key + row:06d}"
             for name, feature in columns.items():
                 suffix, data = _encode_field(feature, example[name])
                 info = tarfile.TarInfo(f"{key}.{name}.{suffix}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def undecoded(ds):
+    """`ds` with every image column (images, segmentation masks) read as its stored bytes."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
 
 
 def _encode_field(feature, value) -> tuple[str, bytes]:
@@ -121,8 +126,7 @@ def write_card(folder: Path, dsd, format: str) -> None:
 
         # The columns as the WebDataset builder names them: `{column}.{extension}`.
         first = dsd["train"] if "train" in dsd else next(iter(dsd.values()))
-        raw = first.cast_column("image", datasets.Image(decode=False)) if "image" in features else first
-        example = raw[0]
+        example = undecoded(first)[0]
         features = datasets.Features({f"{name}.{_encode_field(feature, example[name])[0]}": feature
                                       for name, feature in features.items()})
     info = {"features": features._to_yaml_list()} if hasattr(features, "_to_yaml_list") else {}

@@ -20,24 +20,28 @@
    (run as the block runs them, `stt_hf.layers.helpers.conv1x1`) and against the trunk's 1x1
    expansion conv at the same place (ResNet-50 stages 3 and 4 at 224 px: 1024:14x14 and 2048:7x7):
    block / (convs + BN) latency, the GMAC/s of the two convs alone and of the trunk conv, and the
-   ATen operators one block forward dispatches.
+   ATen ops one block forward launches (`stt_hf.reporting.profiling.count_aten_ops`; budget 25).
 4. Models. stt_resnet50 and its random / mixture variants against timm's resnet50, seresnet50,
    ecaresnet50d, botnet26t_256, halonet26t and lambda_resnet26t (random init, nothing downloaded):
    inference and one SGD training step, as ratios to resnet50 measured in the same run; with
-   --compile also inference under torch.compile. A model is a timm name, optionally with keyword
-   arguments for timm.create_model: `stt_resnet50:attn_layer=res_block` is the capacity control
+   --fused also inference after the model's fuse_for_inference(), with --compile under torch.compile.
+   Each inference mode of a model is also paired with the capacity control's in the same rounds. A
+   model is a timm name, optionally with keyword arguments for timm.create_model:
+   `stt_resnet50:attn_layer=res_block` is the capacity control
    (a plain bottleneck as wide as STT's values, at the same places). Models that cannot run at --img_size
    (botnet26t_256 has a fixed 256 px input, halonet26t needs a multiple of its 8 px halo blocks at
    every stage) run at their own default input size, which the table says.
 5. Targets. Every project target that the run measured, in one table, PASS / MISS with the margin
    (n/a where the run did not measure it): the exponents, STT against self-attention at 256:56x56 and
-   128:112x112, the block-cost ratios and stt_resnet50 against resnet50.
+   128:112x112, the block-cost ratios and ops, stt_resnet50 against resnet50 (params, GMACs, training
+   step) and against the capacity control (inference no slower, eager / fused / compiled).
 
 Presets (--preset; options given explicitly still win): `grid` (the default: C {64, 256} x H=W
 {14, 28, 56, 112} x B {1, 8}, every module, forward and forward+backward, models at 224 px),
 `targets` (the points the block targets name, 256:28x28, 256:56x56 and 128:112x112 at batch 8,
 STT against the N x N baselines and axial / criss-cross attention, forward only, memory cap 80% of
-what is available) and `quick` (--quick: a tiny grid and one model pair at 64 px, a smoke test).
+what is available; stt_resnet50 and the capacity control in eager, fused and inductor-compiled
+inference) and `quick` (--quick: a tiny grid and one model pair at 64 px, a smoke test).
 With CUDA available the tables are measured again on the GPU in bf16 under autocast and reported
 separately.
 
@@ -70,7 +74,7 @@ How each number is measured:
   worker raises or is killed, for example for memory) is marked `failed` with the reason.
 
 Outputs in --out: blocks.csv, exponents.csv, cost.csv, models.csv, targets.csv, results.json (all
-of them with the run's settings), results.md and the plo
+of them with the run's settings), results.md and the plots.
 
 The modules, one job each: `spec` (what is compared, presets, table columns), `measurement` (timing,
 tensor peak, RSS, memory estimate), `worker` (one block row's process), `blocks` (the grid), `scaling`
@@ -92,6 +96,7 @@ from .spec import (
     COST_CONFIGS,
     COST_REDUCTION,
     FIT_COLUMNS,
+    MAX_BLOCK_OPS,
     MODEL_COLUMNS,
     REFERENCE_MODEL,
     TARGET_COLUMNS,
@@ -101,7 +106,8 @@ from .worker import BlockWorker
 
 __all__ = [
     "BLOCK_COLUMNS", "CAPACITY_CONTROL", "COST_COLUMNS", "COST_CONFIGS", "COST_REDUCTION", "FIT_COLUMNS",
-    "MIN_REPEATS", "MODEL_COLUMNS", "REFERENCE_MODEL", "TARGETS", "TARGET_COLUMNS", "BlockWorker",
+    "MAX_BLOCK_OPS", "MIN_REPEATS", "MODEL_COLUMNS", "REFERENCE_MODEL", "TARGETS", "TARGET_COLUMNS",
+    "BlockWorker",
     "add_bench_parser", "check_targets", "create_model", "estimate_peak_gb", "fit_exponent", "main",
     "paired_ratio", "parse_model_spec", "render_models", "render_targets", "resolve_args", "run",
     "run_command", "run_models",

@@ -90,7 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"timed calls per model ({preset_values('model_repeats')})")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="also time model inference under torch.compile (default backend inductor: minutes "
-                        "of code generation on a small CPU)")
+                        "of code generation on a small CPU; targets: inductor; 'none': off)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time model inference after the model's fuse_for_inference() (targets: yes)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CPU, then CUDA in bf16 when available (default)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -109,6 +111,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.configs:
         args.channels = sorted({c for c, _ in grid_points(args)})  # grid_points checks each config
         args.resolutions = sorted({s for _, s in grid_points(args)})
+    args.compile = None if args.compile == "none" else args.compile
+    args.fused = bool(args.fused)
     if args.models == ["none"] or args.skip_models:
         args.models = []
     for spec in (args.reference, *args.models):
@@ -148,6 +152,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += [f"--{key}" for key, on in flags.items() if on]
     parts += [f"--reduction {args.reduction}"] if args.reduction is not None else []
     parts += [f"--compile {args.compile}"] if args.compile else []
+    parts += ["--fused"] if args.fused else []
     return " ".join(parts)
 
 
@@ -166,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
                                                "modules", "reduction", "forward_only", "repeats", "warmup",
                                                "row_budget_s", "max_mem_gb", "max_mem_source", "img_size",
                                                "models", "infer_batch", "train_batch", "model_repeats",
-                                               "reference", "compile")})
+                                               "reference", "compile", "fused")})
         sections = []
         for device, precision in devices(args.device):
             label = device_label(device.type, precision)

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ...layers.helpers import conv1x1
 from ...layers.stt import STT
+from ...reporting.profiling import count_aten_ops
 from .measurement import autocast, timed
-from .spec import BLOCK_PARTS, COST_CONFIGS, COST_REDUCTION, parse_config
-
-
-def count_ops(fn: Callable[[], object]) -> int:
-    """ATen operators one call of fn dispatches (views and the like included): the small-op overhead."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        fn()
-    return Count.n
+from .spec import BLOCK_PARTS, COST_CONFIGS, COST_REDUCTION, MAX_BLOCK_OPS, parse_config
 
 
 def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
@@ -67,7 +51,7 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
             for _ in range(3 * args.repeats):
                 for k, call in calls.items():
                     times[k].append(timed(call, device))
-            ops = count_ops(calls["block"])
+            ops = len(count_aten_ops(calls["block"]))
         med = {k: statistics.median(v) for k, v in times.items()}
         cv = stt.to_v.out_channels
         # GMAC/s of the convolutions themselves (BN has no MACs; its time is in block / convs + BN).
@@ -85,6 +69,6 @@ def run_cost(args: argparse.Namespace, device: torch.device, precision: str) -> 
                          trunk_vs_convs_gmacs=trunk_gmacs_s / convs_gmacs_s))
         print(f"cost: {device.type} {config}: block {med['block'] * 1e3:.2f} ms, convs+BN "
               f"{med['convs'] * 1e3:.2f} ms (convs alone {med['conv_pair'] * 1e3:.2f}), trunk conv "
-              f"{med['trunk'] * 1e3:.2f} ms, {ops} ops; parts "
+              f"{med['trunk'] * 1e3:.2f} ms, {ops} ATen ops per block (budget {MAX_BLOCK_OPS}); parts "
               + ", ".join(f"{part} {med[part] * 1e3:.2f}" for part in BLOCK_PARTS) + " ms", flush=True)
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import random
 import statistics
 import time
@@ -19,7 +20,7 @@ from torch import nn
 
 from ...reporting.profiling import count_macs, count_params
 from .measurement import autocast, tensor_peak, timed
-from .spec import MODEL_COLUMNS
+from .spec import CAPACITY_CONTROL, MODEL_COLUMNS
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -87,13 +88,21 @@ def model_input(name: str, img_size: int) -> tuple[int, str, dict]:
 
 @dataclass
 class ModelCase:
-    """One model while it is measured: its calls (inference, training step, compiled inference)."""
+    """One model while it is measured: its calls (inference, training step, fused and compiled inference)."""
 
     row: dict
     infer: Callable[[], None]
     train_step: Callable[[], None]
+    fused_infer: Callable[[], None] | None = None
     compiled_infer: Callable[[], None] | None = None
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy after the model's own fuse_for_inference() (STT models fold each attention
+    block's output BatchNorm; a model without the method, such as timm's resnet50, is copied as is)."""
+    fused = copy.deepcopy(model).eval()
+    return fused.fuse_for_inference() if hasattr(fused, "fuse_for_inference") else fused
 
 
 def model_case(name: str, reference: str, device: torch.device, precision: str,
@@ -125,8 +134,9 @@ def model_case(name: str, reference: str, device: torch.device, precision: str,
     row = dict.fromkeys(MODEL_COLUMNS)
     row.update(device=device.type, precision=precision, model=name, reference=reference, img_size=size,
                note=note, **static, infer_batch=args.infer_batch, train_batch=args.train_batch)
+    fused = inference(fused_copy(model)) if args.fused else None
     compiled = inference(torch.compile(model, backend=args.compile)) if args.compile else None
-    return ModelCase(row, inference(model), train_step, compiled)
+    return ModelCase(row, inference(model), train_step, fused, compiled)
 
 
 def run_models(args: argparse.Namespace, device: torch.device, precision: str) -> list[dict]:
@@ -142,6 +152,8 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
         for _ in range(args.warmup - 1):
             case.infer()
             case.train_step()
+        for _ in range(args.warmup if case.fused_infer else 0):
+            case.fused_infer()
         for _ in range(args.warmup if case.compiled_infer else 0):  # the first compiles
             case.compiled_infer()
         case.row.update(peak_infer_mb=peak_infer / 2**20, peak_train_mb=peak_train / 2**20)
@@ -149,7 +161,7 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
         print(f"models: {device.type} {name} ready at {case.row['img_size']} px "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     for i in range(args.model_repeats):
-        for kind in ("infer", "train_step", "compiled_infer"):
+        for kind in ("infer", "train_step", "fused_infer", "compiled_infer"):
             for case in cases:
                 if (call := getattr(case, kind)) is not None:
                     case.times[kind].append(timed(call, device))
@@ -160,9 +172,10 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
         case.row.update(repeats=len(case.times["infer"]), infer_ms=med["infer"] * 1e3,
                         infer_img_s=args.infer_batch / med["infer"], train_step_ms=med["train_step"] * 1e3,
                         train_img_s=args.train_batch / med["train_step"])
-        if "compiled_infer" in med:
-            case.row.update(compiled_infer_ms=med["compiled_infer"] * 1e3,
-                            compiled_infer_img_s=args.infer_batch / med["compiled_infer"])
+        for kind in ("fused_infer", "compiled_infer"):
+            if kind in med:
+                case.row.update({f"{kind}_ms": med[kind] * 1e3,
+                                 f"{kind}_img_s": args.infer_batch / med[kind]})
         rows.append(case.row)
     ref, ref_times = rows[0], cases[0].times
     for row, case in zip(rows, cases, strict=True):
@@ -171,7 +184,23 @@ def run_models(args: argparse.Namespace, device: torch.device, precision: str) -
         row.update(params_vs_ref=row["params"] / ref["params"], gmacs_vs_ref=row["gmacs"] / ref["gmacs"],
                    infer_speed_vs_ref=infer[0], infer_speed_ci_low=infer[1], infer_speed_ci_high=infer[2],
                    train_speed_vs_ref=train[0], train_speed_ci_low=train[1], train_speed_ci_high=train[2])
-        if row["compiled_infer_img_s"] is not None:
-            row["compiled_speed_vs_ref"] = paired_ratio(ref_times["compiled_infer"],
-                                                        case.times["compiled_infer"])[0]
+        for mode in ("fused", "compiled"):
+            if row[f"{mode}_infer_img_s"] is not None:
+                row[f"{mode}_speed_vs_ref"] = paired_ratio(ref_times[f"{mode}_infer"],
+                                                           case.times[f"{mode}_infer"])[0]
+    add_control_ratios(rows, cases)
     return rows
+
+
+def add_control_ratios(rows: list[dict], cases: list[ModelCase]) -> None:
+    """The STT model against the capacity control (a plain block of its size at its places) in each
+    inference mode: the control's time / the model's, paired by round, with a bootstrap interval."""
+    control = next((c for c in cases if c.row["model"] == CAPACITY_CONTROL), None)
+    if control is None:
+        return
+    for row, case in zip(rows, cases, strict=True):
+        for mode, kind in (("infer", "infer"), ("fused", "fused_infer"), ("compiled", "compiled_infer")):
+            if case.times.get(kind) and control.times.get(kind):
+                median, low, high = paired_ratio(control.times[kind], case.times[kind])
+                row.update({f"{mode}_speed_vs_control": median, f"{mode}_speed_vs_control_ci_low": low,
+                            f"{mode}_speed_vs_control_ci_high": high})

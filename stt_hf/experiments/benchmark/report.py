@@ -16,6 +16,8 @@ from .spec import (
     COST_COLUMNS,
     COST_REDUCTION,
     FIT_COLUMNS,
+    INFER_MODES,
+    MAX_BLOCK_OPS,
     MODEL_COLUMNS,
     STT_REFERENCE,
     TARGET_COLUMNS,
@@ -86,7 +88,8 @@ def render_cost(rows: list[dict]) -> list[str]:
              for r in rows]
     return [f"STT (reduction {COST_REDUCTION}, eval) against its two 1x1 convs + BN alone, and the trunk's "
             "1x1 expansion conv at the same place in ResNet-50; convs GMAC/s: the two convs without BN; "
-            "block ops: ATen operators per forward; "
+            "block ops: top-level ATen operators per forward, views and empty allocations left out "
+            f"(budget {MAX_BLOCK_OPS}); "
             "parts: the block's steps timed one by one (values = first projection, synths = attention maps, "
             "products = mode products, output = projection + BN + residual).", "",
             markdown_table(["C:HxW", "B", "block ms", "convs+BN ms", "convs ms", "trunk conv ms",
@@ -99,20 +102,33 @@ def interval(row: dict, kind: str) -> str:
 
 
 def render_models(rows: list[dict]) -> list[str]:
-    compiled = any(r["compiled_infer_ms"] is not None for r in rows)
+    modes = [m for m in ("fused", "compiled") if any(r[f"{m}_infer_ms"] is not None for r in rows)]
     table = [[r["model"], str(r["img_size"]), f"{r['params'] / 1e6:.2f}M", f"{r['gmacs']:.2f}",
               f"{r['infer_ms']:.1f}", f"{r['infer_img_s']:.2f}", f"{r['train_step_ms']:.1f}",
               f"{r['train_img_s']:.2f}", f"{r['peak_train_mb']:.0f}", f"{r['params_vs_ref']:.3f}x",
               f"{r['gmacs_vs_ref']:.3f}x", f"{r['infer_speed_vs_ref']:.3f}x" + interval(r, "infer"),
               f"{r['train_speed_vs_ref']:.3f}x" + interval(r, "train")]
-             + ([fmt(r["compiled_infer_img_s"], ".2f"), fmt(r["compiled_speed_vs_ref"], ".3f", "x")]
-                if compiled else []) + [r["note"]] for r in rows]
+             + [cell for m in modes for cell in (fmt(r[f"{m}_infer_img_s"], ".2f"),
+                                                 fmt(r[f"{m}_speed_vs_ref"], ".3f", "x"))]
+             + [r["note"]] for r in rows]
     header = ["model", "px", "params", "GMACs/img", "infer ms", "infer img/s", "train step ms", "train img/s",
               "peak train MB", "params", "GMACs", "infer speed", "train speed"]
-    header += ["compiled img/s", "compiled speed"] if compiled else []
-    return [f"Ratios are model / {rows[0]['reference']} (speed: images per second, higher is faster; the "
-            "median over rounds of the paired ratio, with its 95% bootstrap interval).", "",
-            markdown_table(header + ["note"], table)]
+    header += [h for m in modes for h in (f"{m} img/s", f"{m} speed")]
+    out = [f"Ratios are model / {rows[0]['reference']} (speed: images per second, higher is faster; the "
+           "median over rounds of the paired ratio, with its 95% bootstrap interval).", "",
+           markdown_table(header + ["note"], table)]
+    versus = [r for r in rows if r["infer_speed_vs_control"] is not None]
+    if versus:
+        kinds = ["infer", *modes]
+        table = [[r["model"], *(fmt(r[f"{k}_speed_vs_control"], ".3f", "x")
+                                + (f" ({r[f'{k}_speed_vs_control_ci_low']:.3f}-"
+                                   f"{r[f'{k}_speed_vs_control_ci_high']:.3f})"
+                                   if r[f"{k}_speed_vs_control"] is not None else "") for k in kinds)]
+                 for r in versus]
+        out += ["", "Inference speed against the capacity control (a plain block of STT's size at its "
+                "places), paired by round:", "",
+                markdown_table(["model", *(INFER_MODES[k] for k in kinds)], table)]
+    return out
 
 
 def render_targets(targets: list[dict]) -> list[str]:

@@ -23,6 +23,10 @@ DEFAULT_MODELS = ("stt_resnet50", "stt_resnet50_random", "stt_resnet50_mixture",
 # models' STT reduction; the trunk conv is the stage's 1x1 expansion conv (its input channels here).
 COST_CONFIGS = {"1024:14x14": 256, "2048:7x7": 512}
 COST_REDUCTION = 16
+# ATen ops one eval forward of an STT block may launch (stt_hf.reporting.profiling.count_aten_ops: top-level
+# ops, views and empty allocations left out): on a GPU at ordinary batch sizes, launches rather than FLOPs
+# set a small block's time.
+MAX_BLOCK_OPS = 25
 
 # Presets of the grid, repeat and model options (options given explicitly win). "auto" memory cap:
 # 80% of the memory available at the start.
@@ -36,7 +40,7 @@ PRESETS = {
                     batch_sizes=[8], modules=[STT_REFERENCE, *QUADRATIC, *AXIAL], repeats=10, warmup=1,
                     row_budget_s=20.0, max_mem_gb="auto", forward_only=True,
                     models=["stt_resnet50", CAPACITY_CONTROL], img_size=224, infer_batch=8, train_batch=8,
-                    model_repeats=15),
+                    model_repeats=15, fused=True, compile="inductor"),
     "quick": dict(configs=None, channels=[16], resolutions=[7, 14], batch_sizes=[1],
                   modules=list(BLOCK_MODULES), repeats=1, warmup=1, row_budget_s=1.0, max_mem_gb=4.0,
                   forward_only=False, models=["stt_resnet50"], img_size=64, infer_batch=2, train_batch=2,
@@ -60,10 +64,16 @@ COST_COLUMNS = ("device", "precision", "config", "channels", "resolution", "trun
                 "trunk_vs_convs_gmacs")
 MODEL_COLUMNS = ("device", "precision", "model", "reference", "img_size", "note", "params", "gmacs",
                  "infer_batch", "train_batch", "peak_infer_mb", "peak_train_mb", "repeats", "infer_ms",
-                 "infer_img_s", "train_step_ms", "train_img_s", "compiled_infer_ms", "compiled_infer_img_s",
+                 "infer_img_s", "train_step_ms", "train_img_s", "fused_infer_ms", "fused_infer_img_s",
+                 "compiled_infer_ms", "compiled_infer_img_s",
                  "params_vs_ref", "gmacs_vs_ref", "infer_speed_vs_ref", "infer_speed_ci_low",
                  "infer_speed_ci_high", "train_speed_vs_ref", "train_speed_ci_low", "train_speed_ci_high",
-                 "compiled_speed_vs_ref")
+                 "fused_speed_vs_ref", "compiled_speed_vs_ref",
+                 *(f"{kind}_speed_vs_control{end}" for kind in ("infer", "fused", "compiled")
+                   for end in ("", "_ci_low", "_ci_high")))
+# Inference modes of the model level: eager, after fuse_for_inference() (--fused), under torch.compile
+# (--compile). The *_vs_control columns pair each with the capacity control's time in the same round.
+INFER_MODES = {"infer": "eager", "fused": "fused", "compiled": "compiled"}
 TARGET_COLUMNS = ("device", "precision", "target", "measured", "unit", "required", "margin", "status",
                   "where")
 

@@ -18,6 +18,8 @@ _LAZY_NAMES = {
     "STT": "layers",
     "FlatSynthesizer": "layers",
     "SelfAttention2d": "layers",
+    "AxialAttention2d": "layers",
+    "CrissCrossAttention2d": "layers",
     "create_attn": "layers",
     "SttResNet": "models",
     "SttConfig": "hf.configuration_stt",

@@ -544,6 +544,28 @@ BAD_VALUES = {
     "models": [
         (["--filter", "nope*"], ["no registered model matches"]),
     ],
+    "write-shards": [
+        (["fashion_mnist", "{tmp}/shards", "--num_shards", "0"], ["--num_shards must be a positive"]),
+        (["fashion_mnist", "{tmp}/shards", "--format", "zip"], ["--format", "invalid choice"]),
+    ],
+    "bench-input": [
+        (["--img_size", "0"], ["--img_size must be a positive"]),
+        (["--batch", "-1"], ["--batch must be a positive"]),
+        (["--min_time", "0"], ["--min_time must be a positive"]),
+    ],
+    "bench": [
+        (["--batch_sizes", "0"], ["--batch_sizes must be positive"]),
+    ],
+    "demo": [
+        (["--port", "70000"], ["--port must be in 1..65535"]),
+        (["--max_pixels", "0"], ["--max_pixels"]),
+    ],
+    "push": [
+        (["{tmp}/missing", "--repo_id", "org/name"], ["no model.safetensors"]),
+    ],
+    "push-space": [
+        (["--repo_id", "org/space", "--model", "{tmp}/missing"], ["no model.safetensors"]),
+    ],
 }
 TABLE = [pytest.param(command, argv, words, id=f"{command}-{i}-{' '.join(argv)[:40]}")
          for command, rows in BAD_VALUES.items() for i, (argv, words) in enumerate(rows)]

@@ -108,6 +108,9 @@ def test_workers_divide_the_shards(shards):
 def test_streaming_needs_max_steps_and_a_stream(tmp_path, shards):
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         train.main([*RUN, "--dataset", str(shards), "--output_dir", str(tmp_path / "a")])
+    with pytest.raises(ValueError, match="--shuffle_buffer must be a positive"):
+        train.main([*RUN, "--dataset", str(shards), "--max_steps", "2", "--shuffle_buffer", "0",
+                    "--output_dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="write-shards mnist_5k"):
         train.main([*RUN, "--dataset", "mnist_5k", "--max_steps", "2", "--output_dir", str(tmp_path / "b")])
 
@@ -194,7 +197,8 @@ def test_a_killed_streaming_run_resumes_where_it_stopped(tmp_path, digits):
     # No shuffling and no workers: the examples come in shard order, so the test knows which ones
     # steps 1-2 trained on (the first 8) and which ones the rest of the run must see.
     args = [*RUN, "--dataset", str(folder), "--output_dir", str(out), "--max_steps", "6",
-            "--shuffle_buffer", "1", "--dataloader_num_workers", "0", "--eval_steps", "6"]
+            "--shuffle_buffer", "1", "--dataloader_num_workers", "0", "--eval_steps", "6",
+            "--load_best_model_at_end", "false"]
     order = [digest(e) for e in raw_stream(folder)]
     with open(tmp_path / "killed.log", "w") as sink:
         proc = subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=REPO_ROOT, stdout=sink,
@@ -221,3 +225,22 @@ def test_a_killed_streaming_run_resumes_where_it_stopped(tmp_path, digits):
     assert decoded[:4 * (6 - done)] == order[4 * done:24]
     assert not set(decoded) & set(order[:4 * done])
     assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_webdataset_shards_keep_masks_and_captions(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(),
+                                  "caption": datasets.Value("string")})
+    images = [Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)) for i in range(6)]
+    masks = [Image.fromarray(np.full((8, 8), i % 3, np.uint8)) for i in range(6)]
+    ds = datasets.Dataset.from_dict({"image": images, "mask": masks, "caption": [f"c{i}" for i in range(6)]},
+                                    features=features)
+    folder = write_shards(datasets.DatasetDict({"train": ds}), tmp_path / "scenes", format="webdataset",
+                          num_shards=2)
+    rows = sorted(streaming.open_stream(str(folder)), key=lambda r: r["caption"])
+    assert [r["caption"] for r in rows] == [f"c{i}" for i in range(6)]
+    for row, mask in zip(rows, masks, strict=True):
+        decoded = streaming.decode_image(row["mask"])
+        assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), np.asarray(mask))

@@ -26,7 +26,16 @@ import transformers
 from transformers import PreTrainedConfig
 from transformers.models.auto import modeling_auto
 
-from stt_hf import SttBackbone, SttConfig, SttForImageClassification, SttModel
+from stt_hf import (
+    SttBackbone,
+    SttConfig,
+    SttForImageClassification,
+    SttModel,
+    SttUperNetConfig,
+    SttUperNetForSemanticSegmentation,
+    SttVisionConfig,
+    SttVisionEncoder,
+)
 
 TESTS_ROOT = Path(sys.prefix) / "transformers-tests" / transformers.__version__
 if not (TESTS_ROOT / "transformers_tests" / "test_modeling_common.py").is_file():
@@ -204,3 +213,62 @@ class SttBackboneTest(BackboneTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = SttModelTester(self)
+
+
+# --- the captioning encoder ------------------------------------------------------------------------------
+
+class SttVisionEncoderTest(_CnnSkips, ModelTesterMixin, unittest.TestCase):
+    """The encoder VisionEncoderDecoderModel's decoders cross-attend to: a base model (no head, no loss)."""
+
+    all_model_classes = (SttVisionEncoder,)
+    test_resize_embeddings = False
+    has_attentions = False
+    test_torch_exportable = False
+    test_can_init_all_missing_weights_before_2023 = True
+
+    def setUp(self):
+        self.model_tester = SttModelTester(self, config_class=SttVisionConfig, hidden_size=24)
+        self.config_tester = ConfigTester(self, config_class=SttVisionConfig, has_text_modality=False,
+                                          common_properties=["num_channels", "hidden_size"])
+        list_in_auto_mappings(self, MODEL_MAPPING_NAMES={"stt_vision": "SttVisionEncoder"})
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
+
+    def test_tokens(self):
+        """(B, H*W, hidden) tokens from the last (2 x 2) feature map, and the stem and stage maps."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        out = SttVisionEncoder(config).eval()(**inputs_dict, output_hidden_states=True)
+        self.assertEqual(tuple(out.last_hidden_state.shape), (self.model_tester.batch_size, 4, 24))
+        self.assertEqual(len(out.hidden_states), 5)
+
+
+# --- the UperNet segmenter over an STT backbone ----------------------------------------------------------
+
+class SttUperNetTester(SttModelTester):
+    def get_config(self) -> SttUperNetConfig:
+        backbone = super().get_config()
+        backbone.out_features = ["stage1", "stage2", "stage3", "stage4"]
+        return SttUperNetConfig(backbone_config=backbone, num_labels=self.num_labels, hidden_size=16,
+                                auxiliary_channels=8, auxiliary_in_channels=None, use_auxiliary_head=True)
+
+
+class SttUperNetTest(_CnnSkips, ModelTesterMixin, unittest.TestCase):
+    """transformers' UperNet over an STT backbone (the route of `build_segmenter`), as tested upstream."""
+
+    all_model_classes = (SttUperNetForSemanticSegmentation,)
+    test_resize_embeddings = False
+    has_attentions = False
+    test_torch_exportable = False
+
+    def setUp(self):
+        self.model_tester = SttUperNetTester(self)
+        segmenter = {"stt_upernet": "SttUperNetForSemanticSegmentation"}
+        list_in_auto_mappings(self, MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES=segmenter)
+
+    def test_hidden_states_output(self):
+        """The backbone's five maps (stem and stages), as transformers' UperNet test checks them."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        out = SttUperNetForSemanticSegmentation(config).eval()(**inputs_dict, output_hidden_states=True)
+        self.assertEqual(len(out.hidden_states), 5)
+        self.assertEqual(tuple(out.logits.shape[-2:]), (self.model_tester.image_size,) * 2)

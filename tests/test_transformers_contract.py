@@ -102,8 +102,9 @@ def test_init_weights_initializes_every_weight_and_buffer():
             assert torch.equal(tensor, torch.ones_like(tensor)), name
         elif name.endswith("num_batches_tracked"):
             assert tensor.item() == 0, name
-    assert model.resnet.layer4[0].se.norm.weight.abs().sum() == 0  # STT starts as the identity
-    assert model.resnet.layer1[0].bn2.weight.abs().sum() == 0  # timm's zero_init_last
+    for built in (model, SttForImageClassification(config)):  # materialized, and built as usual
+        assert built.resnet.layer4[0].se.norm.weight.abs().sum() == 0  # STT starts as the identity
+        assert built.resnet.layer1[0].bn2.weight.abs().sum() == 0  # timm's zero_init_last
 
 
 def test_missing_keys_are_reported_as_transformers_reports_them(saved, tmp_path, caplog):

@@ -69,21 +69,26 @@ def _first_row(num_rows: int, num_shards: int, index: int) -> int:
 
 def write_webdataset_tar(ds, path: Path, first_key: int = 0) -> None:
     """One tar archive in WebDataset layout: the files of one example share the key `%06d` % row."""
-    import datasets
 
-    columns = {name: feature for name, feature in ds.features.items()}
-    raw = ds.cast_column("image", datasets.Image(decode=False)) if "image" in columns else ds
-    for name, feature in columns.items():  # other image columns (segmentation masks) stay bytes too
-        if isinstance(feature, datasets.Image) and name != "image":
-            raw = raw.cast_column(name, datasets.Image(decode=False))
+    columns = dict(ds.features)
     with tarfile.open(path, "w") as tar:
-        for row, example in enumerate(raw):
+        for row, example in enumerate(undecoded(ds)):
             key = f"{first_key + row:06d}"
             for name, feature in columns.items():
                 suffix, data = _encode_field(feature, example[name])
                 info = tarfile.TarInfo(f"{key}.{name}.{suffix}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def undecoded(ds):
+    """`ds` with every image column (images, segmentation masks) read as its stored bytes."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
 
 
 def _encode_field(feature, value) -> tuple[str, bytes]:
@@ -121,8 +126,7 @@ def write_card(folder: Path, dsd, format: str) -> None:
 
         # The columns as the WebDataset builder names them: `{column}.{extension}`.
         first = dsd["train"] if "train" in dsd else next(iter(dsd.values()))
-        raw = first.cast_column("image", datasets.Image(decode=False)) if "image" in features else first
-        example = raw[0]
+        example = undecoded(first)[0]
         features = datasets.Features({f"{name}.{_encode_field(feature, example[name])[0]}": feature
                                       for name, feature in features.items()})
     info = {"features": features._to_yaml_list()} if hasattr(features, "_to_yaml_list") else {}
@@ -153,8 +157,7 @@ def load_source(dataset: str, task: str, seed: int = 0, max_train_samples: int |
     raise ValueError(f"task must be classification, caption or segmentation, got {task!r}")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """`stt-hf write-shards DATASET FOLDER`: a sharded copy of a dataset for `stt-hf train --streaming`."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stt-hf write-shards", description=main.__doc__)
     parser.add_argument("dataset", help="a built-in dataset (fashion_mnist, mnist_5k, fashion_scenes, ...), "
                                         "a local folder or a Hub dataset id")
@@ -168,6 +171,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the loader's split carving and subsets")
     args = parser.parse_args(argv)
+    for flag in ("num_shards", "eval_shards", "max_train_samples", "max_eval_samples"):  # before any loading
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """`stt-hf write-shards DATASET FOLDER`: a sharded copy of a dataset for `stt-hf train --streaming`."""
+    args = parse_args(argv)
     dsd = load_source(args.dataset, args.task, args.seed, args.max_train_samples, args.max_eval_samples)
     shards = {split: args.num_shards if split == "train" else args.eval_shards for split in dsd}
     folder = write_shards(dsd, args.folder, format=args.format, num_shards=shards)
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> Path:
     return folder
 
 
-__all__ = ["FORMATS", "load_source", "main", "shard_name", "write_card", "write_shards",
+__all__ = ["FORMATS", "load_source", "main", "parse_args", "shard_name", "write_card", "write_shards",
            "write_webdataset_tar"]
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One captioning recipe, five encoders, several seeds: which attention should the captioner's encoder use?
+"""One captioning recipe, six encoders, several seeds: which attention should the captioner's encoder use?
 
 Each run is `stt-hf train-caption` with its defaults (or the arguments given after `--`), changing only
 the dataset, the seed and the encoder's attention options (ENCODERS, set on top of train-caption's
@@ -11,7 +11,7 @@ whether STT is ahead of the plain encoder beyond the seed spread) and examples.p
 the reference and each encoder's caption; examples-<dataset>.png when runs.jsonl holds several
 datasets).
 
-    python scripts/caption_comparison.py                         # 5 encoders x 3 seeds on fashion_scenes
+    python scripts/caption_comparison.py                         # 6 encoders x 3 seeds on fashion_scenes
     python scripts/caption_comparison.py --encoders stt plain --seeds 0 1
     python scripts/caption_comparison.py --dataset tuxpaint --out_dir outputs/caption_comparison_tux
     python scripts/caption_comparison.py -- --num_train_epochs 5   # anything after -- goes to train-caption
@@ -125,7 +125,7 @@ def run_one(config: CaptionComparisonConfig, encoder: str, seed: int) -> dict:
     drop_checkpoints(trained.out)
     results = trained.results
 
-    from ..hf.modeling_stt import SttCaptioner
+    from ..hf.modeling_stt_captioner import SttCaptioner
     from ..reporting.profiling import count_params
 
     model = SttCaptioner.from_pretrained(trained.out)

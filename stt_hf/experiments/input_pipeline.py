@@ -182,13 +182,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stt-hf bench-input", description=__doc__.split("\n\n")[0])
-    return run(add_arguments(parser).parse_args(argv))
+    args = add_arguments(parser).parse_args(argv)
+    for flag in ("img_size", "batch", "threads", "rounds"):  # before any measurement
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if not args.min_time > 0:
+        raise ValueError(f"--min_time must be a positive number of seconds, got {args.min_time}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 __all__ = ["PUBLISHED_RESNET50_8GPU_IMAGES_PER_S", "PUBLISHED_RESNET50_GPU_IMAGES_PER_S", "add_arguments",
-           "main", "photos", "run", "train_images_per_s", "worker_images_per_s", "workers_needed"]
+           "main", "parse_args", "photos", "run", "train_images_per_s", "worker_images_per_s",
+           "workers_needed"]
 
 if __name__ == "__main__":
     main()

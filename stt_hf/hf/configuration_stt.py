@@ -4,8 +4,8 @@ Its architecture fields are the keyword arguments of the timm models `stt_*`, wr
 annotated fields and validated by the model's own checks (`stt_hf.models.stt_resnet.MODEL_OPTIONS`: name,
 default, type, check; a test keeps the two in agreement), so a config that saves is a config that builds.
 Besides them, `depth` picks the ResNet and `data_config` the preprocessing. The rest lives beside it: timm
-interop in `timm_interop.py`, the image processor in `image_processing_stt.py`, the model code written into
-saved folders in `remote_code.py`.
+interop and the image processor in `timm_interop.py`, the model code written into saved folders in
+`remote_code.py`.
 """
 
 import json
@@ -16,13 +16,14 @@ from transformers import AutoConfig, PretrainedConfig, VisionEncoderDecoderConfi
 from transformers.backbone_utils import BackboneConfigMixin
 
 from ..models.stt_resnet import ARCHS, MODEL_KWARGS, check_model_options, placed_stages
-from .image_processing_stt import complete_data_config, image_processor
 from .remote_code import save_with_code
 from .timm_interop import (
     DATA_KEYS,
     TIMM_CONFIG_KEYS,
+    complete_data_config,
     default_data_config,
     from_timm_name,
+    image_processor,
     timm_architecture,
     timm_config_fields,
     to_timm_config,
@@ -182,7 +183,7 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
         return to_timm_config(self)
 
     def image_processor(self):
-        """A `BitImageProcessor` doing timm's eval transform for this model (see `image_processing_stt`)."""
+        """A `BitImageProcessor` doing timm's eval transform for this model (see `timm_interop`)."""
         return image_processor(self)
 
     def placed_stages(self) -> tuple[int, ...]:

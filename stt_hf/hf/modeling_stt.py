@@ -5,7 +5,7 @@ Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from t
 classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
 `classifier`. Nothing of the network is re-implemented here. What transformers adds around a model works
 (its common model tests run in tests/test_transformers_common.py): activation checkpointing of the stages
-(`SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
+(`stages.SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
 with missing keys), PEFT (`base_model` is the model itself) and `attn_implementation="eager"`.
 """
 
@@ -17,7 +17,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPooling,
@@ -37,12 +36,6 @@ class MismatchedSizesError(CheckpointError, RuntimeError):
     without ignore_mismatched_sizes, and a CheckpointError, as every checkpoint failure here."""
 
 
-class SttStage(GradientCheckpointingLayer, nn.Sequential):
-    """One stage of the timm network (its blocks, in order; same module names and weights), which
-    transformers' activation checkpointing (`model.gradient_checkpointing_enable()`, the Trainer's
-    `gradient_checkpointing=True`) recomputes in the backward pass instead of keeping its activations."""
-
-
 class SttPreTrainedModel(PreTrainedModel):
     config: SttConfig
     config_class = SttConfig
@@ -55,6 +48,10 @@ class SttPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
 
     def _build_resnet(self, config: SttConfig) -> SttResNet:
+        # Imported here: transformers' GradientCheckpointingLayer brings its tokenizers, which `import stt_hf`
+        # does not load.
+        from .stages import SttStage
+
         block, layers = ARCHS[config.depth]
         resnet = SttResNet(block, layers, **{**config.to_timm_kwargs(), "num_classes": 0})
         for name in STAGES:  # the same blocks, in a module transformers' checkpointing knows
@@ -89,9 +86,9 @@ class SttPreTrainedModel(PreTrainedModel):
             init_buffers()
 
     def initialize_weights(self) -> None:
-        """transformers' initialization (`_init_weights` on each module), then `init_weightless_modules`."""
+        """transformers' initialization (`_init_weights` on each module), then `init_blocks`."""
         super().initialize_weights()
-        init_weightless_modules(self)
+        init_blocks(self)
 
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None:
@@ -138,20 +135,22 @@ class SttPreTrainedModel(PreTrainedModel):
 
 @torch.no_grad()
 @init.guard_torch_init_functions()
-def init_weightless_modules(model: nn.Module) -> None:
-    """The initialization of modules that own no weights but initialize their children's.
+def init_blocks(model: nn.Module) -> None:
+    """The initialization that `_init_weights`, called module by module, cannot do: blocks that set up their
+    children's weights.
 
-    transformers does not call `_init_weights` on them (in code outside transformers): blocks that start as
-    the identity zero their last norm (`zero_init_last`: timm's residual blocks, STT and its baselines), and
-    timm's attention modules re-run their `reset_parameters`. Weights a checkpoint loaded are left as they are
-    (the guarded `torch.nn.init`). Models that hold an STT network (captioner, segmenter) call this too.
+    Blocks that start as the identity zero their last norm once it is initialized (`zero_init_last`: timm's
+    residual blocks, STT and its baselines), and modules without weights of their own, which transformers does
+    not call `_init_weights` on in code outside transformers, re-run their `reset_parameters` (timm's
+    attention modules). Weights a checkpoint loaded are left as they are (the guarded `torch.nn.init`).
+    Models that hold an STT network (the captioner, the segmenter) call this too.
     """
     for module in reversed(list(model.modules())):  # children before parents
+        if isinstance(module, PreTrainedModel):
+            continue
         owns_tensors = any(True for _ in module.parameters(recurse=False)) or any(
             True for _ in module.buffers(recurse=False))
-        if owns_tensors or isinstance(module, PreTrainedModel):
-            continue  # `_init_weights`' part
-        if hasattr(module, "reset_parameters"):
+        if not owns_tensors and hasattr(module, "reset_parameters"):  # else `_init_weights` called it
             module.reset_parameters()
         if hasattr(module, "zero_init_last"):
             module.zero_init_last()
@@ -346,4 +345,4 @@ class SttVisionEncoder(SttPreTrainedModel):
 
 
 __all__ = ["CheckpointError", "MismatchedSizesError", "SttBackbone", "SttForImageClassification", "SttModel",
-           "SttPreTrainedModel", "SttStage", "SttVisionEncoder", "init_weightless_modules"]
+           "SttPreTrainedModel", "SttVisionEncoder", "init_blocks"]

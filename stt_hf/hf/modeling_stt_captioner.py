@@ -7,7 +7,7 @@ the classifiers do not need. A saved captioner carries this file with the model 
 from transformers import VisionEncoderDecoderModel
 
 from .configuration_stt import SttCaptionerConfig
-from .modeling_stt import SttVisionEncoder, init_weightless_modules
+from .modeling_stt import SttVisionEncoder, init_blocks
 
 
 class SttCaptioner(VisionEncoderDecoderModel):
@@ -33,7 +33,7 @@ class SttCaptioner(VisionEncoderDecoderModel):
     def initialize_weights(self) -> None:
         """transformers' initialization, then the encoder's blocks that start as the identity."""
         super().initialize_weights()
-        init_weightless_modules(self.encoder)
+        init_blocks(self.encoder)
 
 
 __all__ = ["SttCaptioner"]

@@ -23,7 +23,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.upernet.modeling_upernet import UperNetForSemanticSegmentation
 
 from .configuration_stt import SttConfig
-from .modeling_stt import SttBackbone, init_weightless_modules
+from .modeling_stt import SttBackbone, init_blocks
 from .remote_code import REMOTE_CODE_MODULES, save_with_code
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -72,7 +72,7 @@ class SttUperNetForSemanticSegmentation(UperNetForSemanticSegmentation):
     def initialize_weights(self) -> None:
         """transformers' initialization, then the backbone's blocks that start as the identity."""
         super().initialize_weights()
-        init_weightless_modules(self.backbone)
+        init_blocks(self.backbone)
 
 
 def segmentation_image_processor(config) -> SegformerImageProcessor:

@@ -181,8 +181,9 @@ class AxialAttention2d(_ResidualAttention):
         self.out = _ResidualOut(channels, cv, **dd)
 
     def split_heads(self, qkv: torch.Tensor) -> list[torch.Tensor]:
-        b, _, h, w = qkv.shape
-        return qkv.reshape(b, 3, self.heads, -1, h, w).unbind(1)  # q, k, v: (B, G, c, H, W)
+        b, c3, h, w = qkv.shape  # explicit sizes, not -1: an empty batch reshapes too
+        c = c3 // (3 * self.heads)
+        return qkv.reshape(b, 3, self.heads, c, h, w).unbind(1)  # q, k, v: (B, G, c, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "AxialAttention2d")
@@ -190,11 +191,12 @@ class AxialAttention2d(_ResidualAttention):
         q, k, v = self.split_heads(conv1x1(x, self.to_qkv_h.weight))
         logits = torch.einsum("bgcij,bgckj->bgjik", q, k) * q.shape[2] ** -0.5  # (B, G, W, H, H)
         attn = softmax_f32(logits).to(v.dtype)
-        y = torch.einsum("bgjik,bgckj->bgcij", attn, v).reshape(b, -1, h, w)  # along H: (B, Cv, H, W)
+        cv = v.shape[1] * v.shape[2]
+        y = torch.einsum("bgjik,bgckj->bgcij", attn, v).reshape(b, cv, h, w)  # along H: (B, Cv, H, W)
         q, k, v = self.split_heads(conv1x1(y, self.to_qkv_w.weight))
         logits = torch.einsum("bgcij,bgcil->bgijl", q, k) * q.shape[2] ** -0.5  # (B, G, H, W, W)
         attn = softmax_f32(logits).to(v.dtype)
-        y = torch.einsum("bgijl,bgcil->bgcij", attn, v).reshape(b, -1, h, w)  # along W: (B, Cv, H, W)
+        y = torch.einsum("bgijl,bgcil->bgcij", attn, v).reshape(b, cv, h, w)  # along W: (B, Cv, H, W)
         return self.out(x, y)
 
 
@@ -224,8 +226,8 @@ class CrissCrossAttention2d(_ResidualAttention):
 
     def criss_cross(self, y: torch.Tensor) -> torch.Tensor:
         """One criss-cross step, (B, Cv, H, W) -> (B, Cv, H, W)."""
-        b, _, h, w = y.shape
-        qkv = conv1x1(y, self.to_qkv.weight).reshape(b, 3, self.heads, -1, h, w)
+        b, cv, h, w = y.shape  # explicit sizes, not -1: an empty batch reshapes too
+        qkv = conv1x1(y, self.to_qkv.weight).reshape(b, 3, self.heads, cv // self.heads, h, w)
         q, k, v = qkv.unbind(1)  # (B, G, c, H, W)
         scale = q.shape[2] ** -0.5
         column = mask_self(torch.einsum("bgcij,bgckj->bgijk", q, k) * scale)  # (B, G, H, W, H)
@@ -233,7 +235,7 @@ class CrissCrossAttention2d(_ResidualAttention):
         attn = softmax_f32(torch.cat([column, row], -1)).to(v.dtype)  # (B, G, H, W, H + W)
         out = (torch.einsum("bgijk,bgckj->bgcij", attn[..., :h], v)
                + torch.einsum("bgijl,bgcil->bgcij", attn[..., h:], v))  # (B, G, c, H, W)
-        return out.reshape(b, -1, h, w)
+        return out.reshape(b, cv, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "CrissCrossAttention2d")

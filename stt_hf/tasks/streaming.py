@@ -9,8 +9,9 @@ What changes against the in-memory path:
   the batches trained on, which makes the resume exact (the guarantee is in `stt_hf.data.streaming`);
 - the validation and test splits are materialised for evaluation.
 
-`default_num_workers` is the DataLoader worker count `stt-hf train` uses when per-image transforms
-run and `--dataloader_num_workers` is not given (the input-pipeline benchmark measures its inputs).
+Two things every `stt-hf train` run gets from here too: `pipeline_defaults`, the DataLoader options
+that follow from the input-pipeline benchmark (`default_num_workers` when per-image transforms run and
+`--dataloader_num_workers` is not given), and `check_parallelism`, which refuses `--fsdp` without a GPU.
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ from ..data.streaming import (
 
 logger = logging.getLogger(__name__)
 
-# Decoding a JPEG and timm's train transform at 224 px, per DataLoader worker (one core): measured by
-# `stt-hf bench-input` (docs/training.md, "Feeding the model at 224 px").
-IMAGES_PER_S_PER_WORKER_224 = 180.0
-# stt_resnet50 training images/s on one H100-class GPU with bf16 autocast: timm's published ResNet-50
-# training throughput times the measured STT cost ratio (an assumption: docs/training.md).
-GPU_IMAGES_PER_S = 1500.0
+# One DataLoader worker (one thread) decoding an ImageNet-sized JPEG and running timm's train transform
+# at 224 px: 117.4 images/s, `stt-hf bench-input` (model_cards/results/input_pipeline/input_pipeline.json).
+IMAGES_PER_S_PER_WORKER_224 = 117.4
+# stt_resnet50 training images/s on one A100-class GPU with mixed precision: the published ResNet-50
+# rate (2470 images/s) over the cost ratio bench-input measured on a CPU (1.171): an assumption,
+# docs/training.md.
+GPU_IMAGES_PER_S = 2110.0
 
 
 class StreamSettings(TrainerCallback, ExportableState):
@@ -74,6 +76,14 @@ class StreamingTrainer(Trainer):
                             prefetch_factor=args.dataloader_prefetch_factor if workers else None)
 
 
+def check_parallelism(training_args) -> None:
+    """Refuse `--fsdp` without a GPU: accelerate enables FSDP only for GPU-like devices, and CPU
+    processes would silently train as plain DDP instead."""
+    if training_args.fsdp and not torch.cuda.is_available():
+        raise ValueError("--fsdp: FSDP needs GPUs (accelerate runs CPU processes as DDP and would ignore "
+                         "--fsdp); drop --fsdp to train data-parallel on CPUs")
+
+
 def check_training_args(training_args) -> None:
     """`--max_steps` is required; epoch-wise evaluation and saving become step-wise."""
     if training_args.max_steps is None or training_args.max_steps <= 0:
@@ -94,6 +104,10 @@ def check_training_args(training_args) -> None:
 def load_streaming_data(data_args, training_args):
     """(train stream of this process, raw; {"validation", "test"} materialised; class names)."""
     import datasets
+
+    if data_args.shuffle_buffer < 1:
+        raise ValueError(f"--shuffle_buffer must be a positive number of examples (1: no shuffling), got "
+                         f"{data_args.shuffle_buffer}")
 
     source = select_columns(open_stream(data_args.dataset, "train"), data_args.image_column,
                             data_args.label_column, "label")
@@ -199,5 +213,6 @@ def pipeline_defaults(training_args, *, per_image: bool, explicit: set[str]) -> 
 
 
 __all__ = ["GPU_IMAGES_PER_S", "IMAGES_PER_S_PER_WORKER_224", "StreamSettings", "StreamingTrainer",
-           "batches_trained", "build_trainer", "check_training_args", "default_num_workers",
-           "example_transform", "load_streaming_data", "pipeline_defaults", "stream_settings"]
+           "batches_trained", "build_trainer", "check_parallelism", "check_training_args",
+           "default_num_workers", "example_transform", "load_streaming_data", "pipeline_defaults",
+           "stream_settings"]

@@ -145,6 +145,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     model_args, data_args, training_args = parse_args(argv)
     check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
+    streaming.check_parallelism(training_args)
     if data_args.streaming:
         streaming.check_training_args(training_args)
         train_stream, dsd, labels = streaming.load_streaming_data(data_args, training_args)

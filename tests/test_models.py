@@ -22,6 +22,7 @@ from stt_hf.layers import (
     FlatSynthesizer,
     SelfAttention2d,
 )
+from stt_hf.layers.create import EcaModule
 from stt_hf.models import SttResNet
 
 MODEL_NAMES = timm.list_models("stt_*")
@@ -32,7 +33,8 @@ ATTN_TYPES = {
     "stt": STT, "self_attn": SelfAttention2d, "flat_dense": FlatSynthesizer, "flat_random": FlatSynthesizer,
     "axial": AxialAttention2d, "criss_cross": CrissCrossAttention2d,
     "res_block": Bottleneck,  # the capacity control: a plain residual block, no attention
-    **{name: get_attn(name) for name in ("se", "eca", "cbam", "gc")},  # timm's own classes
+    **{name: get_attn(name) for name in ("se", "cbam", "gc")},  # timm's own classes
+    "eca": EcaModule,  # timm's ECA with views that also take an empty batch
 }
 
 

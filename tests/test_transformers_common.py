@@ -235,6 +235,8 @@ class SttVisionEncoderTest(_CnnSkips, ModelTesterMixin, unittest.TestCase):
     def test_config(self):
         self.config_tester.run_common_tests()
 
+    test_hidden_states_output = SttModelTest.test_hidden_states_output
+
     def test_tokens(self):
         """(B, H*W, hidden) tokens from the last (2 x 2) feature map, and the stem and stage maps."""
         config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()

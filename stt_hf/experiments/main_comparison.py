@@ -33,6 +33,7 @@ from .runs import (
     interval_cell,
     p_against,
     p_cell,
+    run_and_report,
     run_missing,
     seed_verdict,
     summarize,
@@ -332,9 +333,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("variants", "datasets", "seeds") if getattr(args, k)}
     config = ComparisonConfig(out_dir=args.out_dir, train_args=args.train_args, **overrides)
-    if not args.report_only:
-        run(config)
-    result = report(config.out_dir)
-    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, accuracy.png\n")
-    print(markdown(result["summary"]))
-    return 0
+    return run_and_report(config, run, report, markdown, "results.md, summary.csv, accuracy.png",
+                          report_only=args.report_only)

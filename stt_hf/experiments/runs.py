@@ -281,3 +281,15 @@ def write_report(out_dir: str | Path, summarize_runs: Callable[[list[dict]], lis
     write_csvs(out, [{k: v for k, v in r.items() if k not in not_in_csv} for r in runs], summary)
     (out / "results.md").write_text(markdown(summary))
     return out, runs, summary
+
+
+def run_and_report(config, run: Callable, report: Callable[[str], dict], markdown: Callable[[list], str],
+                   outputs: str, *, report_only: bool = False) -> int:
+    """A comparison's command: run what is left (unless `report_only`), rebuild its report, print where
+    the `outputs` went and the summary table; the exit code."""
+    if not report_only:
+        run(config)
+    result = report(config.out_dir)
+    print(f"\n{result['runs']} runs -> {config.out_dir}: {outputs}\n")
+    print(markdown(result["summary"]))
+    return 0

@@ -39,6 +39,7 @@ from .runs import (
     drop_checkpoints,
     p_against,
     p_cell,
+    run_and_report,
     run_missing,
     seed_verdict,
     summarize,
@@ -286,9 +287,5 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in ("variants", "seeds", "canvas", "large_canvas")
                  if getattr(args, k) is not None}
     config = SegComparisonConfig(out_dir=args.out_dir, train_args=args.train_args, **overrides)
-    if not args.report_only:
-        run(config)
-    result = report(config.out_dir)
-    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, runs.csv, miou.png\n")
-    print(markdown(result["summary"]))
-    return 0
+    return run_and_report(config, run, report, markdown, "results.md, summary.csv, runs.csv, miou.png",
+                          report_only=args.report_only)

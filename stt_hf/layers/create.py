@@ -78,7 +78,7 @@ class EcaModule(TimmEcaModule):
     """timm's ECA with explicit sizes in its views: timm's `view(B, 1, -1)` cannot infer -1 from an empty
     batch (B=0), which every other module here passes through."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):  # unannotated, as timm's: FX then TorchScript reads no type names
         b, c = x.shape[0], x.shape[1]
         y = self.conv(x.mean((2, 3)).view(b, 1, c))  # (B, 1, C) for the 1-D conv over channels
         if self.conv2 is not None:

@@ -30,6 +30,20 @@ def register() -> None:
     AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
     AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
     AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)
+    register_plugin()
+
+
+def register_plugin() -> None:
+    """`SttPluginConfig` ("stt_plugin", any timm CNN with attention added) with the Auto classes."""
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+
+    from .hf.configuration_stt_plugin import SttPluginConfig
+    from .hf.modeling_stt_plugin import SttPluginBackbone, SttPluginForImageClassification, SttPluginModel
+
+    AutoConfig.register(SttPluginConfig.model_type, SttPluginConfig, exist_ok=True)
+    AutoModel.register(SttPluginConfig, SttPluginModel, exist_ok=True)
+    AutoModelForImageClassification.register(SttPluginConfig, SttPluginForImageClassification, exist_ok=True)
+    AutoBackbone.register(SttPluginConfig, SttPluginBackbone, exist_ok=True)
 
 
 __all__ = ["register"]

@@ -25,14 +25,15 @@ from huggingface_hub import create_repo
 REMOTE_CODE_MODULES = ("configuration_stt", "modeling_stt")
 
 
-def write_remote_code(folder: str | os.PathLike) -> list[str]:
-    """Copy the model code into `folder` as flat sibling modules; return their names.
+def write_remote_code(folder: str | os.PathLike, modules: tuple[str, ...] = REMOTE_CODE_MODULES) -> list[str]:
+    """Copy the model code (`modules` of this package and what they import) into `folder` as flat
+    sibling modules; return their names.
 
     The rewrite is idempotent, so a checkpoint loaded as remote code saves its code again unchanged.
     """
     package = __name__.rpartition(".")[0]
     pending = []
-    for name in REMOTE_CODE_MODULES:
+    for name in modules:
         try:
             pending.append(importlib.import_module(f"{package}.{name}"))
         except ImportError:  # remote code loaded for AutoConfig alone has no modeling module

@@ -22,7 +22,7 @@ and leaves it as it was. The places and options are plain JSON (`attention_spec`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,9 @@ from ..layers.options import STT_OPTION_NAMES, check_stt_options
 POSITIONS = ("after", "block")
 SLOT_NAMES = ("se", "attn")  # the attribute that holds a block's attention module, by family
 AFTER_NAME = "attn"  # the child a stage's block list gets for `after`
+# Called with the model after every `add_attention`: how a higher layer (stt_hf.hf.attached, for
+# transformers' own CNNs) keeps what it needs in step, without this module knowing it.
+ON_ADDED: list[Callable[[nn.Module], None]] = []
 
 
 class PlacementError(ValueError):
@@ -273,7 +276,7 @@ def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size
 
 
 def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_size: Any = None,
-                  **options) -> nn.Module:
+                  options: Mapping[str, Any] | None = None, **more_options) -> nn.Module:
     """Add `attn_layer` modules to `model` at `places`, in place; returns the model.
 
     Args:
@@ -284,7 +287,8 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
         attn_layer: any name of `stt_hf.layers.ATTN_FACTORIES` ("stt", the baselines, "res_block").
         img_size: the input size the modules are built for; default the model's (timm's pretrained_cfg,
             a transformers config's image_size, else 224).
-        **options: the attention module's options (`stt_hf.layers.STT_SPEC`: heads, reduction, ...).
+        options, **more_options: the attention module's options (`stt_hf.layers.STT_SPEC`: heads,
+            reduction, ...), as a dict (what `attention_spec` holds) or as keywords.
 
     Raises PlacementError (a ValueError) before modifying anything, naming what the model offers.
     """
@@ -292,6 +296,7 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
         raise PlacementError(f"{type(model).__name__} already has attention added "
                              f"({model.attention_spec}); add all places in one call, to the plain trunk")
     places = normalize_places(places)
+    options = {**(options or {}), **more_options}
     _check_options(attn_layer, options)
     stages = find_stages(model)
     offered = "; ".join(s.describe() for s in stages)
@@ -329,6 +334,8 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
     model.attention_spec = {"attn_layer": attn_layer, "places": places, "img_size": list(size),
                             "options": dict(options)}
     model.attn_names = names
+    for hook in ON_ADDED:
+        hook(model)
     return model
 
 
@@ -386,5 +393,70 @@ def fill_attention_keys(state_dict: Mapping[str, torch.Tensor], model: nn.Module
     return out
 
 
-__all__ = ["POSITIONS", "PlacementError", "Stage", "add_attention", "attention_modules", "attention_spec",
-           "fill_attention_keys", "find_stages", "normalize_places"]
+# --------------------------------------------------------------- registered timm models built this way
+
+# Registered name -> how it is built: {"trunk": timm name, "trunk_args": {...}, "attention": spec}. The
+# timm entry points (`create_plugged`) and the transformers config (`SttPluginConfig`) both read it.
+PLUGGED_MODELS: dict[str, dict[str, Any]] = {}
+# Keyword arguments of a registered model that change its attention rather than its trunk.
+ATTENTION_KWARGS = ("attn_layer", "attn_places", "img_size")
+
+
+def build_plugged(trunk: str, attention: Mapping[str, Any] | None = None,
+                  trunk_args: Mapping[str, Any] | None = None, **kwargs) -> nn.Module:
+    """`timm.create_model(trunk, **trunk_args, **kwargs)` with `add_attention(**attention)`: the one
+    definition of a plugged network, for timm's entry points and the transformers classes alike."""
+    import timm  # the registry: imported here so that this module can be imported while timm registers
+
+    model = timm.create_model(trunk, **{**(trunk_args or {}), **kwargs})
+    if attention is not None and attention.get("attn_layer") not in (None, "none"):
+        add_attention(model, **attention)
+    return model
+
+
+def plugged_attention(variant: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The registered model's attention spec with the caller's overrides popped from `kwargs`:
+    attn_layer ("none" for the plain trunk), attn_places, img_size and the module options as `stt_*`."""
+    spec = dict(PLUGGED_MODELS[variant]["attention"])
+    spec["options"] = dict(spec.get("options", {}))
+    if "attn_layer" in kwargs:
+        spec["attn_layer"] = kwargs.pop("attn_layer")
+    if "attn_places" in kwargs:
+        spec["places"] = kwargs.pop("attn_places")
+    if "img_size" in kwargs:
+        spec["img_size"] = kwargs.pop("img_size")
+    for key in [k for k in kwargs if k.startswith("stt_")]:
+        spec["options"][key.removeprefix("stt_")] = kwargs.pop(key)
+    return None if spec["attn_layer"] in (None, "none") else spec
+
+
+def create_plugged(variant: str, pretrained: bool = False, *, trunk_filter_fn=None, feature_cfg=None,
+                   **kwargs) -> nn.Module:
+    """timm's `build_model_with_cfg` for a registered plugged model: pretrained weights are the trunk's
+    (its own filter, then the attention keys filled at identity) or a full checkpoint of the model."""
+    from timm.models import build_model_with_cfg
+
+    entry = PLUGGED_MODELS[variant]
+    attention = plugged_attention(variant, kwargs)
+    trunk_args = {**entry.get("trunk_args", {})}
+
+    def filter_fn(state_dict: dict, model: nn.Module) -> dict:
+        state_dict = state_dict.get("state_dict", state_dict)
+        if trunk_filter_fn is not None and not any(k.startswith(tuple(f"{n}." for n in model.attn_names))
+                                                   for k in state_dict):
+            state_dict = trunk_filter_fn(state_dict, model)
+        return fill_attention_keys(state_dict, model)
+
+    def build(**build_kwargs) -> nn.Module:
+        model = build_plugged(entry["trunk"], attention, trunk_args, **build_kwargs)
+        if not hasattr(model, "attn_names"):
+            model.attn_names = []
+        return model
+
+    build.__name__ = variant
+    return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=filter_fn,
+                                feature_cfg=dict(flatten_sequential=True, **(feature_cfg or {})), **kwargs)
+
+
+__all__ = ["ATTENTION_KWARGS", "ON_ADDED", "PLUGGED_MODELS", "POSITIONS", "PlacementError", "Stage", "add_attention", "attention_modules", "attention_spec",
+           "build_plugged", "create_plugged", "fill_attention_keys", "find_stages", "normalize_places"]

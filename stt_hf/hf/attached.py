@@ -1,0 +1,89 @@
+"""Attention added to transformers' own CNNs (ResNet, ConvNext, RegNet): saved, published, loaded back.
+
+`add_attention` works on a model built from `ResNetConfig`, `ConvNextConfig` or `RegNetConfig` as on a
+timm model (at `encoder.stages`). For such a model it also
+
+1. records the spec in the config, as plain JSON: `config.stt_attention`;
+2. turns the model into the matching class of this module (e.g. `SttResNetForImageClassification`, a
+   subclass of transformers' own), which builds the same attention from `config.stt_attention` when it
+   is constructed, and whose `save_pretrained` writes this module (and what it imports) into the folder
+   with an `auto_map`.
+
+So a saved or pushed folder loads back with `AutoModelForImageClassification.from_pretrained(folder,
+trust_remote_code=True)` where this package is not installed, and with the class of this module where it
+is; without either, transformers' own class would drop the attention weights. The weights keep
+transformers' key names, the attention modules' keys added.
+"""
+
+import os
+
+from transformers import (
+    ConvNextBackbone,
+    ConvNextForImageClassification,
+    ConvNextModel,
+    RegNetForImageClassification,
+    RegNetModel,
+    ResNetBackbone,
+    ResNetForImageClassification,
+    ResNetModel,
+)
+
+from ..models.plugin import ON_ADDED, add_attention
+from .remote_code import push_to_hub_after, write_remote_code
+
+CONFIG_FIELD = "stt_attention"
+AUTO_NAMES = {"Model": "AutoModel", "ForImageClassification": "AutoModelForImageClassification",
+              "Backbone": "AutoBackbone"}
+
+
+class AttentionAttached:
+    """Mixin over a transformers CNN class: adds `config.stt_attention` when built; saves its own code."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        spec = getattr(config, CONFIG_FIELD, None)
+        if spec and getattr(self, "attention_spec", None) is None:
+            add_attention(self, **spec)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        with push_to_hub_after(self.config, save_directory, push_to_hub, kwargs):
+            os.makedirs(save_directory, exist_ok=True)
+            write_remote_code(save_directory, (__name__.rpartition(".")[2],))
+            base = type(self).__name__
+            suffix = next(s for s in AUTO_NAMES if base.endswith(s))
+            family = base.removeprefix("Stt").removesuffix(suffix)
+            self.config.auto_map = {AUTO_NAMES[s]: f"{__name__.rpartition('.')[2]}.Stt{family}{s}"
+                                    for s in AUTO_NAMES if f"Stt{family}{s}" in ATTACHED_NAMES}
+            super().save_pretrained(save_directory, **kwargs)
+
+
+def _attached(base: type) -> type:
+    cls = type(f"Stt{base.__name__}", (AttentionAttached, base), {"__module__": __name__,
+                                                                  "__doc__": f"{base.__name__} with STT."})
+    globals()[cls.__name__] = cls  # the remote-code loader finds the classes by name in this module
+    return cls
+
+
+# transformers' class -> its subclass with attention (backbones: ResNet and ConvNext have one in
+# transformers; RegNet has none).
+ATTACHED = {base: _attached(base) for base in (
+    ResNetModel, ResNetForImageClassification, ResNetBackbone,
+    ConvNextModel, ConvNextForImageClassification, ConvNextBackbone,
+    RegNetModel, RegNetForImageClassification,
+)}
+ATTACHED_NAMES = {cls.__name__ for cls in ATTACHED.values()}
+
+
+def on_added(model) -> None:
+    """After `add_attention` on a transformers CNN: the spec in its config, the model in its class here."""
+    cls = ATTACHED.get(type(model)) or (type(model) if type(model) in ATTACHED.values() else None)
+    if cls is None:
+        return
+    model.config.stt_attention = model.attention_spec
+    model.__class__ = cls
+
+
+if on_added not in ON_ADDED:
+    ON_ADDED.append(on_added)
+
+__all__ = ["ATTACHED", "AttentionAttached", "on_added", *sorted(ATTACHED_NAMES)]

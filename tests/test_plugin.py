@@ -74,8 +74,12 @@ def pretrained_files(tmp_path_factory) -> dict[str, str]:
 
 def loaded(name: str, path: str, **kwargs) -> torch.nn.Module:
     """The family's trunk with its weights read from `path` (timm's own local-file loader)."""
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(
-        file=path, input_size=(3, PX, PX), num_classes=1000), **kwargs)
+    return timm.create_model(
+        name,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=path, input_size=(3, PX, PX), num_classes=1000),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -102,8 +106,10 @@ def test_family_sweep(family, pretrained_files, tmp_path):
 
     # Channels and feature size came from the model: each module was built for what reaches it.
     seen = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.update({n: args[0].shape}))
-             for n, m in attention_modules(model)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: seen.update({n: args[0].shape}))
+        for n, m in attention_modules(model)
+    ]
     with torch.no_grad():
         model(x)
     for hook in hooks:
@@ -123,7 +129,10 @@ def test_family_sweep(family, pretrained_files, tmp_path):
     # timm's API: features and head, intermediates (which run every added module), reset_classifier,
     # gradient checkpointing.
     calls = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append(n)) for n, m in attention_modules(model)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: calls.append(n))
+        for n, m in attention_modules(model)
+    ]
     with torch.no_grad():
         logits = model(x)
         torch.testing.assert_close(model.forward_head(model.forward_features(x)), logits)
@@ -140,7 +149,10 @@ def test_family_sweep(family, pretrained_files, tmp_path):
         torch.testing.assert_close(train_copy(x), plain_out, rtol=1e-5, atol=1e-5)
     train_copy.reset_classifier(0)
     with torch.no_grad():
-        assert train_copy(x).shape == (2, getattr(train_copy, "head_hidden_size", None) or train_copy.num_features)
+        assert train_copy(x).shape == (
+            2,
+            getattr(train_copy, "head_hidden_size", None) or train_copy.num_features,
+        )
 
     # Save and reload: the spec is plain JSON and rebuilds the same model; the weights load strictly.
     spec = json.loads(json.dumps(model.attention_spec))
@@ -164,8 +176,10 @@ def test_family_sweep(family, pretrained_files, tmp_path):
     plain = trunk(name)
     keys = set(plain.state_dict())
     last_stage = max(places)
-    for bad, match in ((dict(places={99: "after"}, **SMALL), "no stage 99; its stages are 0 "),
-                       (dict(places={last_stage: "after"}, heads=7), "heads=7 must divide")):
+    for bad, match in (
+        (dict(places={99: "after"}, **SMALL), "no stage 99; its stages are 0 "),
+        (dict(places={last_stage: "after"}, heads=7), "heads=7 must divide"),
+    ):
         with pytest.raises(PlacementError, match=match):
             add_attention(plain, **bad)
         assert set(plain.state_dict()) == keys and "attn_names" not in vars(plain)
@@ -174,8 +188,9 @@ def test_family_sweep(family, pretrained_files, tmp_path):
 SCRIPTED_BY_DEFAULT = ("resnet_d", "convnext")  # the others with --runslow: scripting takes long on a CPU
 
 
-@pytest.mark.parametrize("family", [f if f in SCRIPTED_BY_DEFAULT else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in FAMILIES])
+@pytest.mark.parametrize(
+    "family", [f if f in SCRIPTED_BY_DEFAULT else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+)
 def test_family_scripts_and_fx_traces(family):
     """timm scripts and FX-traces each of these families; with the attention added, so does the model."""
     name, places = FAMILIES[family]
@@ -189,8 +204,11 @@ def test_family_scripts_and_fx_traces(family):
 
 def test_position_the_family_lacks_names_what_it_offers():
     model = trunk("convnext_atto")
-    with pytest.raises(PlacementError, match=r"does not take position 'block'.*no attention slot.*"
-                                             r"3 \(stages\.3: after\)"):
+    with pytest.raises(
+        PlacementError,
+        match=r"does not take position 'block'.*no attention slot.*"
+        r"3 \(stages\.3: after\)",
+    ):
         add_attention(model, {3: "block"})
     regnety = trunk("regnety_002")  # every block already has SE in its slot
     with pytest.raises(PlacementError, match=r"no empty attention slot \(b1\.se holds SEModule"):
@@ -201,14 +219,17 @@ def test_position_the_family_lacks_names_what_it_offers():
     assert "attn_names" not in vars(regnetx) and "attn_names" not in vars(regnety)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(places={3: "beside"}), r"position in \('after', 'block'\)"),
-    (dict(places={}), "places is empty"),
-    (dict(places={3: "after"}, attn_layer="transformer"), "attn_layer must be one of"),
-    (dict(places={3: "after"}, hedas=2), r"Unknown attention option\(s\) \['hedas'\]"),
-    (dict(places={3: "after"}, synth="dense", fixed=True), "fixed=True applies to"),
-    (dict(places={3: "after"}, img_size=(0, 32)), "img_size must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(places={3: "beside"}), r"position in \('after', 'block'\)"),
+        (dict(places={}), "places is empty"),
+        (dict(places={3: "after"}, attn_layer="transformer"), "attn_layer must be one of"),
+        (dict(places={3: "after"}, hedas=2), r"Unknown attention option\(s\) \['hedas'\]"),
+        (dict(places={3: "after"}, synth="dense", fixed=True), "fixed=True applies to"),
+        (dict(places={3: "after"}, img_size=(0, 32)), "img_size must be"),
+    ],
+)
 def test_bad_places_and_options_raise_before_any_change(kwargs, match):
     model = trunk("convnext_atto")
     keys = set(model.state_dict())
@@ -270,3 +291,47 @@ def test_family_exports_to_onnx(family, tmp_path):
     (out,) = onnxruntime.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
+
+
+OTHER_FAMILIES = (
+    "nf_resnet26",
+    "ghostnet_050",
+    "mixnet_s",
+    "lcnet_050",
+    "efficientnetv2_rw_t",
+    "fbnetv3_b",
+    "rexnet_100",
+    "resnest14d",
+    "res2net50_14w_8s",
+    "seresnet18",
+    "regnetz_005",
+    "convnextv2_atto",
+    "fastvit_t8",
+    "hgnetv2_b0",
+    "ese_vovnet19b_dw",
+    "rdnet_tiny",
+    "edgenext_xx_small",
+    "starnet_s1",
+    "inception_next_atto",
+    "efficientvit_b0",
+    "mambaout_femto",
+    "resnetv2_50",
+    "vgg11",
+    "repvgg_a0",
+    "mobileone_s0",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OTHER_FAMILIES)
+def test_other_families(name):
+    """Families with no code of their own here: every place find_stages offers, the identity at init."""
+    model = trunk(name).eval()
+    places = {s.index: s.positions() for s in find_stages(model) if s.positions()}
+    x = torch.randn(1, 3, PX, PX)
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        reference = model(x)
+        add_attention(model, places, **SMALL)
+        assert torch.equal(model(x), reference)
+    assert keys <= set(model.state_dict()) and len(model.attn_names) >= len(places)

@@ -45,9 +45,25 @@ def run_name(variant: str, dataset: str, seed: int) -> str:
 def train_command(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> list[str]:
     """The main job's command line with only the model, dataset, seed, attention and output folder set."""
     out = Path(config.out_dir) / "runs" / run_name(variant, dataset, seed)
-    return [sys.executable, "-m", "stt_hf.cli", "train", "--model", config.model, "--dataset", dataset,
-            "--seed", str(seed), "--model_kwargs", json.dumps(VARIANTS[variant]), "--output_dir", str(out),
-            "--disable_tqdm", "true", *config.train_args]
+    return [
+        sys.executable,
+        "-m",
+        "stt_hf.cli",
+        "train",
+        "--model",
+        config.model,
+        "--dataset",
+        dataset,
+        "--seed",
+        str(seed),
+        "--model_kwargs",
+        json.dumps(VARIANTS[variant]),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *config.train_args,
+    ]
 
 
 def run_one(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> dict:
@@ -61,23 +77,34 @@ def run_one(config: PluginComparisonConfig, variant: str, dataset: str, seed: in
     drop_checkpoints(trained.out)
     results = trained.results
     model = AutoModelForImageClassification.from_pretrained(trained.out)
-    return dict(variant=variant, dataset=dataset, seed=seed, model=config.model, params=count_params(model),
-                macs=count_macs(model, model.config.input_size()),
-                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
-                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+    return dict(
+        variant=variant,
+        dataset=dataset,
+        seed=seed,
+        model=config.model,
+        params=count_params(model),
+        macs=count_macs(model, model.config.input_size()),
+        train_s=round(results["train"]["train_runtime"], 1),
+        wall_s=round(trained.wall_s, 1),
+        acc=results["eval"][f"{results['eval_split']}_accuracy"],
+        **robustness(trained.out, dataset),
+    )
 
 
 def describe(row: dict) -> str:
-    return (f"{row['dataset']:13s} {row['variant']:10s} seed {row['seed']}  acc {row['acc']:.4f}  "
-            f"train {row['train_s']:.0f}s")
+    return (
+        f"{row['dataset']:13s} {row['variant']:10s} seed {row['seed']}  acc {row['acc']:.4f}  "
+        f"train {row['train_s']:.0f}s"
+    )
 
 
 def run(config: PluginComparisonConfig) -> list[dict]:
     """Every (variant, dataset, seed) not yet in runs.jsonl, appended as each finishes (seed-major)."""
     check_known(config.variants, VARIANTS)
     jobs = [(v, d, s) for d in config.datasets for s in config.seeds for v in config.variants]
-    return run_missing(config, ("variant", "dataset", "seed"), jobs, partial(run_one, config), describe,
-                       "plugin comparison")
+    return run_missing(
+        config, ("variant", "dataset", "seed"), jobs, partial(run_one, config), describe, "plugin comparison"
+    )
 
 
 def report(out_dir: str | Path) -> dict:
@@ -88,19 +115,26 @@ def report(out_dir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out_dir", default=PluginComparisonConfig.out_dir)
     parser.add_argument("--model", default=MODEL, help="a registered plugged model (stt_convnext_s, ...)")
     parser.add_argument("--variants", nargs="+", help=f"subset of {list(VARIANTS)}")
     parser.add_argument("--datasets", nargs="+", help="subset of fashion_mnist, mnist_5k")
     parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
-                        help="extra stt-hf train flags for every run (last on the line)")
+    parser.add_argument(
+        "--train_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra stt-hf train flags for every run (last on the line)",
+    )
     parser.add_argument("--report_only", action="store_true", help="only rebuild the tables and plot")
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("variants", "datasets", "seeds") if getattr(args, k)}
-    config = PluginComparisonConfig(out_dir=args.out_dir, model=args.model, train_args=args.train_args,
-                                    **overrides)
+    config = PluginComparisonConfig(
+        out_dir=args.out_dir, model=args.model, train_args=args.train_args, **overrides
+    )
     if not args.report_only:
         run(config)
     result = report(config.out_dir)

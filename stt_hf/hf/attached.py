@@ -32,8 +32,11 @@ from ..models.plugin import ON_ADDED, add_attention
 from .remote_code import push_to_hub_after, write_remote_code
 
 CONFIG_FIELD = "stt_attention"
-AUTO_NAMES = {"Model": "AutoModel", "ForImageClassification": "AutoModelForImageClassification",
-              "Backbone": "AutoBackbone"}
+AUTO_NAMES = {
+    "Model": "AutoModel",
+    "ForImageClassification": "AutoModelForImageClassification",
+    "Backbone": "AutoBackbone",
+}
 
 
 class AttentionAttached:
@@ -52,25 +55,39 @@ class AttentionAttached:
             base = type(self).__name__
             suffix = next(s for s in AUTO_NAMES if base.endswith(s))
             family = base.removeprefix("Stt").removesuffix(suffix)
-            self.config.auto_map = {AUTO_NAMES[s]: f"{__name__.rpartition('.')[2]}.Stt{family}{s}"
-                                    for s in AUTO_NAMES if f"Stt{family}{s}" in ATTACHED_NAMES}
+            self.config.auto_map = {
+                AUTO_NAMES[s]: f"{__name__.rpartition('.')[2]}.Stt{family}{s}"
+                for s in AUTO_NAMES
+                if f"Stt{family}{s}" in ATTACHED_NAMES
+            }
             super().save_pretrained(save_directory, **kwargs)
 
 
 def _attached(base: type) -> type:
-    cls = type(f"Stt{base.__name__}", (AttentionAttached, base), {"__module__": __name__,
-                                                                  "__doc__": f"{base.__name__} with STT."})
+    cls = type(
+        f"Stt{base.__name__}",
+        (AttentionAttached, base),
+        {"__module__": __name__, "__doc__": f"{base.__name__} with STT."},
+    )
     globals()[cls.__name__] = cls  # the remote-code loader finds the classes by name in this module
     return cls
 
 
 # transformers' class -> its subclass with attention (backbones: ResNet and ConvNext have one in
 # transformers; RegNet has none).
-ATTACHED = {base: _attached(base) for base in (
-    ResNetModel, ResNetForImageClassification, ResNetBackbone,
-    ConvNextModel, ConvNextForImageClassification, ConvNextBackbone,
-    RegNetModel, RegNetForImageClassification,
-)}
+ATTACHED = {
+    base: _attached(base)
+    for base in (
+        ResNetModel,
+        ResNetForImageClassification,
+        ResNetBackbone,
+        ConvNextModel,
+        ConvNextForImageClassification,
+        ConvNextBackbone,
+        RegNetModel,
+        RegNetForImageClassification,
+    )
+}
 ATTACHED_NAMES = {cls.__name__ for cls in ATTACHED.values()}
 
 
@@ -83,7 +100,7 @@ def on_added(model) -> None:
     model.__class__ = cls
 
 
-if on_added not in ON_ADDED:
-    ON_ADDED.append(on_added)
+if __name__.rpartition(".")[0] != "stt_hf.hf" and on_added not in ON_ADDED:
+    ON_ADDED.append(on_added)  # as remote code, where stt_hf.registration is not there to do it
 
 __all__ = ["ATTACHED", "AttentionAttached", "on_added", *sorted(ATTACHED_NAMES)]

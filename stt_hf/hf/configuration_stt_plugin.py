@@ -47,10 +47,19 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
     auto_classes = PLUGIN_AUTO_MAP
     attribute_map = {"num_classes": "num_labels", "num_channels": "in_chans"}
 
-    def __init__(self, trunk: str = "convnext_atto", trunk_args: dict | None = None,
-                 attention: dict | None = None, num_stages: int | None = None, img_size: int | list[int] = 224,
-                 in_chans: int = 3, data_config: dict | None = None, out_features=None, out_indices=None,
-                 **kwargs):
+    def __init__(
+        self,
+        trunk: str = "convnext_atto",
+        trunk_args: dict | None = None,
+        attention: dict | None = None,
+        num_stages: int | None = None,
+        img_size: int | list[int] = 224,
+        in_chans: int = 3,
+        data_config: dict | None = None,
+        out_features=None,
+        out_indices=None,
+        **kwargs,
+    ):
         if not isinstance(trunk, str) or not trunk:
             raise ValueError(f"SttPluginConfig.trunk must be a timm model name, got {trunk!r}")
         self.trunk = trunk
@@ -68,7 +77,9 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
         if data_config is None:
             cfg = get_pretrained_cfg(trunk)
             data_config = {k: getattr(cfg, k) for k in DATA_KEYS} if cfg is not None else {}
-        self.data_config = complete_data_config(data_config, in_chans, small_input=max(self.input_size()) <= 64)
+        self.data_config = complete_data_config(
+            data_config, in_chans, small_input=max(self.input_size()) <= 64
+        )
         self.stage_names = [f"stage{i}" for i in range(self.num_stages)]
         super().__init__(**kwargs)
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
@@ -81,16 +92,24 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
         keywords (attn_layer, attn_places, img_size, stt_* options).
         """
         if name not in PLUGGED_MODELS:
-            raise ValueError(f"Unknown plugged model {name!r}; the registered ones are {sorted(PLUGGED_MODELS)}")
+            raise ValueError(
+                f"Unknown plugged model {name!r}; the registered ones are {sorted(PLUGGED_MODELS)}"
+            )
         entry = PLUGGED_MODELS[name]
         attention = plugged_attention(name, overrides)  # pops the attention keywords
         cfg = get_pretrained_cfg(name)
         if "num_classes" in overrides:
             overrides.setdefault("num_labels", overrides.pop("num_classes"))
         img_size = attention["img_size"] if attention else list(cfg.input_size[-2:])
-        kwargs = dict(architecture=name, trunk=entry["trunk"], trunk_args=entry.get("trunk_args", {}), attention=attention,
-                      img_size=img_size, num_labels=cfg.num_classes,
-                      data_config={k: getattr(cfg, k) for k in DATA_KEYS})
+        kwargs = dict(
+            architecture=name,
+            trunk=entry["trunk"],
+            trunk_args=entry.get("trunk_args", {}),
+            attention=attention,
+            img_size=img_size,
+            num_labels=cfg.num_classes,
+            data_config={k: getattr(cfg, k) for k in DATA_KEYS},
+        )
         return cls(**{**kwargs, **overrides})
 
     # What the run outputs and model cards read, as they read them from an SttConfig.
@@ -131,8 +150,11 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
         with push_to_hub_after(self, save_directory, push_to_hub, kwargs):
             os.makedirs(save_directory, exist_ok=True)
             write_remote_code(save_directory, PLUGIN_CODE)
-            self.auto_map = {auto: ref for auto, ref in self.auto_classes.items()
-                             if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))}
+            self.auto_map = {
+                auto: ref
+                for auto, ref in self.auto_classes.items()
+                if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))
+            }
             if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
                 self.image_processor().save_pretrained(save_directory)
             super().save_pretrained(save_directory, **kwargs)

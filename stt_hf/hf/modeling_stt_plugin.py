@@ -34,8 +34,13 @@ class SttPluginPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
 
     def _build(self, config: SttPluginConfig, num_classes: int) -> nn.Module:
-        return build_plugged(config.trunk, config.attention, config.trunk_args, num_classes=num_classes,
-                             in_chans=config.in_chans)
+        return build_plugged(
+            config.trunk,
+            config.attention,
+            config.trunk_args,
+            num_classes=num_classes,
+            in_chans=config.in_chans,
+        )
 
     def _init_weights(self, module: nn.Module) -> None:
         # timm initializes the network when it builds it (attention at identity); transformers' generic
@@ -49,8 +54,9 @@ class SttPluginPreTrainedModel(PreTrainedModel):
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.in_chans:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(f"pixel_values must have shape (batch, {self.config.in_chans}, height, width), "
-                             f"got {shape}")
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.in_chans}, height, width), got {shape}"
+            )
 
     def _features(self, pixel_values: torch.Tensor, output_hidden_states: bool):
         """(last feature map, every stage's output or None)."""
@@ -79,17 +85,24 @@ class SttPluginModel(SttPluginPreTrainedModel):
         self.timm_model = self._build(config, num_classes=0)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         last, hidden = self._features(pixel_values, output_hidden_states)
         pooled = self.timm_model.forward_head(last, pre_logits=True)
         if not return_dict:
             return (last, pooled) + ((hidden,) if hidden is not None else ())
-        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled,
-                                                        hidden_states=hidden)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last, pooler_output=pooled, hidden_states=hidden
+        )
 
 
 class SttPluginForImageClassification(SttPluginPreTrainedModel):
@@ -101,11 +114,17 @@ class SttPluginForImageClassification(SttPluginPreTrainedModel):
         self.timm_model = self._build(config, num_classes=config.num_labels)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs) -> ImageClassifierOutputWithNoAttention:
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         last, hidden = self._features(pixel_values, output_hidden_states)
         logits = self.timm_model.forward_head(last)
@@ -127,11 +146,17 @@ class SttPluginBackbone(BackboneMixin, SttPluginPreTrainedModel):
         self.num_features = [info["num_chs"] for info in self.timm_model.feature_info]
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
-                output_attentions: bool | None = None, return_dict: bool | None = None,
-                **kwargs) -> BackboneOutput:
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_input(pixel_values)
         hidden = tuple(self.timm_model.forward_intermediates(pixel_values, intermediates_only=True))
@@ -150,10 +175,18 @@ def hf_to_timm_state_dict(state_dict: dict) -> dict:
     """The inverse of `timm_to_hf_state_dict`; a key outside `timm_model.` is a ValueError."""
     bad = [k for k in state_dict if not k.startswith(HF_PREFIX)]
     if bad:
-        raise ValueError(f"Unexpected key {bad[0]!r} in a plugged transformers checkpoint (expected keys "
-                         f"under {HF_PREFIX!r})")
+        raise ValueError(
+            f"Unexpected key {bad[0]!r} in a plugged transformers checkpoint (expected keys "
+            f"under {HF_PREFIX!r})"
+        )
     return {k.removeprefix(HF_PREFIX): v for k, v in state_dict.items()}
 
 
-__all__ = ["SttPluginBackbone", "SttPluginForImageClassification", "SttPluginModel", "SttPluginPreTrainedModel",
-           "hf_to_timm_state_dict", "timm_to_hf_state_dict"]
+__all__ = [
+    "SttPluginBackbone",
+    "SttPluginForImageClassification",
+    "SttPluginModel",
+    "SttPluginPreTrainedModel",
+    "hf_to_timm_state_dict",
+    "timm_to_hf_state_dict",
+]

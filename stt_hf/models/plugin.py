@@ -76,11 +76,15 @@ def _stage_names(model: nn.Module) -> list[str]:
     if isinstance(info, (list, tuple)) and info and all(isinstance(i, dict) and "module" in i for i in info):
         return [i["module"] for i in info]
     for name, module in model.named_modules():
-        if (name == "encoder.stages" or name.endswith(".encoder.stages")) and isinstance(module, nn.ModuleList):
+        if (name == "encoder.stages" or name.endswith(".encoder.stages")) and isinstance(
+            module, nn.ModuleList
+        ):
             return [f"{name}.{i}" for i in range(len(module))]
-    raise PlacementError(f"No stages found in {type(model).__name__}: add_attention needs timm's "
-                         f"`feature_info` (any timm CNN) or transformers' `encoder.stages` (ResNet, ConvNext, "
-                         f"RegNet)")
+    raise PlacementError(
+        f"No stages found in {type(model).__name__}: add_attention needs timm's "
+        f"`feature_info` (any timm CNN) or transformers' `encoder.stages` (ResNet, ConvNext, "
+        f"RegNet)"
+    )
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:
@@ -99,8 +103,11 @@ def _after_container(module: nn.Module) -> nn.Module | None:
     if isinstance(module, (nn.Sequential, RegStage)):  # RegStage runs its children in order
         return module
     children = list(module.named_children())
-    if children and children[-1][0] in ("blocks", "layers") and isinstance(children[-1][1],
-                                                                             (nn.Sequential, nn.ModuleList)):
+    if (
+        children
+        and children[-1][0] in ("blocks", "layers")
+        and isinstance(children[-1][1], (nn.Sequential, nn.ModuleList))
+    ):
         return children[-1][1]  # timm ConvNeXtStage.blocks, transformers' Stage.layers: run last
     if not _has_state(module):  # an activation or Identity: wrapped with the module after it
         return module
@@ -148,20 +155,26 @@ def normalize_places(places: Any) -> list[dict[str, Any]]:
     elif isinstance(places, Sequence) and not isinstance(places, str):
         items = [(p["stage"], p["position"]) if isinstance(p, Mapping) else tuple(p) for p in places]
     else:
-        raise PlacementError(f"places must be a dict {{stage: position}} or a list of "
-                             f"{{'stage': int, 'position': str}}, got {places!r}")
+        raise PlacementError(
+            f"places must be a dict {{stage: position}} or a list of "
+            f"{{'stage': int, 'position': str}}, got {places!r}"
+        )
     out = []
     for stage, position in items:
         if isinstance(stage, str) and stage.isdigit():
             stage = int(stage)
         if not isinstance(stage, int) or isinstance(stage, bool) or position not in POSITIONS:
-            raise PlacementError(f"A place is a stage index (int) and a position in {POSITIONS}, "
-                                 f"got stage={stage!r}, position={position!r}")
+            raise PlacementError(
+                f"A place is a stage index (int) and a position in {POSITIONS}, "
+                f"got stage={stage!r}, position={position!r}"
+            )
         out.append({"stage": stage, "position": position})
     if not out:
         raise PlacementError("places is empty: name at least one stage")
-    return sorted({(p["stage"], p["position"]): p for p in out}.values(),
-                  key=lambda p: (p["stage"], POSITIONS.index(p["position"])))
+    return sorted(
+        {(p["stage"], p["position"]): p for p in out}.values(),
+        key=lambda p: (p["stage"], POSITIONS.index(p["position"])),
+    )
 
 
 def _check_options(attn_layer: str, options: Mapping[str, Any]) -> None:
@@ -169,7 +182,9 @@ def _check_options(attn_layer: str, options: Mapping[str, Any]) -> None:
         raise PlacementError(f"attn_layer must be one of {sorted(ATTN_FACTORIES)}, got {attn_layer!r}")
     unknown = sorted(set(options) - set(STT_OPTION_NAMES))
     if unknown:
-        raise PlacementError(f"Unknown attention option(s) {unknown}; the options are {list(STT_OPTION_NAMES)}")
+        raise PlacementError(
+            f"Unknown attention option(s) {unknown}; the options are {list(STT_OPTION_NAMES)}"
+        )
     try:
         check_stt_options(options)
     except ValueError as e:
@@ -212,8 +227,9 @@ def _input_spec(model: nn.Module, img_size: Any) -> tuple[int, tuple[int, int]]:
 
 
 @torch.no_grad()
-def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size: Any
-             ) -> tuple[tuple[int, int], dict[tuple[int, str], list]]:
+def _dry_run(
+    model: nn.Module, stages: list[Stage], places: list[dict], img_size: Any
+) -> tuple[tuple[int, int], dict[tuple[int, str], list]]:
     """Shapes reaching each place at the reference size: {(stage, position): [(owner, attr, shape)]}.
 
     Probes stand in the empty slots and hooks watch the stage outputs; all are removed again, and the
@@ -221,8 +237,13 @@ def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size
     """
     in_chans, size = _input_spec(model, img_size)
     param = next(model.parameters(), None)
-    x = torch.zeros(1, in_chans, *size, device=param.device if param is not None else None,
-                    dtype=param.dtype if param is not None else None)
+    x = torch.zeros(
+        1,
+        in_chans,
+        *size,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
     probes: dict[tuple[int, str], list] = {}
     handles, restore = [], []
     for place in places:
@@ -238,7 +259,9 @@ def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size
             probes[(stage.index, "block")] = entries
         else:
             seen: list = []
-            handles.append(stage.module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.shape)))
+            handles.append(
+                stage.module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.shape))
+            )
             probes[(stage.index, "after")] = [("", AFTER_NAME, seen)]
     modes = {m: m.training for m in model.modules()}
     try:
@@ -246,8 +269,10 @@ def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size
         try:
             model(x)
         except Exception as e:
-            raise PlacementError(f"The dry run of {type(model).__name__} at {size} failed ({e}); pass the "
-                                 f"input size it takes as img_size") from e
+            raise PlacementError(
+                f"The dry run of {type(model).__name__} at {size} failed ({e}); pass the "
+                f"input size it takes as img_size"
+            ) from e
     finally:
         for handle in handles:
             handle.remove()
@@ -275,8 +300,14 @@ def _dry_run(model: nn.Module, stages: list[Stage], places: list[dict], img_size
 # ---------------------------------------------------------------------------------- the one call
 
 
-def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_size: Any = None,
-                  options: Mapping[str, Any] | None = None, **more_options) -> nn.Module:
+def add_attention(
+    model: nn.Module,
+    places: Any,
+    attn_layer: str = "stt",
+    img_size: Any = None,
+    options: Mapping[str, Any] | None = None,
+    **more_options,
+) -> nn.Module:
     """Add `attn_layer` modules to `model` at `places`, in place; returns the model.
 
     Args:
@@ -293,8 +324,10 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
     Raises PlacementError (a ValueError) before modifying anything, naming what the model offers.
     """
     if getattr(model, "attention_spec", None):
-        raise PlacementError(f"{type(model).__name__} already has attention added "
-                             f"({model.attention_spec}); add all places in one call, to the plain trunk")
+        raise PlacementError(
+            f"{type(model).__name__} already has attention added "
+            f"({model.attention_spec}); add all places in one call, to the plain trunk"
+        )
     places = normalize_places(places)
     options = {**(options or {}), **more_options}
     _check_options(attn_layer, options)
@@ -302,16 +335,22 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
     offered = "; ".join(s.describe() for s in stages)
     for place in places:
         if not 0 <= place["stage"] < len(stages):
-            raise PlacementError(f"{type(model).__name__} has no stage {place['stage']}; its stages are "
-                                 f"{offered}")
+            raise PlacementError(
+                f"{type(model).__name__} has no stage {place['stage']}; its stages are {offered}"
+            )
         stage = stages[place["stage"]]
         if place["position"] not in stage.positions():
-            why = (f"its blocks have no empty attention slot ({'; '.join(stage.taken[:3])})" if stage.taken
-                   else f"its blocks have no attention slot ({'/'.join(SLOT_NAMES)})")
+            why = (
+                f"its blocks have no empty attention slot ({'; '.join(stage.taken[:3])})"
+                if stage.taken
+                else f"its blocks have no attention slot ({'/'.join(SLOT_NAMES)})"
+            )
             if place["position"] == "after":
                 why = f"{type(stage.module).__name__} has its own weights and no block list to append to"
-            raise PlacementError(f"Stage {stage.index} ({stage.name}) of {type(model).__name__} does not take "
-                                 f"position {place['position']!r}: {why}. Its stages are {offered}")
+            raise PlacementError(
+                f"Stage {stage.index} ({stage.name}) of {type(model).__name__} does not take "
+                f"position {place['position']!r}: {why}. Its stages are {offered}"
+            )
     size, shapes = _dry_run(model, stages, places, img_size)
 
     # Build every module before inserting any: a width the module rejects leaves the model untouched.
@@ -324,15 +363,21 @@ def add_attention(model: nn.Module, places: Any, attn_layer: str = "stt", img_si
             try:
                 module = create_attn(attn_layer, chs, (height, width), **options, **dd)
             except ValueError as e:
-                raise PlacementError(f"{attn_layer} does not fit stage {stage.index} ({stage.name}, "
-                                     f"{chs} channels at {height}x{width}): {e}") from None
+                raise PlacementError(
+                    f"{attn_layer} does not fit stage {stage.index} ({stage.name}, "
+                    f"{chs} channels at {height}x{width}): {e}"
+                ) from None
             built.append((stage, place["position"], owner, attr, module))
 
     names = []
     for stage, position, owner, attr, module in built:
         names.append(_insert(model, stage, position, owner, attr, module))
-    model.attention_spec = {"attn_layer": attn_layer, "places": places, "img_size": list(size),
-                            "options": dict(options)}
+    model.attention_spec = {
+        "attn_layer": attn_layer,
+        "places": places,
+        "img_size": list(size),
+        "options": dict(options),
+    }
     model.attn_names = names
     for hook in ON_ADDED:
         hook(model)
@@ -346,8 +391,11 @@ def _insert(model: nn.Module, stage: Stage, position: str, owner: str, attr: str
         setattr(stage.module.get_submodule(owner) if owner else stage.module, attr, module)
         return ".".join(p for p in (prefix, owner, attr) if p)
     container = stage.container
-    if container is stage.module and not _has_state(container) and not isinstance(container,
-                                                                                   (nn.Sequential, RegStage)):
+    if (
+        container is stage.module
+        and not _has_state(container)
+        and not isinstance(container, (nn.Sequential, RegStage))
+    ):
         # A stateless stage end (an activation, Identity): replaced by (itself, module), no key changes.
         parent_name, _, child = prefix.rpartition(".")
         model.get_submodule(parent_name).add_module(child, nn.Sequential(container, module))
@@ -402,8 +450,12 @@ PLUGGED_MODELS: dict[str, dict[str, Any]] = {}
 ATTENTION_KWARGS = ("attn_layer", "attn_places", "img_size")
 
 
-def build_plugged(trunk: str, attention: Mapping[str, Any] | None = None,
-                  trunk_args: Mapping[str, Any] | None = None, **kwargs) -> nn.Module:
+def build_plugged(
+    trunk: str,
+    attention: Mapping[str, Any] | None = None,
+    trunk_args: Mapping[str, Any] | None = None,
+    **kwargs,
+) -> nn.Module:
     """`timm.create_model(trunk, **trunk_args, **kwargs)` with `add_attention(**attention)`: the one
     definition of a plugged network, for timm's entry points and the transformers classes alike."""
     import timm  # the registry: imported here so that this module can be imported while timm registers
@@ -430,8 +482,9 @@ def plugged_attention(variant: str, kwargs: dict[str, Any]) -> dict[str, Any] | 
     return None if spec["attn_layer"] in (None, "none") else spec
 
 
-def create_plugged(variant: str, pretrained: bool = False, *, trunk_filter_fn=None, feature_cfg=None,
-                   **kwargs) -> nn.Module:
+def create_plugged(
+    variant: str, pretrained: bool = False, *, trunk_filter_fn=None, feature_cfg=None, **kwargs
+) -> nn.Module:
     """timm's `build_model_with_cfg` for a registered plugged model: pretrained weights are the trunk's
     (its own filter, then the attention keys filled at identity) or a full checkpoint of the model."""
     from timm.models import build_model_with_cfg
@@ -442,8 +495,9 @@ def create_plugged(variant: str, pretrained: bool = False, *, trunk_filter_fn=No
 
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = state_dict.get("state_dict", state_dict)
-        if trunk_filter_fn is not None and not any(k.startswith(tuple(f"{n}." for n in model.attn_names))
-                                                   for k in state_dict):
+        if trunk_filter_fn is not None and not any(
+            k.startswith(tuple(f"{n}." for n in model.attn_names)) for k in state_dict
+        ):
             state_dict = trunk_filter_fn(state_dict, model)
         return fill_attention_keys(state_dict, model)
 
@@ -454,9 +508,29 @@ def create_plugged(variant: str, pretrained: bool = False, *, trunk_filter_fn=No
         return model
 
     build.__name__ = variant
-    return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=filter_fn,
-                                feature_cfg=dict(flatten_sequential=True, **(feature_cfg or {})), **kwargs)
+    return build_model_with_cfg(
+        build,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(flatten_sequential=True, **(feature_cfg or {})),
+        **kwargs,
+    )
 
 
-__all__ = ["ATTENTION_KWARGS", "ON_ADDED", "PLUGGED_MODELS", "POSITIONS", "PlacementError", "Stage", "add_attention", "attention_modules", "attention_spec",
-           "build_plugged", "create_plugged", "fill_attention_keys", "find_stages", "normalize_places"]
+__all__ = [
+    "ATTENTION_KWARGS",
+    "ON_ADDED",
+    "PLUGGED_MODELS",
+    "POSITIONS",
+    "PlacementError",
+    "Stage",
+    "add_attention",
+    "attention_modules",
+    "attention_spec",
+    "build_plugged",
+    "create_plugged",
+    "fill_attention_keys",
+    "find_stages",
+    "normalize_places",
+]

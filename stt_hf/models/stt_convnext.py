@@ -16,18 +16,28 @@ from torch import nn
 
 from .plugin import PLUGGED_MODELS, create_plugged
 
-STT_AFTER_LAST_TWO = dict(attn_layer="stt", places=[{"stage": 2, "position": "after"},
-                                                     {"stage": 3, "position": "after"}],
-                          options={"reduction": 16})
+STT_AFTER_LAST_TWO = dict(
+    attn_layer="stt",
+    places=[{"stage": 2, "position": "after"}, {"stage": 3, "position": "after"}],
+    options={"reduction": 16},
+)
 STT_AFTER_LAST = dict(attn_layer="stt", places=[{"stage": 3, "position": "after"}], options={"reduction": 16})
 
-PLUGGED_MODELS.update({
-    "stt_convnext_atto": dict(trunk="convnext_atto", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])),
-    "stt_convnext_tiny": dict(trunk="convnext_tiny", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])),
-    "stt_convnext_s": dict(trunk="convnext_atto",
-                           trunk_args=dict(patch_size=1, dims=(32, 64, 128, 256), depths=(2, 2, 2, 2)),
-                           attention=dict(STT_AFTER_LAST, img_size=[32, 32])),
-})
+PLUGGED_MODELS.update(
+    {
+        "stt_convnext_atto": dict(
+            trunk="convnext_atto", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])
+        ),
+        "stt_convnext_tiny": dict(
+            trunk="convnext_tiny", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])
+        ),
+        "stt_convnext_s": dict(
+            trunk="convnext_atto",
+            trunk_args=dict(patch_size=1, dims=(32, 64, 128, 256), depths=(2, 2, 2, 2)),
+            attention=dict(STT_AFTER_LAST, img_size=[32, 32]),
+        ),
+    }
+)
 
 
 def _in1k(trunk: str) -> dict:
@@ -37,21 +47,38 @@ def _in1k(trunk: str) -> dict:
 
 def _small_cfg() -> dict:
     # For 28-32 px images: resize, no crop.
-    return {**get_pretrained_cfg("convnext_atto").to_dict(), "url": "", "hf_hub_id": None, "num_classes": 10,
-            "input_size": (3, 32, 32), "pool_size": (4, 4), "crop_pct": 1.0, "interpolation": "bilinear",
-            "test_input_size": None, "test_crop_pct": None, "license": "apache-2.0"}
+    return {
+        **get_pretrained_cfg("convnext_atto").to_dict(),
+        "url": "",
+        "hf_hub_id": None,
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (4, 4),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "test_input_size": None,
+        "test_crop_pct": None,
+        "license": "apache-2.0",
+    }
 
 
-default_cfgs = generate_default_cfgs({
-    "stt_convnext_atto.d2_in1k": _in1k("convnext_atto.d2_in1k"),
-    "stt_convnext_tiny.in12k_ft_in1k": _in1k("convnext_tiny.in12k_ft_in1k"),
-    "stt_convnext_s": _small_cfg(),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "stt_convnext_atto.d2_in1k": _in1k("convnext_atto.d2_in1k"),
+        "stt_convnext_tiny.in12k_ft_in1k": _in1k("convnext_tiny.in12k_ft_in1k"),
+        "stt_convnext_s": _small_cfg(),
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    return create_plugged(variant, pretrained, trunk_filter_fn=checkpoint_filter_fn,
-                          feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return create_plugged(
+        variant,
+        pretrained,
+        trunk_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
 
 
 def _register(fn):

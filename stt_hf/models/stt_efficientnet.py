@@ -13,23 +13,41 @@ from torch import nn
 
 from .plugin import PLUGGED_MODELS, create_plugged
 
-STT_AFTER_LAST_TWO = dict(attn_layer="stt", places=[{"stage": 3, "position": "after"},
-                                                     {"stage": 4, "position": "after"}],
-                          options={"reduction": 16})
+STT_AFTER_LAST_TWO = dict(
+    attn_layer="stt",
+    places=[{"stage": 3, "position": "after"}, {"stage": 4, "position": "after"}],
+    options={"reduction": 16},
+)
 
-PLUGGED_MODELS.update({
-    "stt_efficientnet_b0": dict(trunk="efficientnet_b0", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])),
-    "stt_efficientnet_lite0": dict(trunk="efficientnet_lite0", attention=dict(
-        attn_layer="stt", places=[{"stage": 4, "position": "block"}], options={"reduction": 16},
-        img_size=[224, 224])),
-})
+PLUGGED_MODELS.update(
+    {
+        "stt_efficientnet_b0": dict(
+            trunk="efficientnet_b0", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])
+        ),
+        "stt_efficientnet_lite0": dict(
+            trunk="efficientnet_lite0",
+            attention=dict(
+                attn_layer="stt",
+                places=[{"stage": 4, "position": "block"}],
+                options={"reduction": 16},
+                img_size=[224, 224],
+            ),
+        ),
+    }
+)
 
-default_cfgs = generate_default_cfgs({
-    "stt_efficientnet_b0.ra_in1k": {**get_pretrained_cfg("efficientnet_b0.ra_in1k").to_dict(),
-                                    "license": "apache-2.0"},
-    "stt_efficientnet_lite0.ra_in1k": {**get_pretrained_cfg("efficientnet_lite0.ra_in1k").to_dict(),
-                                       "license": "apache-2.0"},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "stt_efficientnet_b0.ra_in1k": {
+            **get_pretrained_cfg("efficientnet_b0.ra_in1k").to_dict(),
+            "license": "apache-2.0",
+        },
+        "stt_efficientnet_lite0.ra_in1k": {
+            **get_pretrained_cfg("efficientnet_lite0.ra_in1k").to_dict(),
+            "license": "apache-2.0",
+        },
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:

@@ -335,3 +335,34 @@ def test_other_families(name):
         add_attention(model, places, **SMALL)
         assert torch.equal(model(x), reference)
     assert keys <= set(model.state_dict()) and len(model.attn_names) >= len(places)
+
+
+@pytest.mark.parametrize(
+    "name,trunk_name",
+    [("stt_convnext_atto", "convnext_atto"), ("stt_efficientnet_lite0", "efficientnet_lite0")],
+)
+def test_registered_pretrained_loads_the_trunk_weights_at_identity(name, trunk_name, tmp_path):
+    """pretrained=True reads the plain trunk's checkpoint (its cfg names the trunk's ImageNet weights;
+    a local file stands in for the download): the outputs are the plain model's, and a saved STT
+    checkpoint loads back through the same route."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    assert cfg.hf_hub_id == f"timm/{trunk_name}.{timm.models.get_pretrained_cfg(trunk_name).tag}"
+    plain = trunk(trunk_name).eval()
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, tmp_path / "trunk.safetensors")
+    model = timm.create_model(
+        name,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "trunk.safetensors"), num_classes=1000),
+    ).eval()
+    x = torch.randn(1, 3, PX, PX)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    switched_on(model).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "stt.safetensors")
+    again = timm.create_model(
+        name,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "stt.safetensors"), num_classes=1000),
+    ).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))

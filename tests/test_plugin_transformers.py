@@ -210,6 +210,23 @@ def test_saved_folder_loads_with_every_auto_class(tmp_path):
     load_remotely(tmp_path / "m", tmp_path=tmp_path)
 
 
+def test_backbone_under_upernet(tmp_path):
+    """transformers' UperNet takes the plugged backbone by its config, and reloads with the Auto class."""
+    from transformers import AutoModelForSemanticSegmentation, UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone = SttPluginConfig.from_timm_name(NAME, out_features=["stage0", "stage1", "stage2", "stage3"])
+    config = UperNetConfig(backbone_config=backbone, num_labels=4, hidden_size=32, use_auxiliary_head=False)
+    model = UperNetForSemanticSegmentation(config).eval()
+    assert type(model.backbone) is SttPluginBackbone
+    with torch.no_grad():
+        logits = model(pixel_values=pixels(1)).logits
+    assert logits.shape == (1, 4, PX, PX)
+    model.save_pretrained(tmp_path / "seg")
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "seg").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels(1)).logits, logits)
+
+
 def test_plugin_push_to_hub_and_load_back(local_hub, tmp_path):
     local_hub.run_python(
         textwrap.dedent("""

@@ -28,9 +28,6 @@ PLUGGED_MODELS.update(
         "stt_convnext_atto": dict(
             trunk="convnext_atto", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])
         ),
-        "stt_convnext_tiny": dict(
-            trunk="convnext_tiny", attention=dict(STT_AFTER_LAST_TWO, img_size=[224, 224])
-        ),
         "stt_convnext_s": dict(
             trunk="convnext_atto",
             trunk_args=dict(patch_size=1, dims=(32, 64, 128, 256), depths=(2, 2, 2, 2)),
@@ -65,7 +62,6 @@ def _small_cfg() -> dict:
 default_cfgs = generate_default_cfgs(
     {
         "stt_convnext_atto.d2_in1k": _in1k("convnext_atto.d2_in1k"),
-        "stt_convnext_tiny.in12k_ft_in1k": _in1k("convnext_tiny.in12k_ft_in1k"),
         "stt_convnext_s": _small_cfg(),
     }
 )
@@ -90,12 +86,6 @@ def _register(fn):
 def stt_convnext_atto(pretrained=False, **kwargs) -> nn.Module:
     """ConvNeXt-Atto with STT after stages 2 and 3."""
     return _create("stt_convnext_atto", pretrained, **kwargs)
-
-
-@_register
-def stt_convnext_tiny(pretrained=False, **kwargs) -> nn.Module:
-    """ConvNeXt-Tiny with STT after stages 2 and 3."""
-    return _create("stt_convnext_tiny", pretrained, **kwargs)
 
 
 @_register

@@ -145,7 +145,8 @@ def test_config_overrides_reach_the_attention():
     config = SttPluginConfig.from_timm_name(NAME, attn_layer="res_block", img_size=28, stt_heads=4)
     assert config.attention["attn_layer"] == "res_block" and config.attention["img_size"] == [28, 28]
     assert config.attention["options"]["heads"] == 4 and config.input_size() == (3, 28, 28)
-    assert SttPluginConfig.from_timm_name(NAME, attn_layer="none").attention is None
+    plain = SttPluginConfig.from_timm_name(NAME, attn_layer="none", img_size=28)
+    assert plain.attention is None and plain.input_size() == (3, 28, 28)  # the size the variants share
     model = SttPluginForImageClassification(SttPluginConfig.from_timm_name(NAME, attn_places={2: "after"}))
     assert model.timm_model.attn_names == ["stages.2.blocks.attn"]
     with pytest.raises(PlacementError, match="no stage 7"):

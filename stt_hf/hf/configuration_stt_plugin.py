@@ -96,11 +96,12 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
                 f"Unknown plugged model {name!r}; the registered ones are {sorted(PLUGGED_MODELS)}"
             )
         entry = PLUGGED_MODELS[name]
+        requested_size = overrides.get("img_size")  # also the input size of a plain trunk
         attention = plugged_attention(name, overrides)  # pops the attention keywords
         cfg = get_pretrained_cfg(name)
         if "num_classes" in overrides:
             overrides.setdefault("num_labels", overrides.pop("num_classes"))
-        img_size = attention["img_size"] if attention else list(cfg.input_size[-2:])
+        img_size = requested_size or (attention["img_size"] if attention else list(cfg.input_size[-2:]))
         kwargs = dict(
             architecture=name,
             trunk=entry["trunk"],

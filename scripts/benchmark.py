@@ -5,10 +5,11 @@
     python scripts/benchmark.py --quick            # smoke test
     python scripts/benchmark.py -h                 # every option
 
-See stt_hf/experiments/benchmark.py for what is measured and how.
+See the stt_hf/experiments/benchmark/ package for what is measured and how.
 """
+import sys
 
-from stt_hf.experiments.benchmark import main
+from stt_hf.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -4,7 +4,7 @@
 """
 import sys
 
-from stt_hf.experiments.benchmark import main
+from stt_hf.cli import main
 
 if __name__ == "__main__":
-    main(["--preset", "targets", "--out", "outputs/benchmark_block", *sys.argv[1:]])
+    sys.exit(main(["bench", "--preset", "targets", "--out", "outputs/benchmark_block", *sys.argv[1:]]))

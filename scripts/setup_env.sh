@@ -26,6 +26,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# transformers' own common model tests (tests/test_modeling_common.py and the mixins it imports) ship only
+# in its source distribution: unpack its tests/ folder into the venv for tests/test_transformers_common.py.
+tf_version="$(python -c 'import transformers; print(transformers.__version__)')"
+tf_tests="$VENV/transformers-tests/$tf_version"
+if [ ! -f "$tf_tests/transformers_tests/test_modeling_common.py" ]; then
+  echo "== fetching the test files of transformers $tf_version (its source distribution)"
+  tmp="$(mktemp -d)"
+  python -m pip download --quiet --no-deps --no-binary :all: "transformers==$tf_version" -d "$tmp"
+  mkdir -p "$tmp/transformers_tests"
+  tar xzf "$tmp/transformers-$tf_version.tar.gz" -C "$tmp/transformers_tests" --strip-components=2 \
+    "transformers-$tf_version/tests"
+  touch "$tmp/transformers_tests/__init__.py"  # a package, as tests/ is in transformers' repository
+  rm -rf "$tf_tests" && mkdir -p "$tf_tests" && mv "$tmp/transformers_tests" "$tf_tests/"
+  rm -rf "$tmp"
+fi
+
 if [ "${1:-}" = "--data" ]; then
   # Offline data ships as Debian packages: Fashion-MNIST, the Tux Paint stamps (captioned photos),
   # Noto color emoji (rendered emoji named by Unicode), and Java for the METEOR scorer and the PTB

@@ -9,7 +9,6 @@ below (captioning, conversion, the segmenter) is imported on first use.
 
 import importlib
 
-from . import compat
 from .registration import register
 
 __version__ = "0.1.0"
@@ -19,6 +18,8 @@ _LAZY_NAMES = {
     "STT": "layers",
     "FlatSynthesizer": "layers",
     "SelfAttention2d": "layers",
+    "AxialAttention2d": "layers",
+    "CrissCrossAttention2d": "layers",
     "create_attn": "layers",
     "SttResNet": "models",
     "add_attention": "models.plugin",
@@ -35,7 +36,7 @@ _LAZY_NAMES = {
     "SttForImageClassification": "hf.modeling_stt",
     "SttBackbone": "hf.modeling_stt",
     "SttVisionEncoder": "hf.modeling_stt",
-    "SttCaptioner": "hf.modeling_stt",
+    "SttCaptioner": "hf.modeling_stt_captioner",
     "SttUperNetConfig": "hf.modeling_stt_seg",
     "SttUperNetForSemanticSegmentation": "hf.modeling_stt_seg",
     "build_segmenter": "hf.modeling_stt_seg",
@@ -49,7 +50,7 @@ _LAZY_NAMES = {
     "timm_from_pretrained": "hf.convert",
 }
 # Subpackages and modules reachable as attributes (`stt_hf.data`) without importing them first.
-_SUBMODULES = ("cli", "compat", "data", "experiments", "hf", "layers", "metrics", "models", "registration",
+_SUBMODULES = ("cli", "data", "experiments", "hf", "layers", "metrics", "models", "plotting", "registration",
                "reporting", "tasks")
 
 __all__ = sorted([*_LAZY_NAMES, "models", "register"])
@@ -58,7 +59,7 @@ __all__ = sorted([*_LAZY_NAMES, "models", "register"])
 def __getattr__(name: str):
     if name in _LAZY_NAMES:
         value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-    elif name in _SUBMODULES or name in compat.MOVED_MODULES:  # an old path warns, as its import does
+    elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -70,5 +71,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__, *_SUBMODULES})
 
 
-compat.install()  # the 0.1 module paths (stt_hf.configuration_stt, ...) keep importing
 register()

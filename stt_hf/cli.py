@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-# Subcommands whose own parser (HfArgumentParser) reads the rest of the command line.
-PASSTHROUGH = {
+# Trainers: their own parser (HfArgumentParser over TrainingArguments) reads the rest of the command line.
+TRAINERS = {
     "train": ("stt_hf.tasks.train",
               "train or fine-tune a classifier with the HF Trainer (see stt-hf train -h)"),
     "train-caption": ("stt_hf.tasks.train_caption",
                       "train an STT-encoder captioner with the Seq2SeqTrainer (stt-hf train-caption -h)"),
     "train-seg": ("stt_hf.tasks.train_seg",
                   "train a UperNet segmenter over an STT backbone with the HF Trainer (stt-hf train-seg -h)"),
+    "write-shards": ("stt_hf.data.shards",
+                     "write a sharded Parquet/WebDataset copy of a dataset, for train --streaming"),
+    "bench-input": ("stt_hf.experiments.input_pipeline",
+                    "images/s of decoding + the train transform per worker vs a model's training step"),
 }
+# Evaluators: (module with add_arguments and run, help, the kind of model folder it scores).
+EVALUATORS = {
+    "eval": ("stt_hf.tasks.evaluation", "score a checkpoint on a dataset split, write metrics JSON", "stt"),
+    "eval-caption": ("stt_hf.tasks.evaluation_caption", "score a captioner on a dataset split, write JSON",
+                     "vision-encoder-decoder"),
+    "eval-seg": ("stt_hf.tasks.evaluation_seg",
+                 "score a segmenter on a dataset split: metrics JSON, overlay PNG", "upernet"),
+}
+DEBUG_ENV = "STT_HF_DEBUG"
+# Not --debug: that is a TrainingArguments flag, which the trainers' parsers own.
+DEBUG_FLAG = "--stt_debug"
+DEBUG_HELP = f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
+
+
+def _trainer(module: str):
+    def train(args: argparse.Namespace) -> int:
+        importlib.import_module(module).main(args.rest)
+        return 0
+
+    return train
+
+
+def _evaluator(module: str, model_kind: str):
+    def evaluate(args: argparse.Namespace) -> int:
+        from .hf.convert import check_model_folder
+
+        task = importlib.import_module(module)
+        task.check_arguments(args)  # the flag values first: no model is read for a bad one
+        _check_model_path(args.model)
+        check_model_folder(args.model, (model_kind,))
+        task.run(args)
+        return 0
+
+    return evaluate
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -43,30 +82,6 @@ def _check_model_path(spec: str) -> None:
         raise FileNotFoundError(f"--model {spec}: no such checkpoint folder (a Hub id has the form ORG/NAME)")
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .tasks.evaluation import run
-
-    _check_model_path(args.model)
-    run(args)
-    return 0
-
-
-def _eval_caption(args: argparse.Namespace) -> int:
-    from .tasks.evaluation_caption import run
-
-    _check_model_path(args.model)
-    run(args)
-    return 0
-
-
-def _eval_seg(args: argparse.Namespace) -> int:
-    from .tasks.evaluation_seg import run
-
-    _check_model_path(args.model)
-    run(args)
-    return 0
-
-
 def _push(args: argparse.Namespace) -> int:
     from .reporting.publish import push_folder
 
@@ -78,48 +93,35 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stt-hf",
-        description="STT (Synthesizing Tensor Transformations) attention for timm and transformers.",
-    )
+    """The stt-hf parser: every subcommand sets `func`, which takes the parsed namespace (a trainer's
+    arguments, which its own parser reads, in `rest`)."""
+    from .tasks.common import ShortUsageErrors
+
+    class Parser(ShortUsageErrors, argparse.ArgumentParser):
+        pass
+
+    parser = Parser(prog="stt-hf", description="STT (Synthesizing Tensor Transformations) attention for "
+                                               "timm and transformers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = sub.add_parser("models", help="list the registered stt models with params and GMACs")
     models.add_argument("--filter", default="stt_*", help="timm name pattern (default: stt_*)")
     models.set_defaults(func=_models)
 
-    for name, (_, help_text) in PASSTHROUGH.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-
-    from .tasks.evaluation import add_arguments
-
-    evaluate = sub.add_parser("eval", help="score a checkpoint on a dataset split, write metrics JSON")
-    add_arguments(evaluate)
-    evaluate.set_defaults(func=_eval)
-
-    from .tasks.evaluation_caption import add_arguments as add_caption_arguments
-
-    evaluate_caption = sub.add_parser("eval-caption", help="score a captioner on a dataset split, write JSON")
-    add_caption_arguments(evaluate_caption)
-    evaluate_caption.set_defaults(func=_eval_caption)
-
-    from .tasks.evaluation_seg import add_arguments as add_seg_arguments
-
-    evaluate_seg = sub.add_parser("eval-seg",
-                                  help="score a segmenter on a dataset split: metrics JSON, overlay PNG")
-    add_seg_arguments(evaluate_seg)
-    evaluate_seg.set_defaults(func=_eval_seg)
-
-    from .hf.convert import add_convert_parser
-
-    add_convert_parser(sub)
-
-    from .tasks.export import add_export_parser
-
-    add_export_parser(sub)
+    for name, (module, help_text) in TRAINERS.items():
+        sub.add_parser(name, help=help_text, add_help=False).set_defaults(func=_trainer(module), rest=[])
+    for name, (module, help_text, model_kind) in EVALUATORS.items():
+        evaluate = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(evaluate)
+        evaluate.set_defaults(func=_evaluator(module, model_kind))
 
     from .experiments.benchmark import add_bench_parser
+    from .hf.convert import add_convert_parser
     from .reporting.visualize import add_visualize_parser
+    from .tasks.demo import add_demo_parsers
+    from .tasks.export import add_export_parser
 
+    add_convert_parser(sub)
+    add_export_parser(sub)
     add_bench_parser(sub)
     add_visualize_parser(sub)
 
@@ -130,18 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_push)
 
-    from .tasks.demo import add_demo_parsers
-
     add_demo_parsers(sub)
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    for name, command in sub.choices.items():  # `stt-hf COMMAND ... --debug` too (not train's own flag)
-        if name not in PASSTHROUGH:
-            command.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    for name, command in sub.choices.items():  # read by main(); listed here for -h
+        if name not in TRAINERS:
+            command.add_argument(DEBUG_FLAG, "--debug", action="store_true", dest="debug", help=DEBUG_HELP)
+    parser.add_argument(DEBUG_FLAG, "--debug", action="store_true", dest="debug", help=DEBUG_HELP)
+    parser.commands = sub.choices
     return parser
-
-
-DEBUG_ENV = "STT_HF_DEBUG"
-DEBUG_HELP = f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -186,67 +183,57 @@ def _is_bug(err: BaseException) -> bool:
     return not missing or missing.split(".")[0] == "stt_hf"
 
 
+def problem_of(err: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives re-raised by torch
+    as "Caught E in DataLoader worker process N. Original Traceback ...": its last line is the message."""
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split()) or type(err).__name__
+
+
 def report(err: BaseException, command: str) -> None:
     """The error in two lines on stderr: the problem, then the fix."""
-    problem = " ".join(str(err).split()) or type(err).__name__
+    problem = problem_of(err)
     where = f"stt-hf {command}" if command else "stt-hf"
     print(f"{where}: error: {problem}\n  fix: {how_to_fix(err, command)} "
-          f"(--debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-
-
-class _ShortUsageErrors:
-    """While active, argparse errors print one line and the -h hint instead of the whole usage, which for
-    train's 100+ TrainingArguments flags buries the message. The parsers are built inside the
-    subcommands, so the class method is swapped for the duration of the command."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __enter__(self):
-        self.original = argparse.ArgumentParser.error
-        command = self.command
-
-        def error(parser, message):
-            prog = f"stt-hf {command}" if command in PASSTHROUGH else parser.prog
-            parser.exit(2, f"{prog}: error: {message}\n  fix: see `{prog} -h` for the options\n")
-
-        argparse.ArgumentParser.error = error
-        return self
-
-    def __exit__(self, *exc):
-        argparse.ArgumentParser.error = self.original
+          f"({DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `stt-hf ARGV`; return the exit code. Expected errors are reported in two lines (exit code 2)
-    unless --debug or STT_HF_DEBUG=1 asks for the traceback."""
+    unless --stt_debug (anywhere on the command line) or STT_HF_DEBUG=1 asks for the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = {"debug": os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")}
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    if DEBUG_FLAG in argv:
+        debug, argv = True, [a for a in argv if a != DEBUG_FLAG]
     if argv[:1] == ["--debug"]:
-        options["debug"], argv = True, argv[1:]
+        debug, argv = True, argv[1:]
     command = argv[0] if argv and not argv[0].startswith("-") else ""
+    if command not in TRAINERS and "--debug" in argv:  # the trainers' --debug is TrainingArguments'
+        debug = True
     try:
-        with _ShortUsageErrors(command):
-            return _run(argv, options)
+        return _run(argv)
     except expected_errors() as err:
-        if options["debug"] or _is_bug(err):
+        if debug or _is_bug(err):
             raise
         report(err, command)
         return 2
 
 
-def _run(argv: list[str], options: dict) -> int:
-    if argv and argv[0] in PASSTHROUGH:
-        import importlib
-
-        importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
-        return 0
+def _run(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if getattr(args, "func", None) is None:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         parser.print_help()
         return 0
-    options["debug"] = options["debug"] or args.debug  # `stt-hf COMMAND ... --debug`
+    if args.command in TRAINERS:
+        args.rest = rest
+    elif rest:
+        parser.commands[args.command].error(
+            f"unrecognized arguments: {' '.join(rest)}")
     import stt_hf  # noqa: F401  (registers the models with timm and transformers)
 
     return args.func(args)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from stt_hf.cli import build_parser
+from stt_hf.cli import main as cli_main
 from stt_hf.experiments import benchmark
 
 
@@ -45,7 +46,7 @@ def quick(tmp_path_factory):
             return reply
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "BlockWorker", RecordingWorker)
+        mp.setattr(benchmark.blocks, "BlockWorker", RecordingWorker)  # the grid starts its workers
         result = run(["--quick", "--resolutions", "7", "--modules", "stt_dense", "self_attn", "--img_size",
                       "32", "--out", str(out)])
     return out, result, ready
@@ -93,7 +94,7 @@ def test_quick_run_measures_cost_models_and_targets(quick):
         for key in ("block_ms", "convs_ms", "conv_pair_ms", "trunk_ms", "convs_gmacs_s", "trunk_gmacs_s",
                     "block_vs_convs", "values_ms", "synths_ms", "products_ms", "output_ms"):
             assert float(row[key]) > 0, (key, row)
-        assert 20 < int(row["block_ops"]) < 200  # the operators one STT forward dispatches
+        assert 0 < int(row["block_ops"]) <= benchmark.MAX_BLOCK_OPS  # the ops one STT forward launches
         # The convs' GMAC/s are those of the two convs alone (BN has no MACs): C -> C/16 -> C.
         c, size, batch = int(row["channels"]), int(row["resolution"]), int(row["batch"])
         macs = 2 * c * (c // benchmark.COST_REDUCTION) * size * size * batch
@@ -167,7 +168,8 @@ def test_compile_adds_compiled_inference_columns():
     import argparse
 
     args = argparse.Namespace(reference="resnet10t", models=[], img_size=32, infer_batch=1, train_batch=2,
-                              warmup=1, model_repeats=1, compile="eager")  # eager: dynamo without codegen
+                              warmup=1, model_repeats=1, compile="eager",  # eager: dynamo without codegen
+                              fused=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -175,8 +177,34 @@ def test_compile_adds_compiled_inference_columns():
     finally:
         torch.set_num_threads(threads)
     assert row["compiled_infer_ms"] > 0 and row["compiled_infer_img_s"] > 0
+    assert row["fused_infer_ms"] > 0 and row["fused_speed_vs_ref"] == 1.0
     assert row["compiled_speed_vs_ref"] == 1.0 and tuple(row) == benchmark.MODEL_COLUMNS
-    assert "| compiled img/s | compiled speed |" in benchmark.render_models([row])[-1]
+    header = "| fused img/s | fused speed | compiled img/s | compiled speed |"
+    assert header in benchmark.render_models([row])[2]
+
+
+def test_control_ratios_pair_each_mode_with_the_capacity_control_by_round():
+    from stt_hf.experiments.benchmark.models import ModelCase, add_control_ratios
+
+    def case(model, scale):
+        row = dict.fromkeys(benchmark.MODEL_COLUMNS)
+        row.update(model=model)
+        times = {kind: [t * scale for t in (1.0, 2.0, 4.0)] for kind in ("infer", "fused_infer")}
+        return ModelCase(row, None, None, times=times)
+
+    cases = [case("resnet50", 1.0), case("stt_resnet50", 1.0), case(benchmark.CAPACITY_CONTROL, 1.1)]
+    rows = [c.row for c in cases]
+    add_control_ratios(rows, cases)
+    assert rows[1]["infer_speed_vs_control"] == pytest.approx(1.1)  # control time / STT time
+    assert rows[1]["fused_speed_vs_control_ci_low"] == pytest.approx(1.1)
+    assert rows[2]["infer_speed_vs_control"] == pytest.approx(1.0)
+    assert rows[1]["compiled_speed_vs_control"] is None  # not measured
+    for row in rows:  # the columns the models table always shows
+        row.update({k: 1.0 for k in row if row[k] is None and k.split("_")[0] not in ("fused", "compiled")
+                    and "_vs_control" not in k}, note="", img_size=32)
+        row["fused_infer_ms"] = row["fused_infer_img_s"] = 1.0
+    md = "\n".join(benchmark.render_models(rows))
+    assert "| stt_resnet50 | 1.100x (1.100-1.100) | 1.100x (1.100-1.100) |" in md
 
 
 def test_a_killed_worker_is_reported_not_raised_past():
@@ -209,10 +237,14 @@ def test_targets_pass_and_miss_on_synthetic_numbers():
               block("self_attn", 256, 56, 8, 4.0, 9.0), block("stt_dense", 256, 56, 8, 1.0, 1.0),
               block("self_attn", 128, 112, 8, 25.0, 60.0)]
     cost = [dict(config="1024:14x14", batch=8, block_vs_convs=1.1, trunk_vs_convs_gmacs=1.4)]
+    cost = [dict(cost[0], block_ops=20)]
     models = [dict(model="resnet50", reference="resnet50", img_size=224, params_vs_ref=1.0, gmacs_vs_ref=1.0,
                    infer_speed_vs_ref=1.0, train_speed_vs_ref=1.0),
               dict(model="stt_resnet50", reference="resnet50", img_size=224, params_vs_ref=1.10,
-                   gmacs_vs_ref=1.12, infer_speed_vs_ref=0.95, train_speed_vs_ref=0.85)]
+                   gmacs_vs_ref=1.12, infer_speed_vs_ref=0.95, train_speed_vs_ref=0.85,
+                   infer_speed_vs_control=1.02, infer_speed_vs_control_ci_low=0.99,
+                   infer_speed_vs_control_ci_high=1.04, fused_speed_vs_control=0.97,
+                   compiled_speed_vs_control=None)]
     fits = [fit("stt_dense", 1.2), fit("stt_random", 1.7), fit("self_attn", 1.9)]
     results = {t["target"]: t for t in benchmark.check_targets(section(blocks, cost, models, fits))}
     status = {label: t["status"] for label, t in results.items()}
@@ -227,11 +259,15 @@ def test_targets_pass_and_miss_on_synthetic_numbers():
         "self_attn / STT forward latency, 128:112x112": "PASS",
         "STT block / its two 1x1 convs + BN, 1024:14x14": "PASS",
         "STT block / its two 1x1 convs + BN, 2048:7x7": "n/a (not measured)",
+        "STT block ATen ops per eval forward, 1024:14x14": "PASS",
+        "STT block ATen ops per eval forward, 2048:7x7": "n/a (not measured)",
         "trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 1024:14x14": "MISS",
         "trunk 1x1 conv GMAC/s / STT convs' GMAC/s, 2048:7x7": "n/a (not measured)",
         "stt_resnet50 / resnet50 params": "PASS",
         "stt_resnet50 / resnet50 GMACs": "MISS",
-        "stt_resnet50 / resnet50 inference speed": "PASS",
+        "stt_resnet50 / capacity control inference speed, eager": "PASS",
+        "stt_resnet50 / capacity control inference speed, fused": "MISS",
+        "stt_resnet50 / capacity control inference speed, compiled": "n/a (not measured)",
         "stt_resnet50 / resnet50 training step speed": "MISS",
     }
     latency = results["self_attn / STT forward latency, 256:56x56"]
@@ -239,6 +275,8 @@ def test_targets_pass_and_miss_on_synthetic_numbers():
     assert latency["margin"] == pytest.approx(-1.0)
     assert results["stt_resnet50 / resnet50 params"]["margin"] == pytest.approx(0.05)
     assert results["stt_random: forward latency ~ N^k"]["margin"] == pytest.approx(-0.1)
+    eager = results["stt_resnet50 / capacity control inference speed, eager"]
+    assert eager["where"] == "224 px, 95% CI 0.990-1.040" and eager["required"] == ">= 1x"
 
     other = [dict(m, reference="resnet18") for m in models]  # the model targets are against resnet50 only
     checked = benchmark.check_targets(section(models=other))
@@ -270,6 +308,16 @@ def test_memory_estimate_skips_the_quadratic_baselines_at_112():
         assert benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True) < 4
 
 
+def test_memory_estimate_of_axial_attention_is_between():
+    """Axial and criss-cross attention hold (B, N, H + W) maps: far below the N x N baselines at 112x112,
+    above a block that holds only copies of the feature map."""
+    def estimate(module):
+        return benchmark.estimate_peak_gb(module, 256, 112, 112, 8, 10**5, backward=True)
+
+    for module in ("axial", "criss_cross"):
+        assert estimate("stt_dense") < estimate(module) < estimate("self_attn") / 10 < 4
+
+
 def test_rows_over_the_cap_are_counted_not_run(tmp_path, capsys):
     result = run(["--configs", "16:14x14", "--batch_sizes", "1", "--modules", "stt_dense", "self_attn",
                   "--max_mem_gb", "0", "--skip_cost", "--skip_models", "--out", str(tmp_path)])
@@ -290,11 +338,16 @@ def test_presets_fill_what_is_not_given():
     assert args.configs == ["256:28x28", "256:56x56", "128:112x112"] and args.batch_sizes == [8]
     assert args.forward_only and args.channels == [128, 256] and args.resolutions == [28, 56, 112]
     assert args.max_mem_source == "80% of available memory" and args.max_mem_gb > 0
+    assert args.modules == ["stt_dense", "self_attn", "flat_dense", "flat_random", "axial", "criss_cross"]
     args = benchmark.resolve_args(parse(["--preset", "targets", "--channels", "32", "--no-forward_only"]))
     assert not args.configs and args.channels == [32] and args.resolutions == [28, 56, 112]
     assert not args.forward_only
+    assert args.fused and args.compile == "inductor"  # eager, fused and compiled beside the control
+    assert args.models == ["stt_resnet50", benchmark.CAPACITY_CONTROL]
+    args = benchmark.resolve_args(parse(["--preset", "targets", "--compile", "none", "--no-fused"]))
+    assert not args.fused and args.compile is None
     args = benchmark.resolve_args(parse(["--quick", "--models", "none", "--compile"]))
-    assert args.models == [] and args.repeats == 1 and args.compile == "inductor"
+    assert args.models == [] and args.repeats == 1 and args.compile == "inductor" and not args.fused
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -309,7 +362,7 @@ def test_presets_fill_what_is_not_given():
 def test_bad_options_fail_with_a_message(argv, message, capsys, tmp_path):
     args = parse([*argv, "--out", str(tmp_path)])
     assert args.func is benchmark.run_command
-    assert args.func(args) == 2
+    assert cli_main(["bench", *argv, "--out", str(tmp_path)]) == 2  # the error path of every subcommand
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing measured, nothing written
 

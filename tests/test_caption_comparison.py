@@ -40,7 +40,8 @@ def test_every_encoder_builds_with_the_recipe_options():
     # Every module sits where the default STT block sits.
     places = {name: sorted(b) for name, b in blocks.items() if name != "plain"}
     assert len({tuple(p) for p in places.values()}) == 1 and places["stt"], places
-    assert len({tuple(b.values()) for name, b in blocks.items() if name not in ("plain", "stt_hw")}) == 3
+    types = {name: tuple(b.values()) for name, b in blocks.items() if name not in ("plain", "stt_hw")}
+    assert len(set(types.values())) == len(types) == 4, types  # stt, self_attn, axial, flat_dense
     modes = SttVisionEncoder(SttVisionConfig.from_timm_name(
         "stt_resnet10_s", img_size=img_size, **caption_comparison.encoder_kwargs([], "stt_hw")))
     assert "modes=hw," in repr(modes.resnet)

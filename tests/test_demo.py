@@ -20,16 +20,9 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from stt_hf.tasks.demo import (  # noqa: E402  (after the Gradio setting)
-    ALL_MODES,
-    Captioner,
-    DemoError,
-    build_demo,
-    example_images,
-    fresh_classifier,
-    load_classifier,
-    open_upload,
-)
+from stt_hf.tasks.demo import build_demo  # noqa: E402  (after the Gradio setting)
+from stt_hf.tasks.demo_inputs import DemoError, example_images, open_upload  # noqa: E402
+from stt_hf.tasks.demo_models import ALL_MODES, Captioner, fresh_classifier, load_classifier  # noqa: E402
 
 local_hub = hub_fixtures.local_hub
 CHROMIUM = os.environ.get("STT_HF_CHROMIUM", "/usr/bin/chromium")
@@ -75,7 +68,7 @@ def classifier_folder(tmp_path_factory) -> Path:
 def captioner(tmp_path_factory) -> Captioner:
     """A small untrained captioner saved and reloaded the way `stt-hf train-caption` writes it."""
     from stt_hf import build_captioner, train_caption_tokenizer
-    from stt_hf.tasks.demo import load_captioner
+    from stt_hf.tasks.demo_models import load_captioner
 
     captions = ["a red tomato", "a green frog on a leaf", "a yellow sun", "a blue fish in water"] * 4
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=12)
@@ -147,6 +140,72 @@ def test_examples_cover_photos_and_fashion_items(tmp_path):
     assert paths[:4] == ["astronaut.png", "chelsea.png", "coffee.png", "rocket.png"]
     assert sum(name.startswith("fashion_mnist-") for name in paths) == 4  # from the dataset or the Space
     assert len(paths) == len(set(paths))
+
+
+def test_example_cache_is_private_and_never_serves_a_planted_link(tmp_path, monkeypatch):
+    """Another user of the machine makes the fixed folder the demo once used under the system temp dir
+    and plants coffee.png there as a link to a file of their choosing: the page must not offer it."""
+    from stt_hf.tasks import demo
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the system temp dir, shared with that user
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not an image")
+    (tmp_path / "stt-hf-demo-examples").mkdir()
+    (tmp_path / "stt-hf-demo-examples" / "coffee.png").symlink_to(secret)
+    seen = {}
+    monkeypatch.setattr(demo, "build_demo", lambda classifier, captioner, examples, **_: seen.update(
+        examples=[Path(p) for p in examples]))
+    demo.create_demo("stt_resnet10_s")
+    examples = seen["examples"]
+    assert "coffee.png" in [p.name for p in examples]
+    assert not any(p.is_symlink() or p.resolve() == secret for p in examples)
+    folder = examples[0].parent
+    assert all(p.parent == folder for p in examples)
+    assert folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o077 == 0  # private: 0700
+    with Image.open(folder / "coffee.png") as img:
+        assert img.size == (600, 400)  # scikit-image's coffee photo
+
+
+def test_a_given_example_folder_replaces_links_and_refuses_shared_folders(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not an image")
+    folder = tmp_path / "examples"
+    folder.mkdir(mode=0o700)
+    (folder / "coffee.png").symlink_to(secret)
+    paths = [Path(p) for p in example_images(folder, fashion_items=0)]
+    assert folder / "coffee.png" in paths and not (folder / "coffee.png").is_symlink()
+    assert secret.read_text() == "not an image"  # the link was replaced, not written through
+    with Image.open(folder / "coffee.png") as img:
+        assert img.size == (600, 400)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(DemoError, match="may be written by other users"):
+        example_images(shared)
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(DemoError, match="is a symbolic link"):
+        example_images(tmp_path / "link")
+
+
+def test_demo_command_keeps_gradio_files_in_a_private_folder(tmp_path, monkeypatch):
+    """Gradio copies every file it serves under GRADIO_TEMP_DIR, by default a fixed folder in the shared
+    temp dir; `stt-hf demo` gives it a private one unless the user chose one."""
+    from stt_hf.tasks import demo
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    launched = {}
+
+    class Page:
+        def launch(self, **kwargs):
+            launched["dir"] = Path(os.environ["GRADIO_TEMP_DIR"])
+
+    monkeypatch.setattr(demo, "create_demo", lambda *args, **kwargs: Page())
+    assert demo.main([]) == 0
+    assert launched["dir"].parent == tmp_path and launched["dir"].stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "chosen"))
+    assert demo.main([]) == 0 and launched["dir"] == tmp_path / "chosen"
 
 
 def test_captioner_gives_greedy_and_beam_captions(captioner, photo):

@@ -7,8 +7,8 @@
   the files the block reads (a saved model folder, an image).
 - Every `stt-hf ...` command of a ```bash block parses with the command's own parser (subcommand, flags,
   values), and every script or module a bash block runs exists. Bash blocks are not run.
-- No block names a module path that only `stt_hf.compat` keeps importing, and the repository paths and
-  `stt_hf.` names quoted in inline code exist; docs/layout.md lists every module of the package.
+- The repository paths and `stt_hf.` names quoted in inline code exist; docs/layout.md lists every module
+  of the package.
 - Every relative link points to an existing file, and every `#anchor` to a heading of its page.
 - README.md is the front page: it opens with the two commands (`.ci/run` runs the second) and stays short.
 """
@@ -234,8 +234,8 @@ def _check_stt_hf(argv: list[str]) -> str | None:
     from stt_hf import cli
 
     try:
-        if argv and argv[0] in cli.PASSTHROUGH:
-            importlib.import_module(cli.PASSTHROUGH[argv[0]][0]).parse_args(argv[1:])
+        if argv and argv[0] in cli.TRAINERS:
+            importlib.import_module(cli.TRAINERS[argv[0]][0]).parse_args(argv[1:])
         else:
             cli.build_parser().parse_args(argv)
     except SystemExit as err:
@@ -272,18 +272,6 @@ def test_bash_commands_parse(capsys):
                     problems.append(f"{block.where()}: {shlex.join(argv)}\n    {problem}")
     errors = capsys.readouterr().err
     assert not problems, "\n".join(problems) + "\n" + errors[-3000:]
-
-
-# --- the code uses the current module paths -----------------------------------------------------------
-
-def test_blocks_use_current_module_paths():
-    from stt_hf.compat import MOVED_MODULES
-
-    old = re.compile(r"\bstt_hf\.(" + "|".join(map(re.escape, MOVED_MODULES)) + r")\b")
-    found = [f"{block.where()}: stt_hf.{match.group(1)} is now stt_hf.{MOVED_MODULES[match.group(1)]}"
-             for path in DOC_FILES for block in read_blocks(path) if block.lang in ("python", "bash")
-             for match in old.finditer(block.code)]
-    assert not found, "\n".join(found)
 
 
 # --- links -----------------------------------------------------------------------------------------------
@@ -343,8 +331,6 @@ def _resolves(dotted: str) -> bool:
 def test_named_files_and_names_exist():
     """Repository paths (`stt_hf/tasks/train.py`) and stt_hf names (`stt_hf.hf.convert.hf_to_timm`) that the
     prose quotes in inline code exist, so a moved module cannot leave a stale pointer behind."""
-    from stt_hf.compat import MOVED_MODULES
-
     problems = []
     for path in DOC_FILES:
         for number, line in enumerate(_outside_fences(path), 1):
@@ -353,7 +339,7 @@ def test_named_files_and_names_exist():
                     if not (ROOT / named).exists():
                         problems.append(f"{_rel(path)}:{number}: no file {named}")
                 for dotted in DOTTED_NAME.findall(span):
-                    if dotted.split(".")[1] not in MOVED_MODULES and not _resolves(dotted):
+                    if not _resolves(dotted):
                         problems.append(f"{_rel(path)}:{number}: {dotted} does not resolve")
     assert not problems, "\n".join(problems)
 

@@ -68,6 +68,15 @@ def test_onnx_of_module_leaves_it_unfused(tmp_path):
     assert max_abs_diff(model, path, torch.randn(2, 3, 32, 32)) <= 1e-4
 
 
+@pytest.mark.parametrize("attn_layer", ["self_attn", "axial", "criss_cross"])
+def test_onnx_of_attention_baselines_matches_torch(attn_layer, tmp_path):
+    """The dot-product baselines export too (einsum, the criss-cross self mask), fused and not."""
+    model = switched_on(timm.create_model("stt_resnet10_s", attn_layer=attn_layer)).eval()
+    for fuse in (False, True):
+        path = export_onnx(model, tmp_path / f"{fuse}.onnx", img_size=40, fuse=fuse)
+        assert max_abs_diff(model, path, torch.randn(2, 3, 40, 40)) <= 1e-4
+
+
 def test_export_onnx_command_timm_name(tmp_path, capsys):
     out = tmp_path / "sub" / "stt.onnx"
     assert cli_main(["export-onnx", "stt_resnet10_s", str(out), "--img_size", "24"]) == 0

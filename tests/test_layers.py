@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 
-from stt_hf.layers import ATTN_FACTORIES, MODES, STT, SYNTHS, FlatSynthesizer, SelfAttention2d, create_attn
+from stt_hf.layers import (
+    ATTN_FACTORIES,
+    MODES,
+    STT,
+    SYNTHS,
+    AxialAttention2d,
+    CrissCrossAttention2d,
+    FlatSynthesizer,
+    SelfAttention2d,
+    create_attn,
+)
 from stt_hf.layers.helpers import add_conv1x1, conv1x1
 
 C, H, W = 32, 6, 5  # channels 32 -> 16 value channels -> 2 heads of 8: every mode has its own size
@@ -406,7 +416,9 @@ def test_script_and_fx_match_eager_forward_and_backward(name, train, switch_on):
     lambda: make_stt(),
     lambda: SelfAttention2d(C),
     lambda: FlatSynthesizer(C, feat_size=(H, W)),
-], ids=["STT", "SelfAttention2d", "FlatSynthesizer"])
+    lambda: AxialAttention2d(C),
+    lambda: CrissCrossAttention2d(C),
+], ids=["STT", "SelfAttention2d", "FlatSynthesizer", "AxialAttention2d", "CrissCrossAttention2d"])
 def test_traced_forms_keep_the_input_checks(block):
     """The checks are FX leaves, not dropped: a traced or scripted block still rejects bad input."""
     block = block()
@@ -421,7 +433,8 @@ def test_traced_forms_keep_the_input_checks(block):
 # ------------------------------------------------------------------------------ inference fusion
 
 
-@pytest.mark.parametrize("name", ["stt_dense", "stt_mixture", "registry_self_attn", "registry_flat_dense"])
+@pytest.mark.parametrize("name", ["stt_dense", "stt_mixture", "registry_self_attn", "registry_flat_dense",
+                                  "registry_axial", "registry_criss_cross"])
 def test_fuse_for_inference_is_exact(name, switch_on):
     block = switch_on(TRACEABLE[name]()).eval()
     norms = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -498,6 +511,9 @@ BASELINES = {
     "self_attn": lambda **kw: SelfAttention2d(C, **kw),
     "flat_dense": lambda **kw: FlatSynthesizer(C, synth="dense", feat_size=(H, W), **kw),
     "flat_random": lambda **kw: FlatSynthesizer(C, synth="random", feat_size=(H, W), **kw),
+    "axial": lambda **kw: AxialAttention2d(C, **kw),
+    "criss_cross": lambda **kw: CrissCrossAttention2d(C, **kw),
+    "criss_cross_r1": lambda **kw: CrissCrossAttention2d(C, recurrence=1, **kw),
 }
 
 
@@ -523,9 +539,10 @@ def test_baseline_gradcheck_float64(name, switch_on):
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
-def test_self_attention_serves_any_size():
-    block = SelfAttention2d(C)
-    for size in [(3, 3), (H, W), (9, 4)]:
+@pytest.mark.parametrize("cls", [SelfAttention2d, AxialAttention2d, CrissCrossAttention2d])
+def test_attention_serves_any_size(cls, switch_on):
+    block = switch_on(cls(C))
+    for size in [(3, 3), (H, W), (9, 4), (1, 7)]:
         assert block(torch.randn(1, C, *size)).shape == (1, C, *size)
 
 
@@ -551,6 +568,91 @@ def test_self_attention_matches_plain_softmax_attention(switch_on):
     torch.testing.assert_close(block(x), x + block.out.norm(block.out.proj(y)), rtol=1e-5, atol=1e-5)
 
 
+def reference_out(block: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The blocks' output path written out: X + BN(W_out Y), eval-mode BN."""
+    bn = block.out.norm
+    z = torch.einsum("oc,bchw->bohw", block.out.proj.weight[:, :, 0, 0], y)
+    z = (z - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt()
+    return x + z * bn.weight[:, None, None] + bn.bias[:, None, None]
+
+
+def attend_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, positions) -> torch.Tensor:
+    """Dot-product attention one query position at a time: (Cv, H, W) maps, `positions(i, j)` the (row,
+    column) pairs position (i, j) attends to; softmax over them of q.k / sqrt(head channels)."""
+    out = torch.zeros_like(v)
+    c = q.shape[0] // heads
+    for g in range(heads):
+        sl = slice(g * c, (g + 1) * c)
+        for i in range(q.shape[1]):
+            for j in range(q.shape[2]):
+                keys = positions(i, j)
+                logits = torch.stack([q[sl, i, j] @ k[sl, a, b] for a, b in keys]) / c**0.5
+                weights = torch.softmax(logits, 0)
+                out[sl, i, j] = sum(wt * v[sl, a, b] for wt, (a, b) in zip(weights, keys, strict=True))
+    return out
+
+
+def qkv_of(conv: torch.nn.Conv2d, y: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.einsum("oc,chw->ohw", conv.weight[:, :, 0, 0], y).chunk(3, 0))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("size", [(H, W), (3, 7)])
+def test_axial_attention_matches_loop_reference(heads, size, switch_on):
+    """Float64: attention over the column of each position, then over the row of the result."""
+    block = switch_on(AxialAttention2d(C, heads=heads, dtype=torch.float64)).eval()
+    randomize_norm(block.out.norm)
+    x = torch.randn(2, C, *size, dtype=torch.float64)
+    ys = []
+    for xb in x:
+        q, k, v = qkv_of(block.to_qkv_h, xb)
+        y = attend_loop(q, k, v, heads, lambda i, j: [(a, j) for a in range(size[0])])  # along H
+        q, k, v = qkv_of(block.to_qkv_w, y)
+        ys.append(attend_loop(q, k, v, heads, lambda i, j: [(i, b) for b in range(size[1])]))  # along W
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference_out(block, x, torch.stack(ys)), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("heads,recurrence", [(1, 1), (2, 2), (2, 3)])
+@pytest.mark.parametrize("size", [(H, W), (3, 7)])
+def test_criss_cross_attention_matches_loop_reference(heads, recurrence, size, switch_on):
+    """Float64: Y_0 = W_v X, then Y_{r+1} = Y_r + attention of each position over its column and row
+    (itself once), with the one shared q/k/v projection."""
+    block = CrissCrossAttention2d(C, heads=heads, recurrence=recurrence, dtype=torch.float64)
+    block = switch_on(block).eval()
+    randomize_norm(block.out.norm)
+    h, w = size
+
+    def criss_cross(i, j):
+        return [(a, j) for a in range(h)] + [(i, b) for b in range(w) if b != j]
+
+    x = torch.randn(2, C, *size, dtype=torch.float64)
+    ys = []
+    for xb in x:
+        y = torch.einsum("oc,chw->ohw", block.to_v.weight[:, :, 0, 0], xb)
+        for _ in range(recurrence):
+            y = y + attend_loop(*qkv_of(block.to_qkv, y), heads, criss_cross)
+        ys.append(y)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference_out(block, x, torch.stack(ys)), rtol=1e-10, atol=1e-10)
+
+
+def test_criss_cross_reaches_every_position_in_two_recurrences(switch_on):
+    """The reason for R = 2: one step mixes only a position's row and column, two reach the whole map."""
+    for recurrence, reached_all in ((1, False), (2, True)):
+        block = switch_on(CrissCrossAttention2d(C, recurrence=recurrence, dtype=torch.float64)).eval()
+        x = torch.randn(1, C, H, W, dtype=torch.float64, requires_grad=True)
+        block(x)[0, :, 0, 0].sum().backward()
+        touched = x.grad[0].abs().sum(0) > 0  # (H, W): which inputs output (0, 0) depends on
+        assert bool(touched.all()) is reached_all
+        assert bool(touched[0].all() and touched[:, 0].all())  # its row and column, always
+
+
+def test_criss_cross_bad_recurrence_raises():
+    with pytest.raises(ValueError, match=r"recurrence must be a positive int for \w+, got 0$"):
+        CrissCrossAttention2d(C, recurrence=0)
+
+
 # ---------------------------------------------------------------------------------------- registry
 
 
@@ -560,13 +662,13 @@ def test_registry_builds_every_attention(name):
     x = torch.randn(2, C, H, W)
     out = block(x)
     assert out.shape == x.shape
-    if name in ("stt", "self_attn", "flat_dense", "flat_random"):
+    if name in ("stt", "self_attn", "axial", "criss_cross", "flat_dense", "flat_random"):
         assert torch.equal(out, x)
     if name == "stt":
         assert isinstance(block, STT) and block.synth == "random" and block.feat_size == (H, W)
 
 
-@pytest.mark.parametrize("name", ["stt", "self_attn", "flat_dense", "se", "gc"])
+@pytest.mark.parametrize("name", ["stt", "self_attn", "axial", "criss_cross", "flat_dense", "se", "gc"])
 def test_registry_passes_dtype(name):
     block = create_attn(name, C, (H, W), dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in block.parameters())
@@ -596,7 +698,9 @@ def test_stt_bad_construction_raises(kwargs, match):
     lambda: make_stt(),
     lambda: SelfAttention2d(C),
     lambda: FlatSynthesizer(C, feat_size=(H, W)),
-], ids=["STT", "SelfAttention2d", "FlatSynthesizer"])
+    lambda: AxialAttention2d(C),
+    lambda: CrissCrossAttention2d(C),
+], ids=["STT", "SelfAttention2d", "FlatSynthesizer", "AxialAttention2d", "CrissCrossAttention2d"])
 def test_bad_inputs_raise(block):
     block = block()
     name = type(block).__name__
@@ -611,6 +715,8 @@ def test_bad_inputs_raise(block):
 
 @pytest.mark.parametrize("cls,kwargs,match", [
     (SelfAttention2d, dict(heads=3), r"heads=3 must divide the value channels 16"),
+    (AxialAttention2d, dict(heads=3), r"heads=3 must divide the value channels 16"),
+    (CrissCrossAttention2d, dict(heads=3), r"heads=3 must divide the value channels 16"),
     (FlatSynthesizer, dict(heads=3, feat_size=4), r"heads=3 must divide the value channels 16"),
     (FlatSynthesizer, dict(synth="mixture"), r"synth must be 'dense' or 'random'.*'mixture'"),
 ])

@@ -1,4 +1,4 @@
-"""The package layout: what `import stt_hf` loads, the lazy names, old module paths, and import direction."""
+"""The package layout: what `import stt_hf` loads, the lazy names and import direction."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stt_hf"
 # The layers of the package, lowest first: a module may import from its own layer and the ones below.
 LAYERS = ("layers", "models", "hf", "data", "metrics", "reporting", "tasks", "experiments", "cli")
 # Top-level modules outside the folders, and the layer each belongs to. `stt_hf` itself (its __init__)
-# registers the models, so importing it counts as importing from `hf`.
-ROOT_MODULES = {"stt_hf": "hf", "registration": "hf", "cli": "cli"}
-# Facades that name every layer on purpose, lazily: the package namespace and the old module paths.
-FACADES = {"stt_hf", "stt_hf.compat"}
+# registers the models, so importing it counts as importing from `hf`; `plotting` (the one matplotlib set-up)
+# imports nothing of the package, so every layer may use it.
+ROOT_MODULES = {"stt_hf": "hf", "registration": "hf", "cli": "cli", "plotting": "layers"}
+# Facades that name every layer on purpose, lazily: the package namespace.
+FACADES = {"stt_hf"}
 # Upward imports that are allowed, with the reason: (importing module, imported module) -> reason.
 UPWARD_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("stt_hf.hf.captioning", "stt_hf.data.common"):
@@ -29,6 +30,7 @@ UPWARD_EXCEPTIONS: dict[tuple[str, str], str] = {
 
 # Loaded only when first used: none of these may be imported by `import stt_hf`.
 LAZY_MODULES = ("tokenizers", "datasets", "evaluate", "stt_hf.hf.captioning", "stt_hf.hf.convert",
+                "stt_hf.hf.modeling_stt_captioner",
                 "stt_hf.hf.modeling_stt_seg", "stt_hf.data", "stt_hf.metrics", "stt_hf.tasks",
                 "stt_hf.reporting", "stt_hf.experiments", "stt_hf.cli")
 
@@ -101,31 +103,6 @@ def test_lazy_names_are_the_modules_objects():
     assert sorted(stt_hf.__all__) == stt_hf.__all__ and len(set(stt_hf.__all__)) == len(stt_hf.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         stt_hf.nothing_here  # noqa: B018
-
-
-def test_old_module_paths_still_import():
-    out = run_python("""
-        import json, warnings
-        import stt_hf
-        from stt_hf.compat import MOVED_MODULES
-        import importlib
-        same, warned = {}, {}
-        for old, new in MOVED_MODULES.items():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                module = importlib.import_module(f"stt_hf.{old}")
-            same[old] = module is importlib.import_module(f"stt_hf.{new}")
-            warned[old] = any(issubclass(w.category, FutureWarning) and new in str(w.message) for w in caught)
-        from stt_hf.configuration_stt import SttConfig
-        from stt_hf.hf.configuration_stt import SttConfig as New
-        import stt_hf.train
-        print(json.dumps(dict(same=same, warned=warned, config=SttConfig is New,
-                              train=stt_hf.train.__name__, spec=stt_hf.train.__spec__.name)))
-    """)
-    result = json.loads(out.splitlines()[-1])
-    assert result["same"] and all(result["same"].values()), result["same"]
-    assert all(result["warned"].values()), result["warned"]
-    assert result["config"] and result["train"] == result["spec"] == "stt_hf.tasks.train"
 
 
 # ------------------------------------------------------------------------- import direction

@@ -15,7 +15,14 @@ from timm.layers import get_attn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
-from stt_hf.layers import ATTN_FACTORIES, STT, FlatSynthesizer, SelfAttention2d
+from stt_hf.layers import (
+    ATTN_FACTORIES,
+    STT,
+    AxialAttention2d,
+    CrissCrossAttention2d,
+    FlatSynthesizer,
+    SelfAttention2d,
+)
 from stt_hf.models import SttResNet
 from stt_hf.models.plugin import PLUGGED_MODELS, attention_modules, find_stages
 from stt_hf.models.stt_resnet import MODEL_ARGS
@@ -26,6 +33,7 @@ CHEAP = ("stt_resnet10_s", "stt_resnet18", "stt_resnet26", "stt_resnet34")
 DEEP = ("stt_resnet101", "stt_resnet152")
 ATTN_TYPES = {
     "stt": STT, "self_attn": SelfAttention2d, "flat_dense": FlatSynthesizer, "flat_random": FlatSynthesizer,
+    "axial": AxialAttention2d, "criss_cross": CrissCrossAttention2d,
     "res_block": Bottleneck,  # the capacity control: a plain residual block, no attention
     **{name: get_attn(name) for name in ("se", "eca", "cbam", "gc")},  # timm's own classes
 }

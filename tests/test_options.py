@@ -20,7 +20,16 @@ from timm.models.resnet import ResNet
 from stt_hf import STT, SttConfig
 from stt_hf.layers.create import STT_OPTIONS
 from stt_hf.layers.options import STT_OPTION_NAMES, STT_SPEC
-from stt_hf.models.stt_resnet import ARCHS, MODEL_ARGS, MODEL_KWARGS, MODEL_OPTIONS, SttResNet
+from stt_hf.models.stt_resnet import (
+    ARCHS,
+    BLOCK_OPTIONS,
+    MODEL_ARGS,
+    MODEL_KWARGS,
+    MODEL_OPTIONS,
+    PLACEMENT_OPTIONS,
+    TRUNK_OPTIONS,
+    SttResNet,
+)
 
 NAME = "stt_resnet10_s"  # 32 px, half width: its last stage has 256 channels, so Cv = max(256 // 16, 16) = 16
 
@@ -210,10 +219,9 @@ def test_model_defaults_are_the_block_defaults_but_reduction():
 def test_trunk_defaults_are_timms():
     """The options SttResNet hands to timm's ResNet default to what timm's ResNet defaults to."""
     timm_defaults = {k: p.default for k, p in inspect.signature(ResNet.__init__).parameters.items()}
-    for option in MODEL_OPTIONS:
-        if option.consumer == "ResNet":
-            assert timm_defaults[option.name] == option.default, option.name
-    assert {o.consumer for o in MODEL_OPTIONS} == {"SttResNet", "STT", "ResNet"}
+    for option in TRUNK_OPTIONS:
+        assert timm_defaults[option.name] == option.default, option.name
+    assert MODEL_OPTIONS == (*PLACEMENT_OPTIONS, *BLOCK_OPTIONS, *TRUNK_OPTIONS)
 
 
 def test_docstrings_list_every_option():

@@ -16,15 +16,8 @@ import pytest
 
 from stt_hf.data import scenes
 from stt_hf.data.classification import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV, read_fashion_mnist
-from stt_hf.data.scenes import (
-    VISIBLE_LEVEL,
-    SceneOptions,
-    describe_scene,
-    load_fashion_scenes,
-    parse_caption,
-    reading_order,
-    relation,
-)
+from stt_hf.data.scene_captions import describe_scene, parse_caption, reading_order, relation
+from stt_hf.data.scenes import VISIBLE_LEVEL, SceneOptions, load_fashion_scenes
 from stt_hf.metrics import SCENE_METRICS, load_metric, object_f1_scores, relation_accuracy_score
 
 pytestmark = pytest.mark.skipif(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .common import to_channels
+from .common import open_image, to_channels, undecoded
 
 MAX_IN_MEMORY_BYTES = 1 << 30  # decoded training images kept in memory at most (uint8)
 
@@ -45,7 +45,8 @@ def decode_split(ds, input_size: tuple[int, int, int]) -> InMemoryImages | None:
     if channels not in (1, 3):
         return None
     images = np.empty((len(ds), height, width, channels), dtype=np.uint8)  # (N, H, W, C)
-    for i, image in enumerate(ds["image"]):
+    for i, value in enumerate(undecoded(ds)["image"]):
+        image = open_image(value)
         if image.size != (width, height):
             return None
         images[i] = np.asarray(to_channels(image, channels)).reshape(height, width, channels)

@@ -97,6 +97,10 @@ def load_image_dataset(
         return _from_arrays(read_mnist_5k(), tuple(str(d) for d in range(10)), val_fraction, seed, limits)
     elif os.path.isdir(name):
         dsd = load_local_dir(name, cache_dir)
+        classes = sorted(p.name for p in Path(name).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) == 1 and all(label_column not in ds.column_names for ds in dsd.values()):
+            raise ValueError(f"image folder {name} has one class folder ({classes[0]}); a classifier needs "
+                             "at least two (one sub-folder per class)")
     else:
         dsd = load_hub(name, cache_dir)
     dsd = _standardize_columns(dsd, image_column, label_column)

@@ -48,6 +48,32 @@ def to_channels(image, channels: int = 3):
     raise ValueError(f"images convert to 1 (grayscale) or 3 (RGB) channels, not {channels}")
 
 
+def open_image(value):
+    """A PIL image from what a `datasets.Image(decode=False)` column holds ({"bytes", "path"}), loaded
+    now, so a corrupt file fails here with its name rather than deep inside a batch; a PIL image passes
+    through."""
+    from PIL import Image
+
+    if not isinstance(value, dict):
+        return value
+    where = value.get("path") or "an in-memory image"
+    try:
+        image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        image.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise ValueError(f"{where}: not a readable image ({e}); replace or remove the file") from None
+    return image
+
+
+def undecoded(ds, column: str = "image"):
+    """`ds` with its image column left as file bytes and paths, for `open_image` to decode (and name)."""
+    import datasets
+
+    if isinstance(ds.features.get(column), datasets.Image) and ds.features[column].decode:
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG bytes (fast compression) of a uint8 array: (H, W) grayscale or (H, W, 3) RGB."""
     from PIL import Image
@@ -59,6 +85,10 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def load_hub(dataset_id: str, cache_dir):
     import datasets
+
+    if dataset_id.startswith(("/", ".", "~")) or dataset_id.count("/") > 1:  # a path, not an ORG/NAME id
+        raise FileNotFoundError(f"--dataset {dataset_id}: no such folder (a Hub dataset id has the form "
+                                "ORG/NAME)")
 
     return datasets.load_dataset(dataset_id, cache_dir=cache_dir)
 
@@ -208,4 +238,5 @@ def finalize_splits(dsd, val_fraction, seed, limits):
 
 __all__ = ["IMAGEFOLDER_EXTRA_FILES", "MAX_REPORTED", "VALIDATION_ALIASES", "carve_indices", "check_columns",
            "check_image_splits", "check_images_decode", "finalize_splits", "load_hub", "load_local_dir",
-           "png_bytes", "select_image_columns", "subset_indices", "to_channels", "to_rgb"]
+           "open_image", "png_bytes", "select_image_columns", "subset_indices", "to_channels", "to_rgb",
+           "undecoded"]

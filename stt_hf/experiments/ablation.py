@@ -24,8 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# read_runs, summarize and write_csvs were first defined here and stay importable from this module.
-from .runs import append_row, check_known, read_runs, summarize, write_csvs, write_report  # noqa: F401
+from .runs import append_row, check_known, read_runs, run_and_report, summarize, write_report
 
 # Where attention goes unless a variant says otherwise: in the blocks of stages 3 and 4. Set here, not
 # taken from the registered model, so the ablation measures the same thing whatever the defaults are.
@@ -268,10 +267,9 @@ def markdown(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], out: Path) -> list[Path]:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in summary})
     paths = []
@@ -343,10 +341,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config, dict(out_dir=args.out_dir, workers=args.workers, epochs=args.epochs,
                                             seeds=args.seeds, variants=args.variants))
-    if not args.report_only:
-        run(config)
-    result = report(config.out_dir)
-    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, accuracy.png, "
-          "robustness.png\n")
-    print(markdown(result["summary"]))
-    return 0
+    outputs = "results.md, summary.csv, accuracy.png, robustness.png"
+    return run_and_report(config, run, report, markdown, outputs, report_only=args.report_only)

@@ -1,4 +1,4 @@
-"""One captioning recipe, five encoders, several seeds: which attention should the captioner's encoder use?
+"""One captioning recipe, six encoders, several seeds: which attention should the captioner's encoder use?
 
 Each run is `stt-hf train-caption` with its defaults (or the arguments given after `--`), changing only
 the dataset, the seed and the encoder's attention options (ENCODERS, set on top of train-caption's
@@ -11,7 +11,7 @@ whether STT is ahead of the plain encoder beyond the seed spread) and examples.p
 the reference and each encoder's caption; examples-<dataset>.png when runs.jsonl holds several
 datasets).
 
-    python scripts/caption_comparison.py                         # 5 encoders x 3 seeds on fashion_scenes
+    python scripts/caption_comparison.py                         # 6 encoders x 3 seeds on fashion_scenes
     python scripts/caption_comparison.py --encoders stt plain --seeds 0 1
     python scripts/caption_comparison.py --dataset tuxpaint --out_dir outputs/caption_comparison_tux
     python scripts/caption_comparison.py -- --num_train_epochs 5   # anything after -- goes to train-caption
@@ -52,6 +52,7 @@ ENCODERS: dict[str, dict] = {
     "stt": dict(attn_layer="stt", stt_modes="chw"),
     "plain": dict(attn_layer="none"),
     "self_attn": dict(attn_layer="self_attn"),
+    "axial": dict(attn_layer="axial"),
     "flat_dense": dict(attn_layer="flat_dense"),
     "stt_hw": dict(attn_layer="stt", stt_modes="hw"),
 }
@@ -124,7 +125,7 @@ def run_one(config: CaptionComparisonConfig, encoder: str, seed: int) -> dict:
     drop_checkpoints(trained.out)
     results = trained.results
 
-    from ..hf.modeling_stt import SttCaptioner
+    from ..hf.modeling_stt_captioner import SttCaptioner
     from ..reporting.profiling import count_params
 
     model = SttCaptioner.from_pretrained(trained.out)
@@ -266,10 +267,9 @@ def report(out_dir: str | Path) -> dict:
 def grid(runs: list[dict], dataset: str, path: Path, count: int = 8) -> Path:
     """Test images with the reference and each encoder's caption, from each encoder's lowest-seed run
     (the test split is the same for every encoder at one seed)."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in runs if r["dataset"] == dataset]
     seed = min(r["seed"] for r in rows)

@@ -21,31 +21,36 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .ablation import CORRUPTIONS, corrupt, load_tensors
+from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
     check_known,
     drop_checkpoints,
+    holm,
+    interval_cell,
     p_against,
     p_cell,
+    run_and_report,
     run_missing,
     seed_verdict,
     summarize,
     train,
+    welch_interval,
+    welch_p,
     write_report,
 )
 
-# name -> the model's attn_layer options (everything else is the main job's default model).
+# name -> the model's attn_layer options (everything else is the main job's default model): the ablation's
+# variants of the same names, STT with its defaults as "stt", the capacity control and the axial baselines.
+OWN_VARIANTS = {"res_block": dict(attn_layer="res_block"), "axial": dict(attn_layer="axial"),
+                "criss_cross": dict(attn_layer="criss_cross"), "stt": ABLATION_VARIANTS["stt_dense"]}
 VARIANTS: dict[str, dict] = {
-    "plain": dict(attn_layer="none"),
-    "res_block": dict(attn_layer="res_block"),
-    "se": dict(attn_layer="se"),
-    "eca": dict(attn_layer="eca"),
-    "self_attn": dict(attn_layer="self_attn"),
-    "flat_dense": dict(attn_layer="flat_dense"),
-    "stt": dict(attn_layer="stt"),
-    "stt_factorized_random": dict(attn_layer="stt", stt_synth="factorized_random"),
+    name: dict(OWN_VARIANTS.get(name) or ABLATION_VARIANTS[name])
+    for name in ("plain", "res_block", "se", "eca", "self_attn", "axial", "criss_cross", "flat_dense", "stt",
+                 "stt_factorized_random")
 }
 
 
@@ -133,47 +138,168 @@ def verdict(summary: list[dict], dataset: str, variant: str = "stt",
     return seed_verdict(summary, dataset, variant, against, metric)
 
 
+def seeds_of(runs: list[dict], dataset: str, variant: str, metric: str) -> list[float]:
+    return [r[metric] for r in runs if r["dataset"] == dataset and r["variant"] == variant]
+
+
 def summarize_runs(runs: list[dict]) -> list[dict]:
     """Mean and sample std over seeds of the clean and corrupted accuracies, per (dataset, variant), and
-    `p_vs_stt`: Welch's t-test p-value of each variant's test accuracies against STT's (None for STT)."""
+    against STT's test accuracies: `p_vs_stt`, Welch's t-test p-value (None for STT); `p_holm`, the same
+    Holm-adjusted over STT vs every other variant of the dataset; `stt_minus`, STT's mean minus the
+    variant's with its 95% Welch interval (None where a side has fewer than 2 seeds)."""
     summary = summarize(runs, VARIANTS, metrics=("acc", *CORRUPTIONS))
-    for row in summary:
-        same_dataset = [r for r in runs if r["dataset"] == row["dataset"]]
-        row["p_vs_stt"] = p_against(same_dataset, row["variant"], "stt", "acc")
+    for dataset in {r["dataset"] for r in summary}:
+        rows = [r for r in summary if r["dataset"] == dataset]
+        same_dataset = [r for r in runs if r["dataset"] == dataset]
+        for row in rows:
+            row["p_vs_stt"] = p_against(same_dataset, row["variant"], "stt", "acc")
+            row["stt_minus"] = (None if row["variant"] == "stt" else
+                                welch_interval(seeds_of(runs, dataset, "stt", "acc"),
+                                               seeds_of(runs, dataset, row["variant"], "acc")))
+        adjusted = holm({r["variant"]: r["p_vs_stt"] for r in rows})
+        for row in rows:
+            row["p_holm"] = adjusted[row["variant"]]
     return summary
+
+
+def significance(summary: list[dict], dataset: str, other: str = "plain") -> str:
+    """One sentence: STT minus `other` with its 95% interval, the raw and Holm-adjusted p, and what they
+    allow one to say at the 5% level."""
+    by = {r["variant"]: r for r in summary if r["dataset"] == dataset}
+    if "stt" not in by or other not in by or by[other].get("stt_minus") is None:
+        return f"{dataset}: STT vs {other} needs 2+ seeds of each."
+    diff, low, high = (100 * v for v in by[other]["stt_minus"])
+    p, p_holm = by[other]["p_vs_stt"], by[other]["p_holm"]
+    family = sum(r.get("p_vs_stt") is not None for r in by.values())
+    if p_holm < 0.05:
+        words = f"STT is {'ahead of' if diff > 0 else 'behind'} {other}, also after the correction"
+    elif p < 0.05:
+        words = (f"significant uncorrected, not after correcting for the {family} comparisons: the data do "
+                 f"not show a difference between STT and {other}")
+    else:
+        words = f"STT and {other} are not separated"
+    return (f"STT - {other}: {diff:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}] (Welch); "
+            f"p = {p:.3f} raw, {p_holm:.3f} Holm-adjusted over STT vs the {family} other variants: {words}.")
 
 
 def markdown(summary: list[dict]) -> str:
     lines = []
     for dataset in sorted({r["dataset"] for r in summary}):
         rows = [r for r in summary if r["dataset"] == dataset]
-        lines += [f"### {dataset}", "", verdict(summary, dataset), "",
+        lines += [f"### {dataset}", "", verdict(summary, dataset), "", significance(summary, dataset), "",
                   "p vs stt: Welch's t-test over the seeds' test accuracies (two-sided; - where a side has "
-                  "fewer than 2 seeds).", "",
-                  "| variant | seeds | test accuracy (%) | p vs stt | params (M) | MMACs | train time (s) | "
-                  + " | ".join(CORRUPTIONS) + " |",
-                  "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORRUPTIONS)]
+                  "fewer than 2 seeds); Holm: the same p-values adjusted by Holm's method over STT vs every "
+                  "other variant here; stt - it: STT's mean accuracy minus the variant's, in points, with "
+                  "its 95% Welch interval.", "",
+                  "| variant | seeds | test accuracy (%) | p vs stt | Holm | stt - it [95% CI] | params (M) "
+                  "| MMACs | train time (s) | " + " | ".join(CORRUPTIONS) + " |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORRUPTIONS)]
         for r in rows:
             acc = f"{100 * r['acc']:.2f} ± {100 * r['acc_std']:.2f}"
             lines.append(f"| {r['variant']} | {r['seeds']} | {acc} | {p_cell(r.get('p_vs_stt'))} | "
+                         f"{p_cell(r.get('p_holm'))} | {interval_cell(r.get('stt_minus'))} | "
                          f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {r['train_s']:.0f} | "
                          + " | ".join(f"{100 * r[c]:.2f}" for c in CORRUPTIONS) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------- robustness
+
+PEERS = ("self_attn", "axial")  # what the paper's robustness claim is read against
+
+
+def robustness_rows(runs: list[dict], dataset: str, peers: tuple[str, ...] = PEERS) -> list[dict]:
+    """Per corruption, and for the mean over corruptions of each run: STT's and each peer's accuracy
+    (mean, std, seeds) and, for each peer, STT minus it with its 95% Welch interval, Welch's p and Holm's
+    adjustment. The Holm family is STT vs each peer under each corruption (len(CORRUPTIONS) x len(peers)
+    tests); the mean row is a family of its own (one test per peer)."""
+    def mean_corrupted(r: dict) -> float:
+        return float(np.mean([r[c] for c in CORRUPTIONS]))
+
+    metrics = {c: c for c in CORRUPTIONS} | {"mean": None}
+    rows = []
+    for name, metric in metrics.items():
+        values = {v: [r[metric] if metric else mean_corrupted(r) for r in runs
+                      if r["dataset"] == dataset and r["variant"] == v] for v in ("stt", *peers)}
+        row = dict(corruption=name, **{f"{v}_seeds": values[v] for v in values})
+        for peer in peers:
+            row[f"{peer}_p"] = welch_p(values["stt"], values[peer])
+            row[f"{peer}_ci"] = welch_interval(values["stt"], values[peer])
+        rows.append(row)
+    for family in (rows[:-1], rows[-1:]):
+        adjusted = holm({(i, peer): row[f"{peer}_p"] for i, row in enumerate(family) for peer in peers})
+        for (i, peer), p in adjusted.items():
+            family[i][f"{peer}_holm"] = p
+    return rows
+
+
+def robustness_verdict(rows: list[dict], peer: str = "self_attn") -> str:
+    """Whether "keeping robustness compared to" `peer` holds, in the words the statistics allow."""
+    mean = rows[-1]
+    if mean[f"{peer}_ci"] is None:
+        return f"Not yet answerable against {peer}: it needs 2+ seeds of STT and of {peer}."
+    diff, low, high = (100 * v for v in mean[f"{peer}_ci"])
+    behind = [r["corruption"] for r in rows[:-1] if r[f"{peer}_holm"] is not None
+              and r[f"{peer}_holm"] < 0.05 and r[f"{peer}_ci"][0] < 0]
+    ahead = [r["corruption"] for r in rows[:-1] if r[f"{peer}_holm"] is not None
+             and r[f"{peer}_holm"] < 0.05 and r[f"{peer}_ci"][0] > 0]
+    averaged = (f"averaged over the corruptions STT - {peer} is {diff:+.2f} points, 95% interval "
+                f"[{low:+.2f}, {high:+.2f}]")
+    per_corruption = (f"behind it beyond chance (Holm p < 0.05) under {', '.join(behind) or 'no corruption'}"
+                      f", ahead under {', '.join(ahead) or 'none'}")
+    if low > 0:
+        claim = "holds: STT is more robust"
+    elif high < 0:
+        claim = "does not hold: STT is less robust"
+    elif behind:
+        claim = "does not hold under every corruption"
+    else:
+        claim = "is not contradicted, nor shown: the interval of the mean difference holds zero"
+    return f'"Keeping robustness compared to {peer}" {claim}: {averaged}; STT is {per_corruption}.'
+
+
+def robustness_markdown(runs: list[dict], dataset: str, peers: tuple[str, ...] = PEERS) -> str:
+    rows = robustness_rows(runs, dataset, peers)
+    def acc(values: list[float]) -> str:
+        if not values:
+            return "-"
+        std = 100 * float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return f"{100 * float(np.mean(values)):.2f} ± {std:.2f} ({len(values)})"
+
+    head = "| corruption | stt | " + " | ".join(peers) + " | " + " | ".join(
+        f"stt - {p} [95% CI] | p | Holm" for p in peers) + " |"
+    lines = [f"#### Robustness on {dataset}: STT vs {', '.join(peers)}", "",
+             *(line for p in peers for line in (robustness_verdict(rows, p), "")),
+             "Accuracy (%) as mean ± std (seeds); STT minus each peer in points with its 95% Welch interval, "
+             "Welch's p and Holm's adjustment over the corruption rows (STT vs each peer under each "
+             "corruption); the mean row, the mean over corruptions of each run, is adjusted on its own.", "",
+             head, "|---|" + "---:|" * (1 + len(peers) + 3 * len(peers))]
+    for row in rows:
+        cells = [acc(row[f"{v}_seeds"]) for v in ("stt", *peers)]
+        for p in peers:
+            cells += [interval_cell(row[f"{p}_ci"]), p_cell(row[f"{p}_p"]), p_cell(row[f"{p}_holm"])]
+        name = "mean over corruptions" if row["corruption"] == "mean" else row["corruption"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(out_dir: str | Path) -> dict:
-    """runs.csv, summary.csv, results.md and accuracy.png from runs.jsonl; returns the summary."""
+    """runs.csv, summary.csv, results.md (with the robustness tables) and accuracy.png from runs.jsonl;
+    returns the summary."""
     out, runs, summary = write_report(out_dir, summarize_runs, markdown)
+    robust = [robustness_markdown(runs, d) for d in sorted({r["dataset"] for r in runs})
+              if any(r["variant"] == "stt" for r in runs if r["dataset"] == d)]
+    with (out / "results.md").open("a") as f:
+        f.write("".join(f"\n{table}" for table in robust))
     plot(summary, out / "accuracy.png")
     return dict(runs=len(runs), summary=summary)
 
 
 def plot(summary: list[dict], path: Path) -> Path:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in summary})
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
@@ -207,9 +333,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("variants", "datasets", "seeds") if getattr(args, k)}
     config = ComparisonConfig(out_dir=args.out_dir, train_args=args.train_args, **overrides)
-    if not args.report_only:
-        run(config)
-    result = report(config.out_dir)
-    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, accuracy.png\n")
-    print(markdown(result["summary"]))
-    return 0
+    return run_and_report(config, run, report, markdown, "results.md, summary.csv, accuracy.png",
+                          report_only=args.report_only)

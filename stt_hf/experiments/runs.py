@@ -177,6 +177,47 @@ def p_against(runs: list[dict], variant: str, reference: str, metric: str,
     return welch_p(seeds[variant], seeds[reference])
 
 
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of a family of p-values (None, a test that could not run, stays None).
+
+    The m p-values that exist are sorted, p_(1) <= ... <= p_(m); the i-th becomes max over j <= i of
+    min(1, (m - j + 1) p_(j)). Rejecting where the adjusted value is below alpha keeps the chance of any
+    false rejection in the family below alpha, whatever the tests' dependence."""
+    ranked = sorted((p, name) for name, p in pvalues.items() if p is not None)
+    adjusted, running = {}, 0.0
+    for i, (p, name) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        adjusted[name] = running
+    return {name: adjusted.get(name) for name in pvalues}
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float],
+                   level: float = 0.95) -> tuple[float, float, float] | None:
+    """mean(a) - mean(b) and its `level` confidence interval, (difference, low, high), from Welch's t:
+    standard error sqrt(s_a^2 / n_a + s_b^2 / n_b) on the Welch-Satterthwaite degrees of freedom.
+
+    None with fewer than 2 values on a side or no spread at all."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import t
+
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    if va + vb == 0:
+        return None
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    diff = float(np.mean(a) - np.mean(b))
+    half = float(t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb))
+    return diff, diff - half, diff + half
+
+
+def interval_cell(interval: tuple[float, float, float] | None, scale: float = 100, digits: int = 2) -> str:
+    """A difference and its interval for a markdown table, e.g. +0.30 [-0.01, +0.61] (- where none)."""
+    if interval is None:
+        return "-"
+    diff, low, high = (scale * v for v in interval)
+    return f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
 def p_cell(p: float | None) -> str:
     """A p-value for a markdown table: 3 decimals, or - where there is none."""
     return "-" if p is None else f"{p:.3f}"
@@ -240,3 +281,15 @@ def write_report(out_dir: str | Path, summarize_runs: Callable[[list[dict]], lis
     write_csvs(out, [{k: v for k, v in r.items() if k not in not_in_csv} for r in runs], summary)
     (out / "results.md").write_text(markdown(summary))
     return out, runs, summary
+
+
+def run_and_report(config, run: Callable, report: Callable[[str], dict], markdown: Callable[[list], str],
+                   outputs: str, *, report_only: bool = False) -> int:
+    """A comparison's command: run what is left (unless `report_only`), rebuild its report, print where
+    the `outputs` went and the summary table; the exit code."""
+    if not report_only:
+        run(config)
+    result = report(config.out_dir)
+    print(f"\n{result['runs']} runs -> {config.out_dir}: {outputs}\n")
+    print(markdown(result["summary"]))
+    return 0

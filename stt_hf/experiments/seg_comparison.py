@@ -9,14 +9,10 @@ each stage (`stt_stages`); the plain ResNet; and the capacity controls `res_bloc
 attention would go, so a gain that any extra block gives is not credited to attention.
 
 The seeded runs use one fixed recipe (`SegComparisonConfig`: a 64 px canvas, 3 epochs over 4,000 scenes
-at batch 32 = 375 steps, validation each epoch, the best checkpoint scored on 500 test scenes). Timed
-on 2 CPU cores shared with other jobs, one thread, batch 32 at 64 px (the best of 6 training steps each):
-0.70 s a step for plain and res_block_final, 0.76 stt_blocks34, 0.92 stt_final and stt_stages, 1.0
-self_attn_blocks34 (medians 0.73-1.14 s); 10 steps of `train-seg` with STT came to 0.65 s a step. With
-about 3.5 s per validation of 500 scenes and a peak RSS of 1.4 GiB, that is 5-7 minutes a run (30
-seeded runs: about 3 hours). The cost runs train each backbone for 10 steps at a larger canvas (224 px:
-about 10 s a step of 32 scenes and a peak RSS of 3 GiB, so 2-3 minutes a run) to show how time and
-memory grow with resolution; their mIoU says nothing and is kept only in runs.jsonl.
+at batch 32 = 375 steps, validation each epoch, the best checkpoint scored on 500 test scenes). The
+cost runs train each backbone for 10 steps at a larger canvas (224 px) to show how time and memory grow
+with resolution; their mIoU says nothing and is kept only in runs.jsonl. What a run costs is in
+docs/implementation-notes.md.
 
 Each finished run is appended to `runs.jsonl` with its mIoU, pixel accuracy, params, MACs, time per
 training step (train_runtime / global_step, less the validation passes inside training; checkpoint saving
@@ -43,6 +39,7 @@ from .runs import (
     drop_checkpoints,
     p_against,
     p_cell,
+    run_and_report,
     run_missing,
     seed_verdict,
     summarize,
@@ -244,10 +241,9 @@ def markdown(summary: list[dict]) -> str:
 
 def plot(summary: list[dict], path: Path) -> Path:
     """Mean IoU of the seeded runs, one panel per canvas, with the seed std as error bars."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     seeded = [r for r in summary if r["kind"] == "seeded"]
     canvases = sorted({r["canvas"] for r in seeded})
@@ -291,9 +287,5 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in ("variants", "seeds", "canvas", "large_canvas")
                  if getattr(args, k) is not None}
     config = SegComparisonConfig(out_dir=args.out_dir, train_args=args.train_args, **overrides)
-    if not args.report_only:
-        run(config)
-    result = report(config.out_dir)
-    print(f"\n{result['runs']} runs -> {config.out_dir}: results.md, summary.csv, runs.csv, miou.png\n")
-    print(markdown(result["summary"]))
-    return 0
+    return run_and_report(config, run, report, markdown, "results.md, summary.csv, runs.csv, miou.png",
+                          report_only=args.report_only)

@@ -17,6 +17,7 @@ transformers' key names, the attention modules' keys added.
 
 import os
 
+from huggingface_hub import create_repo, upload_folder
 from transformers import (
     ConvNextBackbone,
     ConvNextForImageClassification,
@@ -29,7 +30,7 @@ from transformers import (
 )
 
 from ..models.plugin import ON_ADDED, add_attention
-from .remote_code import push_to_hub_after, write_remote_code
+from .remote_code import write_remote_code
 
 CONFIG_FIELD = "stt_attention"
 AUTO_NAMES = {
@@ -49,19 +50,23 @@ class AttentionAttached:
             add_attention(self, **spec)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        with push_to_hub_after(self.config, save_directory, push_to_hub, kwargs):
-            os.makedirs(save_directory, exist_ok=True)
-            write_remote_code(save_directory, (__name__.rpartition(".")[2],))
-            base = type(self).__name__
-            suffix = next(s for s in AUTO_NAMES if base.endswith(s))
-            family = base.removeprefix("Stt").removesuffix(suffix)
-            self.config.auto_map = {
-                AUTO_NAMES[s]: f"{__name__.rpartition('.')[2]}.Stt{family}{s}"
-                for s in AUTO_NAMES
-                if f"Stt{family}{s}" in ATTACHED_NAMES
-            }
-            super().save_pretrained(save_directory, **kwargs)
-
+        """transformers' save, with this module's code and the `auto_map` to it; with push_to_hub, the
+        whole folder is uploaded in one commit."""
+        push = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token") if k in kwargs}
+        os.makedirs(save_directory, exist_ok=True)
+        module = __name__.rpartition(".")[2]
+        write_remote_code(save_directory, (module,))
+        family = type(self).__name__.removeprefix("Stt")
+        family = next(family.removesuffix(s) for s in AUTO_NAMES if family.endswith(s))
+        self.config.auto_map = {AUTO_NAMES[s]: f"{module}.Stt{family}{s}" for s in AUTO_NAMES
+                                if f"Stt{family}{s}" in ATTACHED_NAMES}
+        super().save_pretrained(save_directory, **kwargs)
+        if push_to_hub:
+            repo_id = push.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
+            repo_id = create_repo(repo_id, private=push.get("private"), token=push.get("token"),
+                                  exist_ok=True).repo_id
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=push.get("token"),
+                          commit_message=push.get("commit_message") or "Upload model")
 
 def _attached(base: type) -> type:
     cls = type(

@@ -25,7 +25,8 @@ from transformers import (
 )
 
 from .configuration_stt import SttVisionConfig
-from .modeling_stt import SttCaptioner, SttVisionEncoder
+from .modeling_stt import SttVisionEncoder
+from .modeling_stt_captioner import SttCaptioner
 
 SPECIAL_TOKENS = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 DECODERS = ("gpt2", "bert")

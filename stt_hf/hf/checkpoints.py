@@ -101,6 +101,19 @@ def check_local_weights(folder: str | os.PathLike) -> None:
             f"torch.load(weights_only=True)), or convert them to model.safetensors.")
 
 
+def default_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 minus the process umask."""
+    try:  # Linux reports the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict(strict=True), with an error that names the first mismatched keys and shapes."""
     own = model.state_dict()
@@ -126,5 +139,6 @@ def hf_to_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 __all__ = ["PICKLE_NAMES", "PICKLE_SUFFIXES", "SAFE_NAME", "CheckpointError", "check_local_weights",
+           "default_file_mode",
            "hf_to_timm_state_dict", "is_hf_state_dict", "is_pickle_file", "load_checkpoint",
            "load_state_dict_strict", "timm_to_hf_state_dict", "weights_file"]

@@ -1,10 +1,11 @@
 """SttConfig: the transformers configuration of an STT ResNet.
 
-Its architecture fields are the keyword arguments of the timm models `stt_*`, declared once in
-`stt_hf.models.stt_resnet.MODEL_OPTIONS` (name, default, type, check) and validated by the same checks
-as the model, so a config that saves is a config that builds. Besides them, `depth` picks the ResNet and
-`data_config` the preprocessing. The rest lives beside it: timm interop in `timm_interop.py`, the image
-processor in `image_processing_stt.py`, the model code written into saved folders in `remote_code.py`.
+Its architecture fields are the keyword arguments of the timm models `stt_*`, written out here as plain
+annotated fields and validated by the model's own checks (`stt_hf.models.stt_resnet.MODEL_OPTIONS`: name,
+default, type, check; a test keeps the two in agreement), so a config that saves is a config that builds.
+Besides them, `depth` picks the ResNet and `data_config` the preprocessing. The rest lives beside it: timm
+interop and the image processor in `timm_interop.py`, the model code written into saved folders in
+`remote_code.py`.
 """
 
 import json
@@ -14,44 +15,30 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig, VisionEncoderDecoderConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from ..layers.options import document
-from ..models.stt_resnet import ARCHS, MODEL_KWARGS, MODEL_OPTIONS, check_model_options, placed_stages
-from .image_processing_stt import complete_data_config, image_processor
-from .remote_code import push_to_hub_after, write_remote_code
+from ..models.stt_resnet import ARCHS, MODEL_KWARGS, check_model_options, placed_stages
+from .remote_code import save_with_code
 from .timm_interop import (
     DATA_KEYS,
     TIMM_CONFIG_KEYS,
+    complete_data_config,
     default_data_config,
     from_timm_name,
+    image_processor,
     timm_architecture,
     timm_config_fields,
     to_timm_config,
     to_timm_kwargs,
 )
 
-# Fields passed to timm / SttResNet as keyword arguments, under the same names.
-TIMM_KWARGS = MODEL_KWARGS
-
-# What a saved folder maps to its own code (see `remote_code.write_remote_code`).
-AUTO_MAP = {
-    "AutoConfig": "configuration_stt.SttConfig",
-    "AutoModel": "modeling_stt.SttModel",
-    "AutoModelForImageClassification": "modeling_stt.SttForImageClassification",
-    "AutoBackbone": "modeling_stt.SttBackbone",
-}
-
-# transformers makes the annotated class attributes of each config class its dataclass fields: the
-# architecture options become fields here, from their one declaration.
-_SttOptionFields = type("_SttOptionFields", (BackboneConfigMixin, PretrainedConfig), {
-    "__module__": __name__,
-    "__doc__": "The fields of SttConfig that are SttResNet keyword arguments (`MODEL_OPTIONS`).",
-    "__annotations__": {option.name: option.type for option in MODEL_OPTIONS},
-    **{option.name: option.default for option in MODEL_OPTIONS},
-})
+# transformers' own config keywords that share a prefix with the STT options (see the misspelling check).
+TRANSFORMERS_KEYWORDS = ("attn_implementation",)
 
 
-class SttConfig(_SttOptionFields):
+class SttConfig(BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of `SttModel`, `SttForImageClassification` and `SttBackbone`.
+
+    Use `SttConfig.from_timm_name("stt_resnet18_s", num_labels=10)` for the preset of a registered timm
+    model. `num_classes` and `num_channels` are accepted as other names of num_labels and in_chans.
 
     Args:
         depth: ResNet depth, one of 10, 18, 26, 34, 50, 101, 152 (basic blocks up to 34).
@@ -60,25 +47,95 @@ class SttConfig(_SttOptionFields):
         out_features, out_indices: what `SttBackbone` returns, among stage_names
             ("stem", "stage1", ..., "stage4").
 
-    Use `SttConfig.from_timm_name("stt_resnet18_s", num_labels=10)` for the preset of a registered
-    timm model.
-
-    The other fields are the keyword arguments of `stt_hf.models.SttResNet` (`MODEL_OPTIONS`):
+    The other fields are the keyword arguments of `stt_hf.models.SttResNet`, declared with their checks in
+    `MODEL_OPTIONS` (tests/test_options.py checks that these fields and that declaration agree):
+        img_size (default 224): input size the attention modules are built for (their reference feature
+            size).
+        small_input (default False): 3x3 stride-1 stem without max-pool, for 28-32 px images.
+        attn_layer (default 'stt'): the attention module: 'stt' or a baseline; None or 'none' for a plain
+            ResNet.
+        attn_placement (default 'block'): 'block' (in each residual block), 'stage' (after each stage) or
+            'final' (after stage 4).
+        attn_stages (default (3, 4)): the stages that get attention ('final' placement: stage 4 whatever
+            this says).
+        stt_modes (default 'chw'): which modes of the (C, H, W) map get an attention matrix, e.g. 'hw'.
+        stt_synth (default 'dense'): 'dense' (from the input), 'random' (learned, input-independent),
+            'factorized_random' (low-rank P Q^T) or 'mixture' (learned blend of dense and random).
+        stt_heads (default 2): groups the value channels are split into, each with its own attention; must
+            divide them.
+        stt_reduction (default 16): value channels Cv = max(C // reduction, min_channels).
+        stt_min_channels (default 16): the floor of the value channels Cv.
+        stt_hidden (default 32): hidden width of the dense synthesizer MLP.
+        stt_pool_size (default 4): the channel-mode descriptor pools each channel map to pool_size x
+            pool_size.
+        stt_rank (default 8): rank k of the factorized random maps.
+        stt_temperature (default 1.0): softmax temperature tau.
+        stt_resize (default True): other input sizes interpolate the synthesized maps; False makes them an
+            error.
+        stt_fixed (default False): random maps are a non-trained buffer (Tay et al.'s 'fixed random');
+            synth 'random' or 'mixture'.
+        in_chans (default 3): input image channels.
+        channels (default (64, 128, 256, 512)): widths of the four stages (times the block expansion).
+        stem_width (default 64): stem channels.
+        stem_type (default ''): '' (one 7x7 conv) or a deep stem of 3x3 convs.
+        avg_down (default False): average-pool in the downsampling shortcuts (ResNet-D).
+        cardinality (default 1): groups of the bottleneck 3x3 conv (ResNeXt).
+        base_width (default 64): bottleneck width per group (ResNeXt).
+        output_stride (default 32): total stride; 8 or 16 dilate the last stages.
+        global_pool (default 'avg'): the pooling before the classifier.
+        drop_rate (default 0.0): dropout before the classifier.
+        drop_path_rate (default 0.0): stochastic depth of the residual blocks.
     """
 
     model_type = "stt"
-    auto_classes = AUTO_MAP  # what a saved folder maps to its own code
+    # What a saved folder maps to its own code (see `remote_code.save_with_code`).
+    auto_classes = {
+        "AutoConfig": "configuration_stt.SttConfig",
+        "AutoModel": "modeling_stt.SttModel",
+        "AutoModelForImageClassification": "modeling_stt.SttForImageClassification",
+        "AutoBackbone": "modeling_stt.SttBackbone",
+    }
     # timm's names for two standard fields, so either spelling works.
     attribute_map = {"num_classes": "num_labels", "num_channels": "in_chans"}
 
     depth: int = 18
     data_config: dict[str, Any] | None = None
+    # SttResNet's own options
+    img_size: int | list[int] | tuple[int, int] = 224
+    small_input: bool = False
+    attn_layer: str | None = "stt"
+    attn_placement: str = "block"
+    attn_stages: int | list[int] | tuple[int, ...] = (3, 4)
+    # the STT block's options
+    stt_modes: str | list[str] = "chw"
+    stt_synth: str = "dense"
+    stt_heads: int = 2
+    stt_reduction: int = 16
+    stt_min_channels: int = 16
+    stt_hidden: int = 32
+    stt_pool_size: int = 4
+    stt_rank: int = 8
+    stt_temperature: float = 1.0
+    stt_resize: bool = True
+    stt_fixed: bool = False
+    # timm's ResNet options
+    in_chans: int = 3
+    channels: list[int] | tuple[int, ...] = (64, 128, 256, 512)
+    stem_width: int = 64
+    stem_type: str = ""
+    avg_down: bool = False
+    cardinality: int = 1
+    base_width: int = 64
+    output_stride: int = 32
+    global_pool: str = "avg"
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     def __post_init__(self, **kwargs):
         for key in TIMM_CONFIG_KEYS:  # derived from the fields; rewritten by every save
             kwargs.pop(key, None)
         # A misspelt option would otherwise become a silently ignored attribute.
-        unknown = [k for k in kwargs if k.startswith(("stt_", "attn_"))]
+        unknown = [k for k in kwargs if k.startswith(("stt_", "attn_")) and k not in TRANSFORMERS_KEYWORDS]
         if unknown:
             raise ValueError(f"SttConfig got unknown option(s) {unknown}; the STT options are "
                              f"{[k for k in MODEL_KWARGS if k.startswith(('stt_', 'attn_'))]}")
@@ -126,12 +183,17 @@ class SttConfig(_SttOptionFields):
         return to_timm_config(self)
 
     def image_processor(self):
-        """A `BitImageProcessor` doing timm's eval transform for this model (see `image_processing_stt`)."""
+        """A `BitImageProcessor` doing timm's eval transform for this model (see `timm_interop`)."""
         return image_processor(self)
 
     def placed_stages(self) -> tuple[int, ...]:
         """The stages that get attention (`final` placement: stage 4 whatever `attn_stages` says)."""
         return placed_stages(self.attn_placement, self.attn_stages)
+
+    @property
+    def depths(self) -> list[int]:
+        """Residual blocks per stage (the name transformers' ResNetConfig and backbone tests use)."""
+        return list(ARCHS[self.depth][1])
 
     def input_size(self) -> tuple[int, int, int]:
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
@@ -146,26 +208,16 @@ class SttConfig(_SttOptionFields):
         With push_to_hub, the Hub repo gets the same files as the folder.
         """
         self._validate()  # fields may have been set since __post_init__: save only what builds
-        with push_to_hub_after(self, save_directory, push_to_hub, kwargs):
+        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
             os.makedirs(save_directory, exist_ok=True)
-            write_remote_code(save_directory)
-            # Map the Auto classes whose code is in the folder (a config loaded alone as remote code has
-            # no modeling module to write, though a model saving it may have copied one already).
-            self.auto_map = {auto: ref for auto, ref in self.auto_classes.items()
-                             if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))}
-            if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-                self.image_processor().save_pretrained(save_directory)
-            super().save_pretrained(save_directory, **kwargs)
+            self.image_processor().save_pretrained(save_directory)
+        save_with_code(self, super().save_pretrained, save_directory, push_to_hub, **kwargs)
 
     def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
         """Write config.json, which doubles as a timm config (`timm_interop.timm_config_fields`)."""
         saved = json.loads(self.to_json_string(use_diff=use_diff))
         with open(json_file_path, "w", encoding="utf-8") as f:
             json.dump({**timm_config_fields(self), **saved}, f, indent=2, sort_keys=True)
-
-
-if SttConfig.__doc__:  # the options' documentation, from their declarations (no docstrings under -OO)
-    SttConfig.__doc__ = SttConfig.__doc__.rstrip() + "\n" + document(MODEL_OPTIONS)
 
 
 POSITION_EMBEDDINGS = ("learned", "sincos", "none")
@@ -205,12 +257,6 @@ class SttVisionConfig(SttConfig):
         return -(-height // stride), -(-width // stride)
 
 
-CAPTIONER_AUTO_MAP = {
-    "AutoConfig": "configuration_stt.SttCaptionerConfig",
-    "AutoModelForImageTextToText": "modeling_stt.SttCaptioner",
-}
-
-
 class SttCaptionerConfig(VisionEncoderDecoderConfig):
     """A VisionEncoderDecoderConfig whose encoder is an `SttVisionConfig`.
 
@@ -219,6 +265,9 @@ class SttCaptionerConfig(VisionEncoderDecoderConfig):
     `AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)` load it anywhere else.
     """
 
+    auto_classes = {"AutoConfig": "configuration_stt.SttCaptionerConfig",
+                    "AutoModelForImageTextToText": "modeling_stt_captioner.SttCaptioner"}
+
     def __post_init__(self, **kwargs):
         # The encoder sub-config is resolved through AutoConfig: make "stt_vision" known to it first,
         # also where this module runs as remote code without the package.
@@ -226,11 +275,8 @@ class SttCaptionerConfig(VisionEncoderDecoderConfig):
         super().__post_init__(**kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
-        with push_to_hub_after(self, save_directory, push_to_hub, kwargs):
-            os.makedirs(save_directory, exist_ok=True)
-            write_remote_code(save_directory)
-            self.auto_map = dict(CAPTIONER_AUTO_MAP)
-            super().save_pretrained(save_directory, **kwargs)
+        save_with_code(self, super().save_pretrained, save_directory, push_to_hub,
+                       modules=("configuration_stt", "modeling_stt_captioner"), **kwargs)
 
 
-__all__ = ["SttCaptionerConfig", "SttConfig", "SttVisionConfig", "write_remote_code"]
+__all__ = ["SttCaptionerConfig", "SttConfig", "SttVisionConfig"]

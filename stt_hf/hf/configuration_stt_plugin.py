@@ -15,8 +15,8 @@ from transformers import PretrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 from ..models.plugin import PLUGGED_MODELS, normalize_places, plugged_attention
-from .image_processing_stt import complete_data_config, image_processor
-from .remote_code import push_to_hub_after, write_remote_code
+from .remote_code import save_with_code
+from .timm_interop import complete_data_config, image_processor
 
 PLUGIN_AUTO_MAP = {
     "AutoConfig": "configuration_stt_plugin.SttPluginConfig",
@@ -148,17 +148,10 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         """Save config.json, plus the model code (`auto_map`) and a preprocessor config if absent."""
-        with push_to_hub_after(self, save_directory, push_to_hub, kwargs):
+        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
             os.makedirs(save_directory, exist_ok=True)
-            write_remote_code(save_directory, PLUGIN_CODE)
-            self.auto_map = {
-                auto: ref
-                for auto, ref in self.auto_classes.items()
-                if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))
-            }
-            if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-                self.image_processor().save_pretrained(save_directory)
-            super().save_pretrained(save_directory, **kwargs)
+            self.image_processor().save_pretrained(save_directory)
+        save_with_code(self, super().save_pretrained, save_directory, push_to_hub, PLUGIN_CODE, **kwargs)
 
 
 def _feature_info(fields: dict[str, Any]) -> list:

@@ -24,15 +24,16 @@ import safetensors.torch
 import timm
 from torch import nn
 
-from ..models.stt_resnet import SttResNet
+from ..models.stt_resnet import MODEL_KWARGS, SttResNet
 from .checkpoints import (
     SAFE_NAME,
+    default_file_mode,
     hf_to_timm_state_dict,
     load_checkpoint,
     load_state_dict_strict,
     timm_to_hf_state_dict,
 )
-from .configuration_stt import DATA_KEYS, TIMM_KWARGS, SttConfig
+from .configuration_stt import DATA_KEYS, SttConfig
 from .modeling_stt import SttForImageClassification, SttModel, SttPreTrainedModel
 
 
@@ -84,10 +85,38 @@ def _read_config(folder: Path) -> dict:
         return json.load(f)
 
 
+# What each kind of saved folder holds, by its config.json's model_type ("timm": timm's own format).
+MODEL_KINDS = {"stt": "an STT classifier (stt-hf train)", "timm": "a timm-format STT model",
+               "upernet": "a segmenter (stt-hf train-seg)",
+               "vision-encoder-decoder": "a captioner (stt-hf train-caption)"}
+
+
+def check_model_folder(path: str | os.PathLike, accepted: tuple[str, ...], flag: str = "--model") -> None:
+    """Raise a one-line error when the local folder `path` is not a checkpoint of an `accepted` kind
+    (keys of MODEL_KINDS). A path that does not exist is left to the caller (it may be a Hub id)."""
+    folder = Path(path)
+    if not folder.exists():
+        return
+    expected = " or ".join(MODEL_KINDS[kind] for kind in accepted)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {folder}: no config.json there; expected a folder holding "
+                                f"{expected}, as save_pretrained or stt-hf convert writes it")
+    try:
+        cfg = _read_config(folder)
+    except ValueError as e:
+        raise ValueError(f"{flag} {folder}: config.json is not valid JSON ({e})") from None
+    kind = cfg.get("model_type") or ("timm" if "architecture" in cfg else None)
+    if kind == "timm" and not str(cfg["architecture"]).startswith("stt_"):
+        kind = f"timm {cfg['architecture']}"
+    if kind not in accepted:
+        held = MODEL_KINDS.get(kind) or (f"a {kind!r} model" if kind else "a config without a model_type")
+        raise ValueError(f"{flag} {folder} holds {held}; expected {expected}")
+
+
 def _config_from_timm_dict(cfg: dict) -> SttConfig:
     pretrained_cfg = cfg.get("pretrained_cfg", {})
     overrides = dict(cfg.get("model_args") or {})
-    unknown = sorted(set(overrides) - {*TIMM_KWARGS, "num_classes"})
+    unknown = sorted(set(overrides) - {*MODEL_KWARGS, "num_classes"})
     if unknown:  # SttConfig could not carry them: the converted model would differ
         raise ValueError(f"model_args {unknown} of this timm checkpoint have no SttConfig field")
     overrides["num_labels"] = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
@@ -108,7 +137,11 @@ def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: st
     num_classes defaults to what the state dict's classifier holds.
     """
     src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"No checkpoint at {src}")
     has_config = src.is_dir() and (src / "config.json").is_file()
+    if has_config:
+        check_model_folder(src, ("timm", "stt"), "source")
     if not (has_config or model_name):
         raise ValueError(f"{src} is a bare state dict: pass model_name (the timm model it was built as)")
     state = load_checkpoint(src, allow_pickle=allow_pickle)
@@ -123,9 +156,9 @@ def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: st
     return model.eval()
 
 
-def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike) -> SttResNet:
+def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike, *, allow_pickle: bool = False) -> SttResNet:
     """Convert a transformers checkpoint folder to a timm-format folder; return the timm model."""
-    model = timm_from_pretrained(src)
+    model = timm_from_pretrained(src, allow_pickle=allow_pickle)
     save_timm_format(model, dst, config=SttConfig.from_pretrained(src))
     return model
 
@@ -136,14 +169,19 @@ def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False)
     A transformers-format folder (from `save_pretrained`) is rebuilt with timm from its config, so no
     one is locked into one library; a timm-format folder goes through `timm.create_model("local-dir:")`.
     """
-    path = Path(path)
+    spec, path = str(path), Path(path)
+    if not path.exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") != 1):
+        raise FileNotFoundError(f"No checkpoint folder at {spec} (a Hub id has the form ORG/NAME)")
     if not path.exists():  # a Hub repo id: fetch its config and weights (cached)
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(path), allow_patterns=["config.json", "*.safetensors"]))
+    check_model_folder(path, ("stt", "timm"), "checkpoint")
     config_dict = _read_config(path)
-    if not _is_hf_format(config_dict):
-        return timm.create_model(f"local-dir:{path}", pretrained=True).eval()
+    if not _is_hf_format(config_dict):  # timm's format: its loader, with our pickle policy on the weights
+        model = timm.create_model(f"local-dir:{path}", pretrained=False)
+        load_state_dict_strict(model, load_checkpoint(path, allow_pickle=allow_pickle), str(path))
+        return model.eval()
     config = SttConfig.from_dict(config_dict)
     model = timm.create_model(config.timm_architecture(), **config.to_timm_kwargs())
     state = hf_to_timm_state_dict(load_checkpoint(path, allow_pickle=allow_pickle))
@@ -155,10 +193,32 @@ def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False)
     return model.eval()
 
 
+def check_destination(src: Path, dst: Path, overwrite: bool = False) -> None:
+    """Refuse a conversion that would write into its source or replace a model without `overwrite`."""
+    if not src.exists():
+        raise FileNotFoundError(f"No checkpoint at {src}")
+    source, target = src.resolve(), dst.resolve()
+    if src.is_dir() and (target == source or source in target.parents):
+        raise ValueError(f"the output folder {dst} is the source folder {src} or inside it; converting in "
+                         f"place would replace the source's files: give another output folder")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"the output folder {dst} is a file")
+    held = sorted(name for name in ("config.json", SAFE_NAME) if (dst / name).exists())
+    if held and not overwrite:
+        raise ValueError(f"the output folder {dst} already holds a model ({', '.join(held)}); pass "
+                         f"--overwrite to replace it, or give another output folder")
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
-            model_name: str | None = None, allow_pickle: bool = False, **model_args) -> Path:
-    """Convert `src` to the other format (or `to`: "hf" / "timm") in `dst`."""
+            model_name: str | None = None, allow_pickle: bool = False, overwrite: bool = False,
+            **model_args) -> Path:
+    """Convert `src` to the other format (or `to`: "hf" / "timm") in `dst`.
+
+    `dst` is a new folder, or one whose model files `overwrite` allows to replace; never `src` itself or a
+    folder inside it. The files get the user's usual mode (safetensors writes 0600).
+    """
     src, dst = Path(src), Path(dst)
+    check_destination(src, dst, overwrite)
     if to is None:
         is_hf = src.is_dir() and (src / "config.json").is_file() and _is_hf_format(_read_config(src))
         to = "timm" if is_hf else "hf"
@@ -167,9 +227,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     elif to == "timm":
         if not src.is_dir():
             raise ValueError(f"{src}: a transformers checkpoint is a folder written by save_pretrained")
-        hf_to_timm(src, dst)
+        hf_to_timm(src, dst, allow_pickle=allow_pickle)
     else:
         raise ValueError(f"to must be 'hf' or 'timm', got {to!r}")
+    mode = default_file_mode()
+    for path in dst.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
     return dst
 
 
@@ -183,18 +247,17 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--num-classes", type=int, default=None, help="classes of a bare state dict")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read .bin/.pth pickle files (with torch.load(weights_only=True))")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in dst")
     return parser
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Run the parsed `convert` command; 0 on success, 2 (with the reason on stderr) on a bad input."""
+    """Run the parsed `convert` command; errors propagate to the caller's reporting."""
+    if args.num_classes is not None and args.num_classes < 0:
+        raise ValueError(f"--num-classes must be 0 (no classifier) or positive, got {args.num_classes}")
     model_args = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    try:
-        dst = convert(args.src, args.dst, to=args.to, model_name=args.model_name,
-                      allow_pickle=args.allow_pickle, **model_args)
-    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dst = convert(args.src, args.dst, to=args.to, model_name=args.model_name, allow_pickle=args.allow_pickle,
+                  overwrite=args.overwrite, **model_args)
     print(f"wrote {dst}")
     return 0
 
@@ -208,9 +271,15 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The standalone converter: 0 on success, 2 (with the reason on stderr) on a bad input."""
     parser = argparse.ArgumentParser(prog="convert_checkpoint", description=__doc__.split("\n\n")[0])
-    return run_convert(add_convert_arguments(parser).parse_args(argv))
+    try:
+        return run_convert(add_convert_arguments(parser).parse_args(argv))
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
-__all__ = ["add_convert_parser", "config_from_timm_model", "convert", "hf_to_timm", "load_checkpoint",
+__all__ = ["MODEL_KINDS", "add_convert_parser", "check_destination", "check_model_folder",
+           "config_from_timm_model", "convert", "hf_to_timm", "load_checkpoint",
            "load_state_dict_strict", "main", "save_timm_format", "timm_from_pretrained", "timm_to_hf"]

@@ -1,16 +1,21 @@
-"""transformers models around the STT ResNet: SttModel, SttForImageClassification, SttBackbone,
-and for captioning SttVisionEncoder and SttCaptioner (a VisionEncoderDecoderModel).
+"""transformers models around the STT ResNet: SttModel, SttForImageClassification, SttBackbone, and for
+captioning SttVisionEncoder (`modeling_stt_captioner.SttCaptioner` pairs it with a text decoder).
 
 Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from the config with no
 classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
-`classifier`. Nothing of the network is re-implemented here.
+`classifier`. Nothing of the network is re-implemented here. What transformers adds around a model works
+(its common model tests run in tests/test_transformers_common.py): activation checkpointing of the stages
+(`stages.SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
+with missing keys), PEFT (`base_model` is the model itself) and `attn_implementation="eager"`.
 """
 
 import os
+from collections import OrderedDict
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
@@ -21,31 +26,69 @@ from transformers.modeling_outputs import (
 
 from ..models.stt_resnet import ARCHS, SttResNet
 from .checkpoints import CheckpointError, check_local_weights
-from .configuration_stt import SttCaptionerConfig, SttConfig, SttVisionConfig
+from .configuration_stt import SttConfig, SttVisionConfig
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class MismatchedSizesError(CheckpointError, RuntimeError):
+    """Weights whose shapes do not fit the model: a RuntimeError, as transformers raises for a size mismatch
+    without ignore_mismatched_sizes, and a CheckpointError, as every checkpoint failure here."""
 
 
 class SttPreTrainedModel(PreTrainedModel):
     config: SttConfig
     config_class = SttConfig
-    base_model_prefix = "resnet"
+    # There is no separate base model to strip or prepend: every class keeps the network under `resnet.`
+    # (timm's weights), so a head's state dict is the base model's plus its own keys, and `base_model` is
+    # the model itself, a PreTrainedModel (what PEFT works on). No class has an attribute of this name.
+    base_model_prefix = "stt"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
 
     def _build_resnet(self, config: SttConfig) -> SttResNet:
+        # Imported here: transformers' GradientCheckpointingLayer brings its tokenizers, which `import stt_hf`
+        # does not load.
+        from .stages import SttStage
+
         block, layers = ARCHS[config.depth]
-        return SttResNet(block, layers, **{**config.to_timm_kwargs(), "num_classes": 0})
+        resnet = SttResNet(block, layers, **{**config.to_timm_kwargs(), "num_classes": 0})
+        for name in STAGES:  # the same blocks, in a module transformers' checkpointing knows
+            setattr(resnet, name, SttStage(OrderedDict(getattr(resnet, name).named_children())))
+        return resnet
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The network initializes itself when built (timm's ResNet init; STT blocks start as the
-        # identity), and transformers' generic init would undo that. Only a classifier head that is
-        # new or replaced (ignore_mismatched_sizes) needs initializing here.
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
+        """Initialize `module`'s own weights and buffers as the network is initialized when built.
 
-    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
-        # timm's ResNet checkpoints each stage itself once asked to.
-        self.resnet.set_grad_checkpointing(enable)
+        transformers calls this, children before parents, for every module with weights or buffers of its own,
+        on a model built on the meta device or for the weights a checkpoint lacks, and leaves what was loaded
+        as it is (`transformers.initialization`). Convolutions get timm's ResNet init, norms ones and zeros
+        with fresh running statistics, the rest (linear layers, the STT synthesizers) their own
+        `reset_parameters`. The blocks above them are `initialize_weights`' part.
+        """
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        init_buffers = getattr(module, "init_non_persistent_buffers", None)  # STT's cached pooling matrix
+        if callable(init_buffers):
+            init_buffers()
+
+    def initialize_weights(self) -> None:
+        """transformers' initialization (`_init_weights` on each module), then `init_blocks`."""
+        super().initialize_weights()
+        init_blocks(self)
 
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None:
@@ -90,18 +133,47 @@ class SttPreTrainedModel(PreTrainedModel):
         return (model, info) if output_loading_info else model
 
 
+@torch.no_grad()
+@init.guard_torch_init_functions()
+def init_blocks(model: nn.Module) -> None:
+    """The initialization that `_init_weights`, called module by module, cannot do: blocks that set up their
+    children's weights.
+
+    Blocks that start as the identity zero their last norm once it is initialized (`zero_init_last`: timm's
+    residual blocks, STT and its baselines), and modules without weights of their own, which transformers does
+    not call `_init_weights` on in code outside transformers, re-run their `reset_parameters` (timm's
+    attention modules). Weights a checkpoint loaded are left as they are (the guarded `torch.nn.init`).
+    Models that hold an STT network (the captioner, the segmenter) call this too.
+    """
+    for module in reversed(list(model.modules())):  # children before parents
+        if isinstance(module, PreTrainedModel):
+            continue
+        owns_tensors = any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False))
+        if not owns_tensors and hasattr(module, "reset_parameters"):  # else `_init_weights` called it
+            module.reset_parameters()
+        if hasattr(module, "zero_init_last"):
+            module.zero_init_last()
+
+
 def _check_architecture(model: PreTrainedModel, info: dict, path: str, new_head: bool) -> None:
     """A checkpoint of another architecture is an error, not a half-initialized model.
 
-    Only the classifier may differ, with ignore_mismatched_sizes=True (a new head for num_labels) or
-    by being absent (a checkpoint of SttModel); the trunk has no initializer to fall back on.
+    Shapes must fit everywhere (MismatchedSizesError); only the classifier may differ, with
+    ignore_mismatched_sizes=True (a new head for num_labels). A checkpoint holding part of the trunk must hold
+    all of it and nothing else. Keys a checkpoint lacks altogether are initialized by `_init_weights` and
+    reported as transformers reports them (its load report, `output_loading_info`): the classifier of a
+    base-model checkpoint, or every weight of a checkpoint that has none of this network's (transformers'
+    `from_pretrained(None, config=..., state_dict={})`).
     """
     shapes = model.state_dict()
-    problems = [f"{key} has shape {tuple(ckpt)} in the checkpoint, {tuple(own)} in the model"
-                for key, ckpt, own in sorted(info.get("mismatched_keys") or [])
-                if not (new_head and key.startswith("classifier."))]
-    problems += [f"{key} {tuple(shapes[key].shape)} is missing from the checkpoint"
-                 for key in sorted(info.get("missing_keys") or []) if key.startswith("resnet.")]
+    mismatched = [f"{key} has shape {tuple(ckpt)} in the checkpoint, {tuple(own)} in the model"
+                  for key, ckpt, own in sorted(info.get("mismatched_keys") or [])
+                  if not (new_head and key.startswith("classifier."))]
+    missing = sorted(key for key in info.get("missing_keys") or [] if key.startswith("resnet."))
+    trunk_loaded = any(key.startswith("resnet.") and key not in missing for key in shapes)
+    problems = mismatched + [f"{key} {tuple(shapes[key].shape)} is missing from the checkpoint"
+                             for key in (missing if trunk_loaded else [])]
     problems += [f"{key} is in the checkpoint but not in the model"
                  for key in sorted(info.get("unexpected_keys") or []) if key.startswith("resnet.")]
     if problems:
@@ -109,8 +181,9 @@ def _check_architecture(model: PreTrainedModel, info: dict, path: str, new_head:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
         hint = ("\nTo replace the classifier, pass num_labels=... and ignore_mismatched_sizes=True."
                 if not new_head and all(p.startswith("classifier.") for p in problems) else "")
-        raise CheckpointError(f"The checkpoint {path!r} does not fit {type(model).__name__} built from "
-                              f"its config ({len(problems)} mismatched keys):\n  {shown}{more}{hint}")
+        error = MismatchedSizesError if mismatched else CheckpointError
+        raise error(f"The checkpoint {path!r} does not fit {type(model).__name__} built from "
+                    f"its config ({len(problems)} mismatched keys):\n  {shown}{more}{hint}")
 
 
 class SttModel(SttPreTrainedModel):
@@ -225,8 +298,8 @@ class SttVisionEncoder(SttPreTrainedModel):
         height, width = config.feature_grid()
         self.pos_embed = None
         if config.position_embedding == "learned":
+            # (1, hidden, H, W), drawn in _init_weights
             self.pos_embed = nn.Parameter(torch.zeros(1, config.hidden_size, height, width))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         elif config.position_embedding == "sincos":
             sincos_2d(height, width, config.hidden_size)  # fail at build time on a bad hidden_size
         self.norm = nn.LayerNorm(config.hidden_size)
@@ -234,8 +307,8 @@ class SttVisionEncoder(SttPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, nn.LayerNorm):
-            module.reset_parameters()
+        if module is self and self.pos_embed is not None:
+            init.trunc_normal_(self.pos_embed, std=0.02)
 
     def _position(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
         """(1, H*W, hidden) for a feature grid of H x W, or None."""
@@ -271,42 +344,5 @@ class SttVisionEncoder(SttPreTrainedModel):
                                           hidden_states=hidden, attentions=None)
 
 
-def __getattr__(name: str):
-    # SttCaptioner subclasses VisionEncoderDecoderModel, whose import loads transformers' generation
-    # stack and tokenizers: the class is built on first use, so importing the classifiers stays light.
-    if name == "SttCaptioner":
-        global SttCaptioner
-        SttCaptioner = _captioner_class()
-        return SttCaptioner
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _captioner_class() -> type:
-    from transformers import VisionEncoderDecoderModel
-
-    class SttCaptioner(VisionEncoderDecoderModel):
-        """VisionEncoderDecoderModel with an `SttVisionEncoder`: what a saved captioner loads as remote code.
-
-        In this package, plain `VisionEncoderDecoderModel` works just as well (`import stt_hf` registers the
-        encoder with AutoModel); this class exists so that a checkpoint carries code that builds its
-        encoder where the package is not installed.
-        """
-
-        config_class = SttCaptionerConfig
-
-        def __init__(self, config: SttCaptionerConfig | None = None, encoder=None, decoder=None):
-            if config is None and encoder is not None and decoder is not None:
-                config = SttCaptionerConfig.from_encoder_decoder_configs(encoder.config, decoder.config)
-            elif config is not None and not isinstance(config, SttCaptionerConfig):
-                # e.g. from from_encoder_decoder_pretrained
-                config = SttCaptionerConfig.from_dict(config.to_dict())
-            if encoder is None and config is not None:
-                encoder = SttVisionEncoder(config.encoder)
-            super().__init__(config, encoder=encoder, decoder=decoder)
-
-    SttCaptioner.__qualname__ = "SttCaptioner"
-    return SttCaptioner
-
-
-__all__ = ["CheckpointError", "SttBackbone", "SttCaptioner", "SttForImageClassification", "SttModel",
-           "SttPreTrainedModel", "SttVisionEncoder"]
+__all__ = ["CheckpointError", "MismatchedSizesError", "SttBackbone", "SttForImageClassification", "SttModel",
+           "SttPreTrainedModel", "SttVisionEncoder", "init_blocks"]

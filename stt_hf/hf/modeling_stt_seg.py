@@ -22,13 +22,10 @@ from transformers import AutoBackbone, AutoConfig, SegformerImageProcessor, Uper
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.upernet.modeling_upernet import UperNetForSemanticSegmentation
 
-from .configuration_stt import SttConfig, write_remote_code
-from .modeling_stt import SttBackbone
+from .configuration_stt import SttConfig
+from .modeling_stt import SttBackbone, init_blocks
+from .remote_code import REMOTE_CODE_MODULES, save_with_code
 
-SEGMENTER_AUTO_MAP = {
-    "AutoConfig": "modeling_stt_seg.SttUperNetConfig",
-    "AutoModelForSemanticSegmentation": "modeling_stt_seg.SttUperNetForSemanticSegmentation",
-}
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 IGNORE_INDEX = 255  # mask value that no loss or metric counts (UperNet's loss_ignore_index)
 
@@ -45,6 +42,9 @@ def _register_backbone() -> None:
 class SttUperNetConfig(UperNetConfig):
     """A UperNetConfig whose backbone is an `SttConfig`, saved with the code that builds it."""
 
+    auto_classes = {"AutoConfig": "modeling_stt_seg.SttUperNetConfig",
+                    "AutoModelForSemanticSegmentation": "modeling_stt_seg.SttUperNetForSemanticSegmentation"}
+
     def __post_init__(self, **kwargs):
         # The backbone sub-config is resolved through AutoConfig by its model_type "stt": make it known,
         # also where this module runs as remote code without the package.
@@ -52,16 +52,11 @@ class SttUperNetConfig(UperNetConfig):
         super().__post_init__(**kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
-        os.makedirs(save_directory, exist_ok=True)
-        write_remote_code(save_directory)
-        with open(__file__, encoding="utf-8") as f:
-            source = f.read()
-        with open(os.path.join(save_directory, "modeling_stt_seg.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        self.auto_map = dict(SEGMENTER_AUTO_MAP)
         if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+            os.makedirs(save_directory, exist_ok=True)
             segmentation_image_processor(self).save_pretrained(save_directory)
-        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        save_with_code(self, super().save_pretrained, save_directory, push_to_hub,
+                       modules=(*REMOTE_CODE_MODULES, "modeling_stt_seg"), **kwargs)
 
 
 class SttUperNetForSemanticSegmentation(UperNetForSemanticSegmentation):
@@ -73,6 +68,11 @@ class SttUperNetForSemanticSegmentation(UperNetForSemanticSegmentation):
         if not isinstance(config, SttUperNetConfig):  # e.g. a plain UperNetConfig
             config = SttUperNetConfig.from_dict(config.to_dict())
         super().__init__(config)
+
+    def initialize_weights(self) -> None:
+        """transformers' initialization, then the backbone's blocks that start as the identity."""
+        super().initialize_weights()
+        init_blocks(self.backbone)
 
 
 def segmentation_image_processor(config) -> SegformerImageProcessor:

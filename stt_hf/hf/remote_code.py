@@ -7,6 +7,9 @@ flat into the folder, its relative imports rewritten to point at its flat siblin
 that closure must import its siblings as modules (`from ..layers.stt import STT`, not from a package),
 and their file names must be unique.
 
+The rewrite of relative imports is the one thing that needs `ast`: the package keeps its layers in
+subpackages (`layers/`, `models/`, `hf/`), which a flat remote-code folder cannot hold.
+
 This module is itself in the closure (the configs import it): it imports nothing but the standard library
 and huggingface_hub.
 """
@@ -16,18 +19,43 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from huggingface_hub import create_repo
+from huggingface_hub import create_repo, upload_folder
 
 # The modules copied into every checkpoint, with the modules they import.
 REMOTE_CODE_MODULES = ("configuration_stt", "modeling_stt")
 
 
+def save_with_code(config, save, save_directory: str | os.PathLike, push_to_hub: bool = False,
+                   modules: tuple[str, ...] = REMOTE_CODE_MODULES, **kwargs) -> None:
+    """Save a config with its model code: what every saving config class here does.
+
+    Writes the code of `modules` (with everything they import) into the folder, maps the config's
+    `auto_classes` whose module is there in `auto_map`, and calls `save(save_directory, **kwargs)` (the
+    class's own transformers `save_pretrained`). With push_to_hub, the files written are then uploaded in one
+    commit, so the Hub gets what the folder got (`repo_id`, `commit_message`, `private`, `token` are taken
+    from kwargs as transformers takes them).
+    """
+    push = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token") if k in kwargs}
+    os.makedirs(save_directory, exist_ok=True)
+    written = [f"{name}.py" for name in write_remote_code(save_directory, modules)]
+    # A config loaded alone as remote code has no modeling module to write, though a model saving it may have
+    # copied one already: map only the classes whose code is in the folder.
+    config.auto_map = {auto: ref for auto, ref in config.auto_classes.items()
+                       if os.path.exists(os.path.join(save_directory, ref.split(".")[0] + ".py"))}
+    save(save_directory, **kwargs)
+    if push_to_hub:
+        repo_id = push.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
+        token = push.get("token")
+        repo_id = create_repo(repo_id, private=push.get("private"), token=token, exist_ok=True).repo_id
+        upload_folder(repo_id=repo_id, folder_path=save_directory, token=token,
+                      commit_message=push.get("commit_message") or "Upload config",
+                      allow_patterns=[*written, "config.json", "preprocessor_config.json"])
+
+
 def write_remote_code(folder: str | os.PathLike, modules: tuple[str, ...] = REMOTE_CODE_MODULES) -> list[str]:
-    """Copy the model code (`modules` of this package and what they import) into `folder` as flat
-    sibling modules; return their names.
+    """Copy the code of `modules` (names of modules beside this one) into `folder` as flat sibling modules,
+    with every module they import from this package; return the names written.
 
     The rewrite is idempotent, so a checkpoint loaded as remote code saves its code again unchanged.
     """
@@ -78,26 +106,4 @@ def _flatten_relative_imports(source: str, module) -> tuple[str, list]:
     return "".join(lines), deps
 
 
-@contextmanager
-def push_to_hub_after(config, folder: str | os.PathLike, push_to_hub: bool, kwargs: dict) -> Iterator[None]:
-    """With push_to_hub, upload every file written into `folder` inside the block, in one commit.
-
-    transformers' `save_pretrained(..., push_to_hub=True)` uploads from inside its own save, so it would
-    miss what is written around it: the model code and preprocessor config before, the timm keys of
-    config.json after. This takes its arguments (`repo_id`, `commit_message`, `private`, `token`; popped
-    from `kwargs`) and uploads what the whole save wrote, so the Hub gets the local folder's files.
-    """
-    if not push_to_hub:
-        yield
-        return
-    commit_message = kwargs.pop("commit_message", None)
-    repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(folder)))
-    token = kwargs.get("token")
-    repo_id = create_repo(repo_id, private=kwargs.pop("private", None), token=token, exist_ok=True).repo_id
-    os.makedirs(folder, exist_ok=True)
-    timestamps = config._get_files_timestamps(folder)
-    yield
-    config._upload_modified_files(folder, repo_id, timestamps, commit_message=commit_message, token=token)
-
-
-__all__ = ["REMOTE_CODE_MODULES", "push_to_hub_after", "write_remote_code"]
+__all__ = ["REMOTE_CODE_MODULES", "save_with_code", "write_remote_code"]

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from timm.layers import EcaModule as TimmEcaModule
 from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 from torch import nn
 
-from .baselines import FlatSynthesizer, SelfAttention2d
+from .baselines import AxialAttention2d, CrissCrossAttention2d, FlatSynthesizer, SelfAttention2d
 from .options import STT_OPTION_NAMES
 from .stt import STT
 
@@ -30,6 +31,16 @@ def _stt(channels, feat_size, **options):
 def _self_attn(channels, feat_size, reduction=2, min_channels=16, device=None, dtype=None, **_):
     return SelfAttention2d(channels, reduction=reduction, min_channels=min_channels,
                            device=device, dtype=dtype)
+
+
+def _axial(channels, feat_size, reduction=2, min_channels=16, heads=1, device=None, dtype=None, **_):
+    return AxialAttention2d(channels, reduction=reduction, min_channels=min_channels, heads=heads,
+                            device=device, dtype=dtype)
+
+
+def _criss_cross(channels, feat_size, reduction=2, min_channels=16, heads=1, device=None, dtype=None, **_):
+    return CrissCrossAttention2d(channels, reduction=reduction, min_channels=min_channels, heads=heads,
+                                 device=device, dtype=dtype)
 
 
 def _flat_synth(kind, channels, feat_size, reduction=2, min_channels=16, hidden=32, device=None,
@@ -63,13 +74,28 @@ def _res_block(channels, feat_size, reduction=16, min_channels=16, device=None, 
     return block
 
 
+class EcaModule(TimmEcaModule):
+    """timm's ECA with explicit sizes in its views: timm's `view(B, 1, -1)` cannot infer -1 from an empty
+    batch (B=0), which every other module here passes through."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[0], x.shape[1]
+        y = self.conv(x.mean((2, 3)).view(b, 1, c))  # (B, 1, C) for the 1-D conv over channels
+        if self.conv2 is not None:
+            y = self.conv2(self.act(y))
+        return x * self.gate(y).view(b, c, 1, 1).expand_as(x)
+
+
 def _timm_attn(name, channels, feat_size, device=None, dtype=None, **_):
-    return get_attn(name)(channels, device=device, dtype=dtype)
+    module = EcaModule if name == "eca" else get_attn(name)
+    return module(channels, device=device, dtype=dtype)
 
 
 ATTN_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "stt": _stt,
     "self_attn": _self_attn,
+    "axial": _axial,
+    "criss_cross": _criss_cross,
     "flat_dense": partial(_flat_synth, "dense"),
     "flat_random": partial(_flat_synth, "random"),
     "res_block": _res_block,

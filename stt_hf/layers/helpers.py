@@ -15,13 +15,12 @@ from torch import nn
 
 
 def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """An (H, W) pair from an int or a pair; anything else is an error (timm's to_2tuple passes it)."""
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"feat_size must be an int or an (H, W) pair, got {size}")
-    return size
+    """An (H, W) pair of positive sizes from an int or a pair; anything else is an error (timm's
+    to_2tuple passes it)."""
+    pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"feat_size must be a positive int or an (H, W) pair of them, got {size}")
+    return pair
 
 
 def value_channels(channels: int, reduction: int, min_channels: int, heads: int) -> int:
@@ -76,13 +75,21 @@ def softmax_f32(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 @register_notrace_function
 @torch.fx.wrap
+def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x in like's dtype; x itself, with no op dispatched, when it already is (a leaf: FX cannot compare
+    dtypes)."""
+    return x if x.dtype == like.dtype else x.to(like.dtype)
+
+
+@register_notrace_function
+@torch.fx.wrap
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 1x1 convolution (B, Cin, H, W) -> (B, Cout, H, W) with a (Cout, Cin, 1, 1) weight.
 
     A contiguous (NCHW) map goes through one batched matmul, W @ X over the flattened map: on a CPU,
-    oneDNN runs a thin 1x1 conv on NCHW up to 4x below that (it reorders the map to a blocked layout
-    and back), which made STT's projections the slowest convolutions in the network. Other layouts
-    (channels_last, where oneDNN's conv is already fast) keep F.conv2d.
+    oneDNN reorders an NCHW map to a blocked layout and back around a 1x1 conv, which for the thin
+    convs of STT's projections costs more than the product itself (docs/implementation-notes.md).
+    Other layouts (channels_last, where oneDNN's conv needs no reorder) keep F.conv2d.
     """
     if not x.is_contiguous():
         return F.conv2d(x, weight, bias)
@@ -94,7 +101,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
         y = torch.bmm(w2d, flat)
     else:  # the bias as baddbmm's broadcast input: no separate pass over the output
         y = torch.baddbmm(bias.unsqueeze(-1), w2d, flat)
-    return y.reshape(b, -1, h, w)
+    return y.reshape(b, weight.shape[0], h, w)
 
 
 @register_notrace_function
@@ -111,7 +118,8 @@ def add_conv1x1(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
         return F.conv2d(x, weight, bias).add_(residual)
     b, cin, h, w = x.shape
     dtype = residual.dtype  # in-place ops are not autocast: every operand explicitly in the output's dtype
-    out = (residual + bias.to(dtype).reshape(-1, 1, 1)).reshape(b, -1, h * w)  # (B, Cout, HW), a new tensor
+    cout = weight.shape[0]
+    out = (residual + bias.to(dtype).reshape(-1, 1, 1)).reshape(b, cout, h * w)  # (B, Cout, HW), a new tensor
     out.baddbmm_(weight.to(dtype).reshape(weight.shape[0], -1).expand(b, -1, -1),
                  x.to(dtype).reshape(b, cin, h * w))
     return out.reshape(residual.shape)
@@ -136,5 +144,5 @@ def check_foldable(module: nn.Module) -> None:
                            f"statistics: call .eval() first")
 
 
-__all__ = ["add_conv1x1", "check_foldable", "check_input", "check_size", "conv1x1", "fuse_conv_bn",
-           "softmax_f32", "to_pair", "value_channels"]
+__all__ = ["add_conv1x1", "cast_like", "check_foldable", "check_input", "check_size", "conv1x1",
+           "fuse_conv_bn", "softmax_f32", "to_pair", "value_channels"]

@@ -68,7 +68,6 @@ class Option:
         type: the annotation of the transformers config field.
         check: what a valid value is.
         doc: what it does, one line.
-        consumer: the layer that reads it (`STT`, `SttResNet` or timm's `ResNet`).
     """
 
     name: str
@@ -76,7 +75,6 @@ class Option:
     type: Any
     check: Check
     doc: str
-    consumer: str = "STT"
 
     def validate(self, value: Any, owner: str = "") -> None:
         """ValueError naming `owner` + the option, what was given and what is expected."""

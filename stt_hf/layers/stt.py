@@ -17,6 +17,7 @@ from torch import nn
 
 from .helpers import (
     add_conv1x1,
+    cast_like,
     check_foldable,
     check_input,
     check_size,
@@ -32,6 +33,7 @@ MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
 torch.fx.wrap("add_conv1x1")
+torch.fx.wrap("cast_like")
 torch.fx.wrap("check_input")
 torch.fx.wrap("check_size")
 torch.fx.wrap("conv1x1")
@@ -85,6 +87,16 @@ def pool_matrix(h: int, w: int, size: int, like: torch.Tensor) -> torch.Tensor:
     return torch.cat([pooled, row_means, column_means], dim=1)
 
 
+@register_notrace_function
+@torch.fx.wrap
+def descriptor_pool(v: torch.Tensor, cached: torch.Tensor, ref_size: tuple[int, int],
+                    size: int) -> torch.Tensor:
+    """pool_matrix for V's (H, W) in V's dtype: the block's cached one at its reference size, else built."""
+    h, w = v.shape[-2], v.shape[-1]
+    pool = cached if h == ref_size[0] and w == ref_size[1] else pool_matrix(h, w, size, cached)
+    return pool if pool.dtype == v.dtype else pool.to(v.dtype)
+
+
 def mode_product(y: torch.Tensor, attn: torch.Tensor, dim: int) -> torch.Tensor:
     """Y x_m A along dim 2 (c), 3 (h) or 4 (w) of Y (B, G, c, H, W); A is (B or 1, G, I, I).
 
@@ -94,7 +106,7 @@ def mode_product(y: torch.Tensor, attn: torch.Tensor, dim: int) -> torch.Tensor:
     products (at 7x7 that was 4-8x slower). Its result is a transposed view; the next reshape copies it.
     """
     b, g, c, h, w = y.shape
-    attn = attn.to(y.dtype)
+    attn = cast_like(attn, y)  # float32 maps on bf16/fp16 values
     if dim == 2:
         return (attn @ y.reshape(b, g, c, h * w)).reshape(b, g, c, h, w)
     if dim == 4:
@@ -113,11 +125,16 @@ class DenseSynth(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.w1 = nn.Parameter(torch.empty(heads, in_dim, hidden, **dd))
-        self.b1 = nn.Parameter(torch.zeros(heads, 1, hidden, **dd))
+        self.b1 = nn.Parameter(torch.empty(heads, 1, hidden, **dd))
         self.w2 = nn.Parameter(torch.empty(heads, hidden, out_dim, **dd))
-        self.b2 = nn.Parameter(torch.zeros(heads, 1, out_dim, **dd))
-        nn.init.normal_(self.w1, std=in_dim**-0.5)
-        nn.init.normal_(self.w2, std=hidden**-0.5)
+        self.b2 = nn.Parameter(torch.empty(heads, 1, out_dim, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.w1, std=self.w1.shape[1] ** -0.5)
+        nn.init.zeros_(self.b1)
+        nn.init.normal_(self.w2, std=self.w2.shape[1] ** -0.5)
+        nn.init.zeros_(self.b2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The batch joins the rows, (G, B I, D): each layer is one bmm over the heads with its bias fused,
@@ -125,7 +142,8 @@ class DenseSynth(nn.Module):
         b, g, i, d = x.shape
         rows = x.transpose(0, 1).reshape(g, b * i, d)
         hidden = torch.baddbmm(self.b1, rows, self.w1).relu_()  # (G, B I, K)
-        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, -1).transpose(0, 1)  # (B, G, I, O)
+        out = self.w2.shape[-1]
+        return torch.baddbmm(self.b2, hidden, self.w2).reshape(g, b, i, out).transpose(0, 1)  # (B, G, I, O)
 
 
 class RandomSynth(nn.Module):
@@ -137,15 +155,24 @@ class RandomSynth(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.factorized = rank is not None
         if self.factorized:
-            self.p = nn.Parameter(torch.randn(heads, size, rank, **dd) * rank**-0.5)
-            self.q = nn.Parameter(torch.randn(heads, size, rank, **dd))
+            self.p = nn.Parameter(torch.empty(heads, size, rank, **dd))
+            self.q = nn.Parameter(torch.empty(heads, size, rank, **dd))
             self.r = None
         else:
             self.p = self.q = None  # plain attributes: TorchScript drops the branch that needs them
             if fixed:
-                self.register_buffer("r", torch.randn(heads, size, size, **dd))
+                self.register_buffer("r", torch.empty(heads, size, size, **dd))
             else:
-                self.r = nn.Parameter(torch.randn(heads, size, size, **dd))
+                self.r = nn.Parameter(torch.empty(heads, size, size, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Standard normal maps; P scaled by rank^-1/2, so P Q^T has unit variance too."""
+        if self.p is not None and self.q is not None:
+            nn.init.normal_(self.p, std=self.p.shape[-1] ** -0.5)
+            nn.init.normal_(self.q)
+        if self.r is not None:
+            nn.init.normal_(self.r)
 
     def forward(self) -> torch.Tensor:
         if self.p is not None and self.q is not None:
@@ -174,9 +201,16 @@ class ModeSynth(nn.Module):
             self.random = RandomSynth(heads, ref_size, fixed=fixed, rank=rank_, **dd)
         if synth == "mixture":
             # sigmoid(0) = 0.5: start as an even blend of the dense and random maps.
-            self.mix_logit = nn.Parameter(torch.zeros(1, heads, 1, 1, **dd))
+            self.mix_logit = nn.Parameter(torch.empty(1, heads, 1, 1, **dd))
+        self.reset_parameters()
 
-    def logits(self, described: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        if self.mix_logit is not None:
+            nn.init.zeros_(self.mix_logit)
+
+    def logits(self, described: dict[str, torch.Tensor], size: int, mix: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """This mode's logits; `mix` is sigmoid(mix_logit) for a mixture (STT computes all modes' at once)."""
         # `is None` tests on submodules are resolved when TorchScript compiles: one branch per synth.
         if self.random is None:
             assert self.dense is not None
@@ -184,12 +218,17 @@ class ModeSynth(nn.Module):
         rand = fit_square(self.random(), size)
         if self.dense is None or self.mix_logit is None:
             return rand
-        a = torch.sigmoid(self.mix_logit)
-        return a * fit_columns(self.dense(described[self.mode]), self.ref_size) + (1 - a) * rand
+        if mix is None:
+            mix = torch.sigmoid(self.mix_logit)
+        dense = fit_columns(self.dense(described[self.mode]), self.ref_size)
+        # a * dense + (1 - a) * rand as one op. lerp does not promote dtypes: under autocast the dense
+        # logits are bf16/fp16, the blend weight float32.
+        return torch.lerp(cast_like(rand, mix), cast_like(dense, mix), mix)
 
-    def forward(self, described: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    def forward(self, described: dict[str, torch.Tensor], size: int, mix: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Softmax of this mode's logits, (B or 1, G, size, size), from STT.describe's descriptors."""
-        return softmax_f32(self.logits(described, size), self.temperature)
+        return softmax_f32(self.logits(described, size, mix), self.temperature)
 
 
 class STT(nn.Module):
@@ -232,24 +271,56 @@ class STT(nn.Module):
                          temperature=self.temperature, **dd)
             for m in self.modes
         })
+        # The descriptors' pooling matrix at the reference size, built once (14 small ops per call
+        # otherwise). Not persistent: it derives from the sizes alone, so checkpoints do not carry it.
+        self.register_buffer("descriptor_pool", None, persistent=False)
+        if self.synth in ("dense", "mixture"):
+            self.descriptor_pool = torch.empty(0, **dd)
+            self.init_non_persistent_buffers()
         self.proj = nn.Conv2d(cv, channels, 1, bias=False, **dd)
         self.norm = nn.BatchNorm2d(channels, **dd)
-        nn.init.zeros_(self.norm.weight)  # identity at init: safe to drop into a pretrained net
+        self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        """Zero the output BN's weight: the block is the identity, safe to drop into a pretrained net
+        (timm's residual blocks have the same method)."""
+        if isinstance(self.norm, nn.BatchNorm2d):  # not yet folded by fuse_for_inference
+            nn.init.zeros_(self.norm.weight)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype), .half(), .cuda(), .to_empty(): rebuild the cached pooling matrix in its new dtype and
+        # place rather than converting it (a float32 1/14 cast to float64 is not float64's 1/14).
+        super()._apply(fn, recurse)
+        self.init_non_persistent_buffers()
+        return self
+
+    @torch.jit.ignore
+    def init_non_persistent_buffers(self) -> None:
+        """(Re)build the buffers that no checkpoint carries, where they already live (device and dtype).
+
+        A loader that builds the model on the meta device and then fills in only the state dict (as
+        transformers' from_pretrained does) must call this: `SttPreTrainedModel._init_weights` does.
+        """
+        if self.descriptor_pool is not None:
+            with torch.no_grad():
+                self.descriptor_pool = pool_matrix(*self.feat_size, self.pool_size, self.descriptor_pool)
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> V, (B, G, c, H, W): the reduced value tensor split into heads."""
         b, _, h, w = x.shape
-        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, -1, h, w)
+        cv = self.to_v.weight.shape[0]  # explicit sizes, not -1: an empty batch reshapes too
+        return conv1x1(x, self.to_v.weight).reshape(b, self.heads, cv // self.heads, h, w)
 
     def describe(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """One descriptor per slice along each mode, averages of V (B, G, c, H, W) that keep its structure:
         c: (B, G, c, s*s) each channel map pooled to s x s; h: (B, G, H, c) mean over W;
         w: (B, G, W, c) mean over H. Empty when no synthesizer reads them (random maps)."""
         described: dict[str, torch.Tensor] = {}
-        if self.synth in ("dense", "mixture"):
+        if self.descriptor_pool is not None:  # dense and mixture
             b, g, c, h, w = v.shape
             s2 = self.pool_size * self.pool_size
-            pooled = v.reshape(b, g, c, h * w) @ pool_matrix(h, w, self.pool_size, v)  # (B, G, c, s2 + H + W)
+            pool = descriptor_pool(v, self.descriptor_pool, self.feat_size, self.pool_size)
+            pooled = v.reshape(b, g, c, h * w) @ pool  # (B, G, c, s2 + H + W)
             described["c"] = pooled[..., :s2]
             described["h"] = pooled[..., s2:s2 + h].transpose(-1, -2)
             described["w"] = pooled[..., s2 + h:].transpose(-1, -2)
@@ -258,9 +329,21 @@ class STT(nn.Module):
     def attention_maps(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """Softmax-normalized attention per mode, (B or 1, G, I_m, I_m), in float32 (float64 if V is)."""
         described = self.describe(v)
+        mix_logits: list[torch.Tensor] = []
+        for synth in self.synths.values():
+            if synth.mix_logit is not None:
+                mix_logits.append(synth.mix_logit)
+        mixture = self.synth == "mixture"  # every mode blends, in the order of self.synths
+        # One op (one multi-tensor kernel on a GPU) for every mode's blend weight, not one per mode.
+        mixes = torch._foreach_sigmoid(mix_logits) if mixture else mix_logits
         maps: dict[str, torch.Tensor] = {}
+        i = 0
         for mode, synth in self.synths.items():
-            maps[mode] = synth(described, v.shape[synth.dim])
+            mix: torch.Tensor | None = None
+            if mixture:
+                mix = mixes[i]
+            maps[mode] = synth(described, v.shape[synth.dim], mix)
+            i += 1
         return maps
 
     def transform(self, v: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -276,7 +359,8 @@ class STT(nn.Module):
             x = check_size(x, self.feat_size, "STT built with resize=False")
         b, _, h, w = x.shape
         v = self.values(x)
-        y = self.transform(v, self.attention_maps(v)).reshape(b, -1, h, w)  # (B, Cv, H, W)
+        cv = v.shape[1] * v.shape[2]
+        y = self.transform(v, self.attention_maps(v)).reshape(b, cv, h, w)  # (B, Cv, H, W)
         return self.output(x, y)
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -284,17 +368,13 @@ class STT(nn.Module):
         bias = self.proj.bias
         if bias is not None:  # fused for inference: the BN lives in the projection's weight and bias
             return add_conv1x1(x, y, self.proj.weight, bias)
-        if not self.training and isinstance(self.norm, nn.BatchNorm2d):
-            # Eval: fold BN into the projection on the fly, a few C-sized ops instead of a pass over
-            # the map (on a CPU the BN pass costs about as much as the thin projection itself).
-            norm = self.norm
-            assert norm.weight is not None and norm.bias is not None  # TorchScript's Optional refinement
-            assert norm.running_mean is not None and norm.running_var is not None
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            weight = self.proj.weight * scale.reshape(-1, 1, 1, 1)
-            return add_conv1x1(x, y, weight, norm.bias - norm.running_mean * scale)
-        # In-place add: one fewer full-size map alive at the peak (BN's backward does not need its output).
-        return self.norm(conv1x1(y, self.proj.weight)).add_(x)
+        # Eval mode runs BN as it is, one op: folding it into the projection at every call took five
+        # more (scale, weight, shift), each a kernel launch on a GPU. fuse_for_inference() folds it once.
+        z = self.norm(conv1x1(y, self.proj.weight))
+        if self.training:
+            # In-place: one fewer full-size map alive at the peak (BN's backward does not need its output).
+            return z.add_(x)
+        return x + z  # in x's dtype under autocast, as the fused path gives
 
     @torch.jit.ignore
     def fuse_for_inference(self) -> "STT":

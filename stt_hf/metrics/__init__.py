@@ -12,8 +12,9 @@ for use as `Trainer(compute_metrics=compute_classification_metrics)`.
 The caption metrics (`CAPTION_METRICS`: bleu, meteor, rouge_l, cider) score as the COCO caption
 evaluation does, with pycocoevalcap and Java (see `captioning`, where their scoring lives and which their
 scripts import); `compute_caption_metrics` runs all four. The scene metrics (`SCENE_METRICS`: object_f1,
-relation_accuracy) score captions of `fashion_scenes` against the scenes' `objects`
-(see `stt_hf.data.scenes`); `compute_caption_metrics` adds them when given the objects.
+relation_accuracy) score captions of `fashion_scenes` against the scenes' `objects` (see
+`stt_hf.data.scenes`, grammar in `stt_hf.data.scene_captions`); `compute_caption_metrics` adds them when
+given the objects.
 
 The segmentation metrics (`SEGMENTATION_METRICS`: mean_iou, pixel_accuracy) score per-pixel label maps;
 `compute_segmentation_metrics` runs both on whole arrays for the Trainer.

@@ -50,43 +50,44 @@ GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fas
 # ResNets reduce the STT value channels as SE does (C // 16) rather than by the bare block's 2.
 STT_DEFAULTS = {"reduction": 16}
 
-# Every SttResNet keyword argument that describes the architecture, declared once: the ResNet's own
-# options, the STT block's under `stt_` and the timm ResNet's that the transformers config carries. The
-# timm entrypoints' keyword handling, the SttConfig fields and both their validations derive from it.
-MODEL_OPTIONS: tuple[Option, ...] = (
+# Every SttResNet keyword argument that describes the architecture, declared once, in three groups by
+# what reads them: SttResNet itself, the STT block (its options under `stt_`) and timm's ResNet (those the
+# transformers config carries). The timm entrypoints' keyword handling, the SttConfig fields and both their
+# validations derive from them.
+PLACEMENT_OPTIONS: tuple[Option, ...] = (
     Option("img_size", 224, int | list[int] | tuple[int, int],
            Check(lambda v: POSITIVE_INT(v) or sequence_of(POSITIVE_INT, 2)(v),
                  "a positive int or an (H, W) pair of them"),
-           "input size the attention modules are built for (their reference feature size)", "SttResNet"),
-    Option("small_input", False, bool, BOOL, "3x3 stride-1 stem without max-pool, for 28-32 px images",
-           "SttResNet"),
+           "input size the attention modules are built for (their reference feature size)"),
+    Option("small_input", False, bool, BOOL, "3x3 stride-1 stem without max-pool, for 28-32 px images"),
     Option("attn_layer", "stt", str | None, one_of((None, "none", *ATTN_FACTORIES)),
            "the attention module: 'stt' or a baseline; None or 'none' for a plain ResNet ('none' survives "
-           "timm.create_model, which drops keyword arguments that are None)", "SttResNet"),
+           "timm.create_model, which drops keyword arguments that are None)"),
     Option("attn_placement", "block", str, one_of(PLACEMENTS),
-           "'block' (in each residual block), 'stage' (after each stage) or 'final' (after stage 4)",
-           "SttResNet"),
+           "'block' (in each residual block), 'stage' (after each stage) or 'final' (after stage 4)"),
     Option("attn_stages", (3, 4), int | list[int] | tuple[int, ...],
            Check(lambda v: v in STAGES if is_int(v) else sequence_of(lambda s: is_int(s) and s in STAGES)(v),
                  "stage numbers in 1..4: an int or a non-empty sequence"),
-           "the stages that get attention ('final' placement: stage 4 whatever this says)", "SttResNet"),
-    *(option.renamed("stt_", default=STT_DEFAULTS.get(option.name, option.default)) for option in STT_SPEC),
-    Option("in_chans", 3, int, POSITIVE_INT, "input image channels", "ResNet"),
+           "the stages that get attention ('final' placement: stage 4 whatever this says)"),
+)
+BLOCK_OPTIONS: tuple[Option, ...] = tuple(
+    option.renamed("stt_", default=STT_DEFAULTS.get(option.name, option.default)) for option in STT_SPEC)
+TRUNK_OPTIONS: tuple[Option, ...] = (
+    Option("in_chans", 3, int, POSITIVE_INT, "input image channels"),
     Option("channels", (64, 128, 256, 512), list[int] | tuple[int, ...],
            Check(sequence_of(POSITIVE_INT, 4), "four positive ints, one per stage"),
-           "widths of the four stages (times the block expansion)", "ResNet"),
-    Option("stem_width", 64, int, POSITIVE_INT, "stem channels", "ResNet"),
-    Option("stem_type", "", str, one_of(STEM_TYPES), "'' (one 7x7 conv) or a deep stem of 3x3 convs",
-           "ResNet"),
-    Option("avg_down", False, bool, BOOL, "average-pool in the downsampling shortcuts (ResNet-D)", "ResNet"),
-    Option("cardinality", 1, int, POSITIVE_INT, "groups of the bottleneck 3x3 conv (ResNeXt)", "ResNet"),
-    Option("base_width", 64, int, POSITIVE_INT, "bottleneck width per group (ResNeXt)", "ResNet"),
-    Option("output_stride", 32, int, one_of((8, 16, 32)), "total stride; 8 or 16 dilate the last stages",
-           "ResNet"),
-    Option("global_pool", "avg", str, one_of(GLOBAL_POOLS), "the pooling before the classifier", "ResNet"),
-    Option("drop_rate", 0.0, float, PROBABILITY, "dropout before the classifier", "ResNet"),
-    Option("drop_path_rate", 0.0, float, PROBABILITY, "stochastic depth of the residual blocks", "ResNet"),
+           "widths of the four stages (times the block expansion)"),
+    Option("stem_width", 64, int, POSITIVE_INT, "stem channels"),
+    Option("stem_type", "", str, one_of(STEM_TYPES), "'' (one 7x7 conv) or a deep stem of 3x3 convs"),
+    Option("avg_down", False, bool, BOOL, "average-pool in the downsampling shortcuts (ResNet-D)"),
+    Option("cardinality", 1, int, POSITIVE_INT, "groups of the bottleneck 3x3 conv (ResNeXt)"),
+    Option("base_width", 64, int, POSITIVE_INT, "bottleneck width per group (ResNeXt)"),
+    Option("output_stride", 32, int, one_of((8, 16, 32)), "total stride; 8 or 16 dilate the last stages"),
+    Option("global_pool", "avg", str, one_of(GLOBAL_POOLS), "the pooling before the classifier"),
+    Option("drop_rate", 0.0, float, PROBABILITY, "dropout before the classifier"),
+    Option("drop_path_rate", 0.0, float, PROBABILITY, "stochastic depth of the residual blocks"),
 )
+MODEL_OPTIONS: tuple[Option, ...] = (*PLACEMENT_OPTIONS, *BLOCK_OPTIONS, *TRUNK_OPTIONS)
 MODEL_KWARGS = tuple(option.name for option in MODEL_OPTIONS)
 
 
@@ -101,9 +102,8 @@ def check_model_options(block: type[nn.Module], options: Mapping[str, Any], owne
     `options` holds every name of MODEL_OPTIONS. Besides each value on its own, the STT block needs its
     heads to divide its value channels, which depend on the width of the stage it sits in.
     """
-    for option in MODEL_OPTIONS:
-        if option.consumer != "STT":
-            option.validate(options[option.name], owner)
+    for option in (*PLACEMENT_OPTIONS, *TRUNK_OPTIONS):
+        option.validate(options[option.name], owner)
     check_stt_options(options, prefix="stt_", owner=owner)
     if options["attn_layer"] != "stt":
         return
@@ -146,7 +146,7 @@ class SttResNet(ResNet):
                             f"{[k for k in MODEL_KWARGS if k.startswith(('stt_', 'attn_'))]}")
         opt = resolve(MODEL_OPTIONS, kwargs)  # kwargs keeps the rest of timm ResNet's arguments
         check_model_options(block, opt)
-        trunk = {o.name: opt[o.name] for o in MODEL_OPTIONS if o.consumer == "ResNet"}
+        trunk = {o.name: opt[o.name] for o in TRUNK_OPTIONS}
         super().__init__(block, layers, **trunk, device=device, dtype=dtype, **kwargs)
         attn_stages = placed_stages(opt["attn_placement"], opt["attn_stages"])
         img_size = opt["img_size"]
@@ -163,7 +163,7 @@ class SttResNet(ResNet):
                 info["reduction"] = max(info["reduction"] // 4, 1)
 
         # The block's options under their own names, for whichever attention module is placed.
-        options = {o.name.removeprefix("stt_"): opt[o.name] for o in MODEL_OPTIONS if o.consumer == "STT"}
+        options = {o.name.removeprefix("stt_"): opt[o.name] for o in BLOCK_OPTIONS}
         options.update(device=device, dtype=dtype)
         attn_layer = None if opt["attn_layer"] == "none" else opt["attn_layer"]
         self.attn_layer = attn_layer
@@ -313,13 +313,12 @@ default_cfgs = generate_default_cfgs({
     "stt_resnet50_s": _small_cfg(),
 })
 
-# The `_s` family puts one STT block after the last stage: the ablation in docs/results.md ("The paper's
-# comparison, small") found it more accurate and more robust than block placement at 28 px.
+# The `_s` family is for 28-32 px inputs: one STT block after the last stage, where the map is smallest
+# and one block sees every position (docs/results.md compares the placements at this size).
 SMALL = dict(small_input=True, img_size=32, attn_placement="final")
 NARROW = dict(channels=(32, 64, 128, 256))
-# The 224 px family keeps the SttResNet defaults, STT inside the blocks of stages 3-4: on segmentation
-# (docs/segmentation.md, "Where should attention go?") one block after the last stage or after each stage
-# tied with it, and no placement beat the plain ResNet, so the evidence gives no reason to move it.
+# The 224 px family keeps the SttResNet defaults, STT inside the blocks of stages 3-4 (docs/segmentation.md
+# compares the other placements on a 224 px-family backbone).
 
 # What each registered model is: its depth (see ARCHS) and the SttResNet keyword arguments its
 # entrypoint sets. The timm entrypoints below and the transformers presets

@@ -39,3 +39,31 @@ def model_complexity(name: str, **kwargs) -> dict:
     input_size = model.pretrained_cfg["input_size"]
     return dict(model=name, input_size=input_size, params_m=count_params(model) / 1e6,
                 gmacs=count_macs(model, input_size) / 1e9)
+
+
+# What the op count leaves out: ops that only make a new view of a tensor or allocate an uninitialised
+# one (no arithmetic, no kernel of their own). A reshape that must copy counts as a reshape.
+VIEW_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "permute", "expand", "expand_as", "transpose", "t",
+    "unsqueeze", "squeeze", "flatten", "unflatten", "as_strided", "slice", "select", "split", "chunk",
+    "unbind", "narrow", "alias", "detach", "lift_fresh", "view_as", "empty", "empty_like", "empty_strided",
+))
+
+
+def count_aten_ops(fn, *args) -> list[str]:
+    """The top-level ATen ops one call of `fn(*args)` runs on a CPU, views and empty allocations left out.
+
+    Top level: an `aten::` event of torch.profiler whose parent is not itself an ATen op (so `matmul`
+    counts once, not again for the `bmm` it calls). Returns the op names in call order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(*args)
+    ops = []
+    for event in prof.events():
+        parent = event.cpu_parent
+        if (event.name.startswith("aten::") and event.name not in VIEW_OPS
+                and not (parent is not None and parent.name.startswith("aten::"))):
+            ops.append(event.name)
+    return ops

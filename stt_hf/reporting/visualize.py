@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.common import to_channels
 from ..layers.stt import STT
+from .publish import check_output_file
 
 # scikit-image's photos bundled with the package (the others download on first use).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -45,7 +46,7 @@ MODE_TITLES = {"c": "channel attention A_c", "h": "height attention A_h", "w": "
 # Inputs: the model, the image, the preprocessing
 # ---------------------------------------------------------------------------------------------------
 
-def load_model(spec: str | nn.Module) -> nn.Module:
+def load_model(spec: str | nn.Module, *, allow_pickle: bool = False) -> nn.Module:
     """A model in eval mode: a timm model name (random init), a checkpoint folder or a Hub repo id.
 
     Random-init models are built with zero_init_last=False (see below), so they are not the identity
@@ -56,7 +57,7 @@ def load_model(spec: str | nn.Module) -> nn.Module:
     from ..hf.convert import timm_from_pretrained
 
     if Path(spec).exists() or "/" in spec:  # a folder (either format), or a Hub id to fetch
-        return timm_from_pretrained(spec)
+        return timm_from_pretrained(spec, allow_pickle=allow_pickle)
     if not timm.is_model(spec):
         raise ValueError(f"{spec!r} is neither a registered timm model name, a checkpoint folder, nor a "
                          f"Hub repo id (ORG/NAME); see `stt-hf models` for the STT model names")
@@ -201,10 +202,9 @@ def heatmap(ax, values: np.ndarray, title: str, *, cmap: str = "viridis", xlabel
 
 def draw(captured: list[dict], pixels: torch.Tensor, config: dict, *, head: int | str, title: str):
     """The matplotlib figure: the input, then one row per STT block."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = 5  # up to three attention maps, input energy, reweighting
     fig, axes = plt.subplots(1 + len(captured), cols, figsize=(3.4 * cols, 3.4 * (1 + len(captured))),
@@ -246,15 +246,20 @@ def default_out(model_spec: str | nn.Module, image_name: str) -> Path:
 
 def visualize(model: str | nn.Module, image: str | Path | Image.Image | np.ndarray = DEFAULT_IMAGE,
               out: str | Path | None = None, *, size: int | None = None, head: int | str = "mean",
-              dpi: int = 90) -> Path:
+              dpi: int = 90, allow_pickle: bool = False) -> Path:
     """Write one PNG with the attention every STT block of `model` synthesizes for `image`; return its path.
 
     model: a timm model name (random init), a checkpoint folder or Hub id, or a module with STT blocks.
     image: an image file, one of the bundled photos (astronaut, chelsea, coffee, rocket), or an image.
     size: run at size x size instead of the model's input size (STT interpolates its synthesized maps).
     head: which head's maps to draw, or "mean" to average them.
+    allow_pickle: read a folder's pickle weights (.bin, .pth) too (with torch.load(weights_only=True)).
     """
-    net = load_model(model)
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if out is not None:
+        check_output_file(out, "--out", ".png")
+    net = load_model(model, allow_pickle=allow_pickle)
     blocks = stt_blocks(net)
     img, image_name = load_image(image)
     pixels, config = preprocess(net, img, size)
@@ -266,9 +271,9 @@ def visualize(model: str | nn.Module, image: str | Path | Image.Image | np.ndarr
     out = Path(out) if out is not None else default_out(model, image_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    import matplotlib.pyplot as plt
+    from ..plotting import pyplot
 
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -290,17 +295,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"PNG to write (default: {DEFAULT_OUT_DIR}/MODEL-IMAGE.png)")
     parser.add_argument("--size", type=int, default=None, help="input size N (default: the model's)")
     parser.add_argument("--head", type=_head, default="mean", help="head index, or 'mean' (default)")
+    parser.add_argument("--allow_pickle", action="store_true",
+                        help="read a folder's pickle weights (.bin, .pth) with torch.load(weights_only=True)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command; 0 on success, 2 (with the reason on stderr) for a bad model or image."""
-    try:
-        out = visualize(args.model, args.image, args.out, size=args.size, head=args.head)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(out)
+    """Run the parsed command; errors propagate to the caller's reporting."""
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
+    print(visualize(args.model, args.image, args.out, size=args.size, head=args.head,
+                    allow_pickle=args.allow_pickle))
     return 0
 
 
@@ -313,8 +318,13 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The standalone command: 0 on success, 2 (with the reason on stderr) for a bad model or image."""
     parser = argparse.ArgumentParser(prog="visualize", description=__doc__.split("\n\n")[0])
-    return run(add_arguments(parser).parse_args(argv))
+    try:
+        return run(add_arguments(parser).parse_args(argv))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 __all__ = ["add_visualize_parser", "load_image", "load_model", "main", "preprocess", "stt_blocks",

@@ -3,15 +3,18 @@ arguments, timm's image transforms, the batch collator, and whether bf16 is nati
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainerCallback
 
-from ..data.common import to_channels
+from ..data.common import open_image, to_channels
 
 
 @dataclass
@@ -32,33 +35,120 @@ class DataArguments:
         "help": "Decode a training split that fits in 1 GiB and is at the input size once, and augment "
                 "whole batches (same crop/flip as timm's transform, much cheaper); False: timm's "
                 "per-image transforms."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the train split as a stream (a Hub dataset id or a folder of Parquet/WebDataset "
+                "shards, see stt-hf write-shards); needs --max_steps. Evaluation splits are materialised."})
+    shuffle_buffer: int = field(default=1000, metadata={
+        "help": "--streaming: examples held in the shuffle buffer (shards are shuffled too); 1: no shuffle."})
 
 
-def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None) -> list:
-    """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`."""
+class ShortUsageErrors:
+    """argparse mix-in: an error prints one line and the -h hint instead of the whole usage, which for
+    train's 100+ TrainingArguments flags buries the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n  fix: see `{self.prog} -h` for the options\n")
+
+
+class CommandParser(ShortUsageErrors, HfArgumentParser):
+    """The trainers' HfArgumentParser, with one-line errors."""
+
+
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace the results of an earlier run in --output_dir (its model, config and checkpoints). "
+                "Without it a folder holding results is refused, unless --resume_from_checkpoint continues "
+                "that run."})
+
+
+def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None,
+                      prog: str | None = None) -> list:
+    """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`.
+
+    The TrainingArguments (the last dataclass) also carry `overwrite_output_dir` (`OutputArguments`).
+    A config key that names no flag is an error, as an unknown flag is.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
+    prog = prog or Path(sys.argv[0]).name
+    parser = CommandParser((*dataclass_types, OutputArguments), prog=prog)
     parser.add_argument("--config", default=None, help="YAML/JSON file of defaults; flags override it.")
     # Without a GPU, say so: it is what makes accelerate run torchrun/accelerate-launched CPU
     # processes as one DDP job (gloo) instead of as independent runs.
     defaults = dict(defaults, use_cpu=not torch.cuda.is_available())
-    if "--config" in argv:
-        defaults.update(load_config_file(argv[argv.index("--config") + 1]))
+    config_path = config_file_flag(argv, error=parser.error)
+    if config_path is not None:
+        values = load_config_file(config_path)
+        known = {f.name for dc in (*dataclass_types, OutputArguments) for f in dataclasses.fields(dc)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"--config {config_path}: unknown keys {unknown}; the keys are flag names "
+                             f"without the dashes (see `{prog} -h`)")
+        defaults.update(values)
     parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(argv)[: len(dataclass_types)]
+    *parsed, output_args = parser.parse_args_into_dataclasses(argv)[: len(dataclass_types) + 1]
+    parsed[-1].overwrite_output_dir = output_args.overwrite_output_dir
+    return parsed
+
+
+def config_file_flag(argv: list[str], error=None) -> str | None:
+    """The FILE of `--config FILE` or `--config=FILE` in argv, or None."""
+    config_flag = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    if error is not None:
+        config_flag.error = error
+    config_flag.add_argument("--config", default=None)
+    return config_flag.parse_known_args(argv)[0].config
+
+
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the arguments set by a flag or by `--config FILE` (not left at a default)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    config_path = config_file_flag(argv)
+    if config_path is not None:
+        names |= set(load_config_file(config_path))
+    return names
 
 
 def load_config_file(path: str) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
     text = Path(path).read_text()
     if path.endswith((".yaml", ".yml")):
         import yaml
 
         values = yaml.safe_load(text)
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not valid JSON ({e}); YAML files end in .yaml or .yml") \
+                from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of argument names to values")
     return values
+
+
+def json_object(text: str | None, flag: str) -> dict:
+    """The dict a JSON flag (`--model_kwargs`, `--encoder_kwargs`) holds; {} for none."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {text!r} is not valid JSON ({e}); expected an object such as "
+                         '\'{"attn_layer": "none"}\'') from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {text!r} is a JSON {type(value).__name__}; expected an object of option "
+                         'names to values, such as \'{"attn_layer": "none"}\'')
+    return value
+
+
+def check_positive(**values) -> None:
+    """Raise naming the first flag (by keyword) whose value is set and below 1."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
 
 
 def is_checkpoint(model: str) -> bool:
@@ -94,8 +184,8 @@ def image_transforms(config, *, crop_scale: float, hflip: float, ratio: tuple[fl
                                 hflip=hflip, color_jitter=None)
     eval_tf = create_transform(**data_cfg, is_training=False)
 
-    def convert_then(transform):
-        return lambda image: transform(to_channels(image, input_size[0]))
+    def convert_then(transform):  # images come decoded, or undecoded (`data.common.undecoded`) to be named
+        return lambda image: transform(to_channels(open_image(image), input_size[0]))
 
     return convert_then(train_tf), convert_then(eval_tf)
 
@@ -122,13 +212,71 @@ def collate(examples: list[dict]) -> dict:
 
 def resume_checkpoint(training_args):
     """`--resume_from_checkpoint`: `latest` (or `last`, `true`) means the newest checkpoint in the output
-    folder; anything else is passed through."""
+    folder, which must exist; anything else is passed through."""
     from transformers.trainer_utils import get_last_checkpoint
 
     resume = training_args.resume_from_checkpoint
     if resume in ("latest", "last", "true", "True"):
-        return get_last_checkpoint(training_args.output_dir)
+        folder = training_args.output_dir
+        last = get_last_checkpoint(folder) if Path(folder).is_dir() else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {resume}: {folder} holds no checkpoint-* folder to "
+                             "resume from; leave the flag out to start a new run")
+        return last
+    if resume and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
     return resume
+
+
+def check_run(training_args) -> None:
+    """Checks of the schedule and the output folder that need no data: run before any work."""
+    args = training_args
+    if args.max_steps < -1 or args.max_steps == 0:
+        raise ValueError(f"--max_steps must be a positive number of steps (or -1: use --num_train_epochs), "
+                         f"got {args.max_steps}")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be positive when --max_steps is not set, got "
+                         f"{args.num_train_epochs}")
+    check_positive(per_device_train_batch_size=args.per_device_train_batch_size,
+                   per_device_eval_batch_size=args.per_device_eval_batch_size,
+                   gradient_accumulation_steps=args.gradient_accumulation_steps)
+    resume_checkpoint(args)
+    from ..reporting.run_folder import check_earlier_results
+
+    check_earlier_results(args.output_dir, overwrite=args.overwrite_output_dir,
+                          resuming=bool(args.resume_from_checkpoint))
+
+
+def start_run(training_args, command: str):
+    """What every trainer does right before building its model: claim the output folder (an exclusive
+    lock, held until `release()` or the end of the process; only the main process of a DDP job takes it)
+    and seed every random number generator, so `--seed` decides the initial weights too."""
+    from transformers import set_seed
+
+    from ..reporting.run_folder import OutputDirLock, claim_output_dir
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock = claim_output_dir(training_args.output_dir, command=command,
+                                overwrite=training_args.overwrite_output_dir,
+                                resuming=bool(training_args.resume_from_checkpoint))
+    else:
+        lock = OutputDirLock(Path(training_args.output_dir), None)
+    set_seed(training_args.seed)
+    return lock
+
+
+class UserFileMode(TrainerCallback):
+    """Checkpoint files get the user's usual file mode (safetensors writes 0600 through a temporary
+    file), like every other output."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from ..hf.checkpoints import default_file_mode
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        mode = default_file_mode()
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            if path.is_file():
+                path.chmod(mode)
 
 
 def best_checkpoint(trainer) -> dict | None:
@@ -166,6 +314,7 @@ def push_run_folder(trainer, commit_message: str) -> None:
                 commit_message=commit_message)
 
 
-__all__ = ["DataArguments", "best_checkpoint", "build_transforms", "collate", "image_transforms",
-           "is_checkpoint", "load_config_file", "native_bf16", "parse_with_config", "print_run_summary",
-           "push_run_folder", "resume_checkpoint"]
+__all__ = ["CommandParser", "DataArguments", "OutputArguments", "ShortUsageErrors", "UserFileMode",
+           "best_checkpoint", "build_transforms", "check_positive", "check_run", "collate", "given_flags",
+           "image_transforms", "is_checkpoint", "json_object", "load_config_file", "native_bf16",
+           "parse_with_config", "print_run_summary", "push_run_folder", "resume_checkpoint", "start_run"]

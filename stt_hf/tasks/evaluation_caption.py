@@ -14,7 +14,8 @@ import torch
 from ..data.captions import load_caption_dataset
 from ..data.common import to_rgb
 from ..metrics import compute_caption_metrics
-from ..reporting.publish import write_json
+from ..reporting.publish import check_output_file, write_json
+from .common import check_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +65,17 @@ def generate_captions(model, tokenizer, image_processor, images, batch_size: int
     return captions
 
 
-def run(args: argparse.Namespace) -> dict:
+def check_arguments(args: argparse.Namespace) -> None:
+    """The flag values, before any work."""
+    check_positive(batch_size=args.batch_size, num_beams=args.num_beams,
+                   max_eval_samples=args.max_eval_samples)
+    check_output_file(args.output, "--output", ".json")
     if args.no_repeat_ngram_size is not None:
         check_no_repeat_ngram_size(args.no_repeat_ngram_size)
+
+
+def run(args: argparse.Namespace) -> dict:
+    check_arguments(args)
     model, tokenizer, image_processor = load_captioner(args.model, args.trust_remote_code)
     dsd = load_caption_dataset(args.dataset, image_column=args.image_column,
                                caption_column=args.caption_column, seed=args.seed,
@@ -75,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.split not in dsd:
         raise ValueError(f"--split {args.split!r} is not in the dataset; it has {sorted(dsd)}")
     data = dsd[args.split]
-    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
+    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams is not None else {}
     if args.no_repeat_ngram_size is not None:
         generate_kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     generated = generate_captions(model, tokenizer, image_processor, list(data["image"]), args.batch_size,

@@ -11,7 +11,8 @@ import torch
 from ..data.segmentation import class_names, decode_segmentation, load_segmentation_dataset, normalize
 from ..hf.modeling_stt_seg import IGNORE_INDEX
 from ..metrics import compute_segmentation_metrics
-from ..reporting.publish import write_json
+from ..reporting.publish import check_output_file, write_json
+from .common import check_positive
 
 OVERLAY_ALPHA = 0.55
 
@@ -98,9 +99,20 @@ def save_overlay(path, images: torch.Tensor, masks: torch.Tensor, predictions: t
     return path
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The flag values, before any work."""
+    check_positive(batch_size=args.batch_size, overlay_count=args.overlay_count,
+                   scenes_canvas=args.scenes_canvas,
+                   scenes_test=args.scenes_test, scenes_validation=args.scenes_validation,
+                   max_eval_samples=args.max_eval_samples)
+    check_output_file(args.output, "--output", ".json")
+    check_output_file(args.overlay, "--overlay", ".png")
+
+
 def run(args: argparse.Namespace) -> dict:
     from ..hf.modeling_stt_seg import SttUperNetForSemanticSegmentation
 
+    check_arguments(args)
     model = SttUperNetForSemanticSegmentation.from_pretrained(args.model).eval()
     dsd, _ = load_segmentation_dataset(
         args.dataset, image_column=args.image_column, mask_column=args.mask_column, seed=args.seed,
@@ -124,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     default_dir = Path(args.model) if Path(args.model).is_dir() else Path(".")
     out = Path(args.output) if args.output else default_dir / f"eval_seg_{split}.json"
     overlay = Path(args.overlay) if args.overlay else out.with_name(f"{out.stem}_overlay.png")
-    count = max(1, args.overlay_count)
+    count = args.overlay_count
     result["overlay"] = str(save_overlay(overlay, data.images[:count], data.masks[:count],
                                          predictions[:count], labels))
     write_json(out, result)

@@ -25,6 +25,19 @@ from torch import nn
 from ..models.stt_resnet import SttResNet
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+# The opsets torch's dynamo exporter writes: torchlib's 18 up to torch's newest. It writes 18 for a
+# lower request and fails deep in the export for a higher one, so both are refused up front.
+MIN_OPSET = 18
+MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 23)
+
+
+def check_export_options(img_size, opset) -> None:
+    sizes = img_size if isinstance(img_size, (tuple, list)) else (img_size,)
+    if img_size is not None and any(s < 1 for s in sizes):
+        raise ValueError(f"img_size must be a positive number of pixels, got {img_size}")
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (what torch's ONNX exporter writes), "
+                         f"got {opset}")
 
 
 class LogitsOnly(nn.Module):
@@ -82,6 +95,7 @@ def export_onnx(source: str | nn.Module, output: str | os.PathLike, *,
     `logits` (B, num_classes). With `fuse`, the attention blocks' output BatchNorms are folded first
     (a module passed in is copied, not changed). Returns the path written.
     """
+    check_export_options(img_size, opset)
     if isinstance(source, nn.Module):
         if img_size is None:
             raise ValueError("img_size is required when exporting a module")
@@ -117,6 +131,16 @@ def max_abs_diff(model: nn.Module, onnx_path: str | os.PathLike, x: torch.Tensor
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ..hf.convert import check_model_folder
+    from ..reporting.publish import check_output_file
+
+    check_export_options(args.img_size, args.opset)
+    check_output_file(args.output, "output", ".onnx")
+    if not os.path.exists(args.model) and not is_timm_name(args.model) and (
+            args.model.startswith(("/", ".", "~")) or args.model.count("/") != 1):
+        raise FileNotFoundError(f"{args.model}: no such model folder, and not a registered timm name or a "
+                                "Hub id (ORG/NAME); see `stt-hf models`")
+    check_model_folder(args.model, ("stt",), "model")
     model, (in_chans, *size) = load_for_export(args.model, pretrained=args.pretrained)
     size = [args.img_size] * 2 if args.img_size is not None else size
     path = export_onnx(model, args.output, img_size=tuple(size), fuse=not args.no_fuse, opset=args.opset)

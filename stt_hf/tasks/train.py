@@ -11,7 +11,6 @@ process writes the final model, card and plots.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -23,17 +22,26 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..data.classification import load_image_dataset, validate_dataset
+from ..data.common import undecoded
 from ..metrics import compute_classification_metrics
+from ..reporting.publish import write_failures_as_oserror
+from . import streaming
 from .common import (
     DataArguments,
+    UserFileMode,
     best_checkpoint,
     build_transforms,
+    check_positive,
+    check_run,
+    given_flags,
     is_checkpoint,
+    json_object,
     native_bf16,
     parse_with_config,
     print_run_summary,
     push_run_folder,
     resume_checkpoint,
+    start_run,
 )
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
@@ -84,10 +92,13 @@ def parse_args(argv: list[str] | None = None):
     """Dataclasses from flags, with `--config FILE` and the main-job defaults underneath."""
     defaults = dict(MAIN_JOB_DEFAULTS, bf16=native_bf16())
     model_args, data_args, training_args = parse_with_config(
-        (ModelArguments, DataArguments, TrainingArguments), defaults, argv)
+        (ModelArguments, DataArguments, TrainingArguments), defaults, argv, prog="stt-hf train")
     if training_args.output_dir in (None, "trainer_output"):
         run = f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
+    json_object(model_args.model_kwargs, "--model_kwargs")
+    check_positive(img_size=model_args.img_size, max_train_samples=data_args.max_train_samples,
+                   max_eval_samples=data_args.max_eval_samples)
     return model_args, data_args, training_args
 
 
@@ -99,7 +110,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
 
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
-    extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    extra = json_object(model_args.model_kwargs, "--model_kwargs")
     if model_args.img_size:
         extra["img_size"] = model_args.img_size
     if is_checkpoint(model_args.model):
@@ -128,7 +139,7 @@ def training_data(model, dsd, data_args: DataArguments, channels_last: bool):
     train_ds = decode_split(dsd["train"], model.config.input_size()) if data_args.in_memory else None
     if train_ds is None:
         train_tf, _ = build_transforms(model, data_args)
-        train_ds = dsd["train"].with_transform(train_tf)
+        train_ds = undecoded(dsd["train"]).with_transform(train_tf)
     return train_ds, collator
 
 
@@ -140,45 +151,71 @@ def main(argv: list[str] | None = None) -> dict:
 def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Train, evaluate on the held-out split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
+    check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
-    dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
-                             label_column=data_args.label_column, val_fraction=data_args.val_fraction,
-                             seed=training_args.seed, max_train_samples=data_args.max_train_samples,
-                             max_eval_samples=data_args.max_eval_samples)
-    labels = dsd["train"].features["label"].names
+    streaming.check_parallelism(training_args)
+    if data_args.streaming:
+        streaming.check_training_args(training_args)
+        train_stream, dsd, labels = streaming.load_streaming_data(data_args, training_args)
+    else:
+        dsd = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
+                                 label_column=data_args.label_column, val_fraction=data_args.val_fraction,
+                                 seed=training_args.seed, max_train_samples=data_args.max_train_samples,
+                                 max_eval_samples=data_args.max_eval_samples)
+        labels = dsd["train"].features["label"].names
     validate_dataset(dsd, num_labels=len(labels))  # fail before any training
 
     if model_args.img_size is None and not is_checkpoint(model_args.model):
         model_args.img_size = NATIVE_IMG_SIZE.get(data_args.dataset)  # train at 28 px, not upsampled
+    command = shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])])
+    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
     model = build_model(model_args, labels)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, eval_tf = build_transforms(model, data_args)
-    train_ds, collator = training_data(model, dsd, data_args, model_args.channels_last)
-    val_ds = dsd["validation"].with_transform(eval_tf)
+    val_ds = undecoded(dsd["validation"]).with_transform(eval_tf)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
     # We publish the finished folder ourselves (weights, code, card), not the Trainer's checkpoints.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    resume = resume_checkpoint(training_args)
 
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=collator, compute_metrics=compute_classification_metrics)
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    if data_args.streaming:
+        streaming.pipeline_defaults(training_args, per_image=True, explicit=given_flags(argv))
+        trainer = streaming.build_trainer(model, train_stream, val_ds, data_args, training_args, resume,
+                                          channels_last=model_args.channels_last,
+                                          compute_metrics=compute_classification_metrics)
+    else:
+        from ..data.batch_augment import InMemoryImages
+
+        train_ds, collator = training_data(model, dsd, data_args, model_args.channels_last)
+        streaming.pipeline_defaults(training_args, per_image=not isinstance(train_ds, InMemoryImages),
+                                    explicit=given_flags(argv))
+        trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                          data_collator=collator, compute_metrics=compute_classification_metrics)
+    trainer.add_callback(UserFileMode())
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume)
 
     eval_split = "test" if "test" in dsd else "validation"
-    eval_metrics = trainer.evaluate(dsd[eval_split].with_transform(eval_tf), metric_key_prefix=eval_split)
+    eval_metrics = trainer.evaluate(undecoded(dsd[eval_split]).with_transform(eval_tf),
+                                    metric_key_prefix=eval_split)
     results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
                    global_step=trainer.state.global_step, best=best_checkpoint(trainer),
                    wall_time_s=round(time.time() - started, 1))
+    if data_args.streaming:
+        seen = trainer.state.global_step * training_args.gradient_accumulation_steps * \
+            training_args.per_device_train_batch_size * training_args.world_size
+        results["train_samples"] = f"{seen} streamed"
     if trainer.is_world_process_zero():
         from ..reporting.publish import write_run_outputs
 
         results["paths"] = write_run_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
-            results=results,
-            command=shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])]))
+            results=results, command=command)
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
         push_run_folder(trainer, commit_message="Upload STT model")
+    folder_lock.release()
     return trainer, results
 
 

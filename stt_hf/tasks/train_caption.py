@@ -24,20 +24,27 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from ..data.captions import load_caption_dataset
+from ..data.common import undecoded
 from ..hf.captioning import (
     build_captioner,
     decoder_inputs,
     encode_captions,
     train_caption_tokenizer,
 )
+from ..reporting.publish import write_failures_as_oserror
 from .common import (
+    UserFileMode,
     best_checkpoint,
+    check_positive,
+    check_run,
     image_transforms,
+    json_object,
     native_bf16,
     parse_with_config,
     print_run_summary,
     push_run_folder,
     resume_checkpoint,
+    start_run,
 )
 from .evaluation_caption import check_no_repeat_ngram_size, generate_captions
 
@@ -127,15 +134,21 @@ class CaptionDataArguments:
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
         (CaptionModelArguments, CaptionDataArguments, Seq2SeqTrainingArguments),
-        dict(CAPTION_DEFAULTS, bf16=native_bf16()), argv)
+        dict(CAPTION_DEFAULTS, bf16=native_bf16()), argv, prog="stt-hf train-caption")
+    check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
+                   decoder_layers=model_args.decoder_layers, decoder_heads=model_args.decoder_heads,
+                   vocab_size=model_args.vocab_size, max_caption_length=model_args.max_caption_length,
+                   max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+                   generation_num_beams=training_args.generation_num_beams)
     if training_args.output_dir in (None, "trainer_output"):
-        attn = json.loads(model_args.encoder_kwargs or "{}").get("attn_layer", "stt")
+        attn = json_object(model_args.encoder_kwargs, "--encoder_kwargs").get("attn_layer", "stt")
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
     training_args.generation_max_length = model_args.max_caption_length
     if model_args.no_repeat_ngram_size is None:  # resolved here, so the card states the value used
         model_args.no_repeat_ngram_size = 0 if data_args.dataset == "fashion_scenes" else 3
     check_no_repeat_ngram_size(model_args.no_repeat_ngram_size)
+    json_object(model_args.encoder_kwargs, "--encoder_kwargs")
     return model_args, data_args, training_args
 
 
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(argv: list[str] | None = None):
     """Train, score the test split, write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
+    check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
     val_limits = [n for n in (data_args.max_eval_samples, data_args.max_val_samples) if n and n > 0]
     limits = {"train": data_args.max_train_samples, "validation": min(val_limits, default=None),
@@ -224,7 +238,9 @@ def run(argv: list[str] | None = None):
     tokenizer = load_tokenizer(model_args, dsd["train"]["caption"])
     encoder_kwargs = dict(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
                           position_embedding=model_args.position_embedding,
-                          **json.loads(model_args.encoder_kwargs or "{}"))
+                          **json_object(model_args.encoder_kwargs, "--encoder_kwargs"))
+    command = shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])])
+    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
     model = build_captioner(
         model_args.encoder, tokenizer, decoder=model_args.decoder, encoder_kwargs=encoder_kwargs,
         decoder_kwargs=dict(layers=model_args.decoder_layers, heads=model_args.decoder_heads,
@@ -239,11 +255,12 @@ def run(argv: list[str] | None = None):
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Seq2SeqTrainer(
-        model=model, args=training_args, train_dataset=dsd["train"].with_transform(train_tf),
-        eval_dataset=dsd["validation"].with_transform(eval_tf), processing_class=tokenizer,
+        model=model, args=training_args, train_dataset=undecoded(dsd["train"]).with_transform(train_tf),
+        eval_dataset=undecoded(dsd["validation"]).with_transform(eval_tf), processing_class=tokenizer,
         data_collator=CaptionCollator(tokenizer, model_args.max_caption_length),
-        compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS))
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+        compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS), callbacks=[UserFileMode()])
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     # The test split is captioned as `stt-hf eval-caption` and the pipeline caption it: the saved weights
     # in float32 with the saved image processor, outside the training precision (bf16 autocast), so
@@ -265,11 +282,11 @@ def run(argv: list[str] | None = None):
 
         results["paths"] = write_caption_outputs(
             trainer, tokenizer=tokenizer, model_args=asdict(model_args), data_args=asdict(data_args),
-            dsd=dsd, results=results,
-            command=shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])]))
+            dsd=dsd, results=results, command=command)
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
         push_run_folder(trainer, commit_message="Upload STT captioner")
+    folder_lock.release()
     return trainer, results
 
 

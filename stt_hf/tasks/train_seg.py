@@ -12,13 +12,11 @@ Masks are checked before any training (size, mode, labels in range); see `stt_hf
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
@@ -35,16 +33,21 @@ from ..hf.modeling_stt_seg import (
     IGNORE_INDEX,
     SttUperNetForSemanticSegmentation,
     build_segmenter,
-    segmentation_image_processor,
 )
 from ..metrics import compute_segmentation_metrics
+from ..reporting.publish import write_failures_as_oserror, write_seg_outputs
 from .common import (
+    UserFileMode,
     best_checkpoint,
+    check_positive,
+    check_run,
     is_checkpoint,
+    json_object,
     parse_with_config,
     print_run_summary,
     push_run_folder,
     resume_checkpoint,
+    start_run,
 )
 
 SEG_DEFAULTS = dict(
@@ -66,9 +69,6 @@ SEG_DEFAULTS = dict(
     dataloader_pin_memory=False,
     seed=42,
 )
-DATASET_CARD_NAMES = {"fashion_scenes": ("fashion_scenes (Fashion-MNIST items on a canvas, per-pixel masks)",
-                                         "fashion_scenes")}
-OVERLAY_FILE = "predictions_overlay.png"
 
 
 @dataclass
@@ -110,10 +110,15 @@ class SegDataArguments:
 
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
-        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv)
+        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv, prog="stt-hf train-seg")
     if training_args.output_dir in (None, "trainer_output"):
         run = f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
         training_args.output_dir = str(Path("outputs") / run)
+    json_object(model_args.model_kwargs, "--model_kwargs")
+    check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
+                   scenes_canvas=data_args.scenes_canvas, scenes_train=data_args.scenes_train,
+                   scenes_validation=data_args.scenes_validation, scenes_test=data_args.scenes_test,
+                   max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
     return model_args, data_args, training_args
 
 
@@ -124,7 +129,7 @@ def build_model(model_args: SegModelArguments, labels: list[str]) -> SttUperNetF
         return SttUperNetForSemanticSegmentation.from_pretrained(
             model_args.model, num_labels=len(labels), id2label=id2label,
             label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True)
-    extra = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    extra = json_object(model_args.model_kwargs, "--model_kwargs")
     return build_segmenter(model_args.model, labels=labels, hidden_size=model_args.hidden_size,
                            use_auxiliary_head=model_args.auxiliary_head, img_size=model_args.img_size,
                            **extra)
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Check the masks, train, score the test split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
+    check_run(training_args)  # the schedule, the resume point and the output folder, before any work
     started = time.time()
     dsd, names = load_segmentation_dataset(
         data_args.dataset, image_column=data_args.image_column, mask_column=data_args.mask_column,
@@ -180,6 +186,8 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
         size = size if isinstance(size, int) else size[0]
     arrays, num_labels = decode_segmentation(dsd, size, len(names) if names else None)  # before training
     labels = class_names(names, num_labels)
+    command = shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])])
+    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
     model = build_model(model_args, labels)
     data = model.config.backbone_config.data_config
     training_args.remove_unused_columns = False
@@ -194,8 +202,9 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                       eval_dataset=SegmentationDataset(arrays["validation"]),
                       data_collator=SegmentationCollator(data["mean"], data["std"]),
                       compute_metrics=segmentation_metrics(labels),
-                      preprocess_logits_for_metrics=argmax_logits)
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+                      preprocess_logits_for_metrics=argmax_logits, callbacks=[UserFileMode()])
+    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
+        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in arrays else "validation"
     eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)
@@ -205,80 +214,22 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     if trainer.is_world_process_zero():
         results["paths"] = write_seg_outputs(
             trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays,
-            results=results,
-            command=shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])]))
+            results=results, command=command,
+            draw_overlay=lambda path: save_prediction_overlay(path, trainer.model, arrays[eval_split],
+                                                              labels))
         print_summary(results)
     if push_to_hub and trainer.is_world_process_zero():
         push_run_folder(trainer, commit_message="Upload STT segmenter")
+    folder_lock.release()
     return trainer, results
 
 
-def write_seg_outputs(trainer, *, model_args: dict, data_args: dict, arrays, results: dict,
-                      command: str) -> dict:
-    """Final segmenter (safetensors + config + code + image processor), card, metrics JSON, curves PNG
-    and a prediction overlay PNG of the first images of the evaluated split."""
-    from ..reporting.model_card import render_model_card
-    from ..reporting.profiling import count_macs, count_params
-    from ..reporting.publish import (
-        BUILTIN_DATASET_NAMES,
-        atomic_save,
-        plot_training_curves,
-        training_hyperparameters,
-        write_json,
-    )
+def save_prediction_overlay(path: Path, model, arrays, labels: list[str]) -> None:
+    """The first images of a split beside their true and predicted masks (the card shows it)."""
     from .evaluation_seg import predict_maps, save_overlay
 
-    out = Path(trainer.args.output_dir)
-    model, config = trainer.model, trainer.model.config
-    atomic_save(out, model.save_pretrained, segmentation_image_processor(config).save_pretrained)
-    split = results["eval_split"]
-    scores = {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()}
-    metrics = {k: scores[k] for k in ("mean_iou", "pixel_accuracy") if k in scores}
-    per_class = {name: scores.get(f"iou_{name}") for name in results["labels"]}
-    args = trainer.args
-    backbone = config.backbone_config
-    hyperparameters = training_hyperparameters(
-        trainer, results["wall_time_s"], **{"hflip": data_args["hflip"],
-                                            "best checkpoint by": f"validation {args.metric_for_best_model}"})
-    size = backbone.input_size()
-    dataset_name, dataset_id = {**BUILTIN_DATASET_NAMES, **DATASET_CARD_NAMES}.get(
-        data_args["dataset"], (data_args["dataset"], data_args["dataset"]))
-    overlay = out / OVERLAY_FILE
-    images = arrays[split].images[:8]
-    save_overlay(overlay, images, arrays[split].masks[:8], predict_maps(model, images), results["labels"])
-    template = resources.files("stt_hf").joinpath("templates/segmentation_model_card.md")
-    card = render_model_card(
-        model_id=out.name, dataset_name=dataset_name, dataset_id=dataset_id, metrics=metrics,
-        eval_split=split, task="image-segmentation", template=str(template),
-        context=dict(
-            description=f"UperNet over `{backbone.timm_architecture()}`, trained with `stt-hf train-seg`.",
-            architecture=backbone.timm_architecture(), attn_layer=backbone.attn_layer or "none",
-            placement=backbone.attn_placement, stages=", ".join(str(s) for s in backbone.placed_stages()),
-            small_input=backbone.small_input, channels=list(backbone.channels),
-            hidden_size=config.hidden_size, auxiliary=config.use_auxiliary_head,
-            params_m=f"{count_params(model) / 1e6:.2f}",
-            backbone_params_m=f"{count_params(model.backbone) / 1e6:.2f}",
-            gmacs=f"{count_macs(model, size) / 1e9:.3f}", img_size=size[-1],
-            mean=tuple(round(m, 4) for m in backbone.data_config["mean"]),
-            std=tuple(round(s, 4) for s in backbone.data_config["std"]),
-            per_class=[(name, "-" if v is None else f"{v:.4f}") for name, v in per_class.items()],
-            eval_samples=len(arrays[split]), train_samples=len(arrays["train"]),
-            val_samples=len(arrays["validation"]), hyperparameters=hyperparameters, command=command,
-            repo_or_path=str(out), overlay=OVERLAY_FILE),
-    )
-    card_path = out / "README.md"
-    card.save(card_path)
-    return {
-        "weights": str(out / "model.safetensors"),
-        "config": str(out / "config.json"),
-        "processor": str(out / "preprocessor_config.json"),
-        "model card": str(card_path),
-        "metrics": str(write_json(out / "metrics.json", {**results, "metrics": metrics,
-                                                          "per_class_iou": per_class})),
-        "training curves": str(plot_training_curves(trainer.state.log_history, out / "training_curves.png",
-                                                    score="mean_iou")),
-        "overlay": str(overlay),
-    }
+    images = arrays.images[:8]
+    save_overlay(path, images, arrays.masks[:8], predict_maps(model, images), labels)
 
 
 def print_summary(results: dict) -> None:

@@ -4,9 +4,10 @@ An `evaluate` metric script; load it offline with `evaluate.load(<this folder>)`
 `stt_hf.metrics.load_metric("accuracy")`.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from stt_hf.metrics.metric_script import MetricScript, class_id_features
 
 _DESCRIPTION = "Accuracy = (number of predictions equal to the reference) / (number of examples)."
 
@@ -31,19 +32,15 @@ def accuracy_score(predictions, references) -> float:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Accuracy(evaluate.Metric):
+class Accuracy(MetricScript):
     """Classification accuracy over class ids."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-            format="numpy",
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+    FORMAT = "numpy"
 
-    def _compute(self, predictions, references):
+    def example_features(self):
+        return class_id_features()
+
+    def score(self, predictions, references):
         return {"accuracy": accuracy_score(predictions, references)}

@@ -14,44 +14,19 @@ which this script imports.
 
 import evaluate
 
-from stt_hf.metrics.captioning import caption_features, check_caption_inputs, cider_score
+from stt_hf.metrics.caption_metric import CaptionMetric, caption_kwargs_description
+from stt_hf.metrics.captioning import cider_score
 
 _DESCRIPTION = "COCO-style CIDEr (CIDEr-D) of captions against one or more references each."
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): one generated caption per image.
-    references (list of list of str, or list of str): the reference captions of each image.
-    tokenize (bool, optional): PTB-tokenize both sides first (default True; needs Java). False for
-        captions already tokenized that way.
-Returns:
-    cider (float): in [0, 10].
-Examples:
-    >>> metric.compute(predictions=["A man riding a horse.", "A dog on the grass."],
-    ...                references=[["A man riding a horse.", "A person on a horse."], ["A cat on a couch."]])
-    {'cider': 2.9355...}
-"""
+_KWARGS_DESCRIPTION = caption_kwargs_description("cider (float): in [0, 10].", "{'cider': 2.9355...}")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Cider(evaluate.Metric):
+class Cider(CaptionMetric):
     """COCO-style CIDEr of captions."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=caption_features(),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; empty or mismatched inputs raise ValueError."""
-        # evaluate picks the feature option from the first example, an IndexError on empty lists:
-        # check first, for a ValueError naming the lengths.
-        if predictions is not None and references is not None:
-            check_caption_inputs(predictions, references)
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
-    def _compute(self, predictions, references, tokenize: bool = True):
+    def score(self, predictions, references, tokenize: bool = True):
         return {"cider": cider_score(predictions, references, tokenize)}

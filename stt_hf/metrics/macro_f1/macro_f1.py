@@ -9,9 +9,10 @@ over are, by default, those that occur in the references or in the predictions (
 pass `labels` to average over a fixed list instead (a listed class absent from both counts as F1 = 0).
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from stt_hf.metrics.metric_script import MetricScript, class_id_features
 
 _DESCRIPTION = "Macro F1: mean over classes of 2TP / (2TP + FP + FN)."
 
@@ -46,19 +47,15 @@ def macro_f1_score(predictions, references, labels=None) -> float:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MacroF1(evaluate.Metric):
+class MacroF1(MetricScript):
     """Macro-averaged F1 over class ids."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-            format="numpy",
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+    FORMAT = "numpy"
 
-    def _compute(self, predictions, references, labels=None):
+    def example_features(self):
+        return class_id_features()
+
+    def score(self, predictions, references, labels=None):
         return {"macro_f1": macro_f1_score(predictions, references, labels)}

@@ -10,9 +10,10 @@ the predictions or the references (a class absent from both has no IoU and is le
 lists all `num_labels` classes, NaN for the absent ones.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from stt_hf.metrics.metric_script import MetricScript, label_map_features
 
 _DESCRIPTION = "Mean IoU: mean over classes of |pred ∩ ref| / |pred ∪ ref|, areas summed over all images."
 
@@ -67,17 +68,14 @@ def mean_iou_score(predictions, references, num_labels: int, ignore_index: int =
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MeanIoU(evaluate.Metric):
+class MeanIoU(MetricScript):
     """Mean IoU over class ids of per-pixel label maps."""
 
-    def _info(self):
-        maps = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": maps, "references": maps}),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def _compute(self, predictions, references, num_labels: int, ignore_index: int = 255):
+    def example_features(self):
+        return label_map_features()
+
+    def score(self, predictions, references, num_labels: int, ignore_index: int = 255):
         return mean_iou_score(predictions, references, num_labels, ignore_index)

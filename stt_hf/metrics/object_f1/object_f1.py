@@ -3,32 +3,26 @@
 An `evaluate` metric script; load it offline with `evaluate.load(<this folder>)` or
 `stt_hf.metrics.load_metric("object_f1")`.
 
-Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scenes.parse_caption`): every noun phrase
-names as many items of its class as its count word says ("two bags": 2 bags; "a bag": 1). Per caption,
-the items named correctly are, summed over classes, min(named, present). Over all captions (micro
-average): precision = correct / named, recall = correct / present, F1 = 2 correct / (named + present).
-A caption naming nothing the grammar knows (unparsable) names 0 items: it lowers recall, never crashes.
+Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scene_captions.parse_caption`): every
+noun phrase names as many items of its class as its count word says ("two bags": 2 bags; "a bag": 1). Per
+caption, the items named correctly are, summed over classes, min(named, present). Over all captions (micro
+average): precision = correct / named, recall = correct / present, F1 = 2 correct / (named + present). A
+caption naming nothing the grammar knows (unparsable) names 0 items: it lowers recall, never crashes.
 """
 
 import evaluate
 
-from stt_hf.data.scenes import parse_caption
-from stt_hf.metrics.captioning import check_scene_inputs, scene_features
+from stt_hf.data.scene_captions import parse_caption
+from stt_hf.metrics.caption_metric import SceneMetric, scene_kwargs_description
+from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Micro-averaged F1 of the items (class and count) a caption names versus the items present."
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): one generated caption per scene.
-    references (list of dict): each scene's `objects`: `class_id` (list of int) and `box` (list of
-        [x0, y0, x1, y1]), as in the `fashion_scenes` dataset.
-Returns:
-    object_f1, object_precision, object_recall (float): in [0, 1]; 0.0 where nothing was named or correct.
-Examples:
-    >>> metric.compute(predictions=["two bags and a coat."],
-    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}])
-    {'object_f1': 0.8, 'object_precision': 0.6666666666666666, 'object_recall': 1.0}
-"""
+_KWARGS_DESCRIPTION = scene_kwargs_description(
+    "object_f1, object_precision, object_recall (float): in [0, 1]; 0.0 where nothing was named or correct.",
+    '>>> metric.compute(predictions=["two bags and a coat."],\n'
+    '    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}])',
+    "{'object_f1': 0.8, 'object_precision': 0.6666666666666666, 'object_recall': 1.0}")
 
 
 def object_f1_scores(predictions, objects) -> dict[str, float]:
@@ -48,23 +42,11 @@ def object_f1_scores(predictions, objects) -> dict[str, float]:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ObjectF1(evaluate.Metric):
+class ObjectF1(SceneMetric):
     """Object F1 of scene captions."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=scene_features(),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; empty, mismatched or malformed inputs raise ValueError or TypeError."""
-        if predictions is not None and references is not None:
-            # Checked first (for a clear error) and reduced to the two keys the features declare.
-            predictions, references = check_scene_inputs(predictions, references)
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
-    def _compute(self, predictions, references):
+    def score(self, predictions, references):
         return object_f1_scores(predictions, references)

@@ -7,9 +7,10 @@ The share of scored pixels (those whose reference is not `ignore_index`) predict
 class, counted over all images together.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from stt_hf.metrics.metric_script import MetricScript, label_map_features
 
 _DESCRIPTION = "Pixel accuracy: correct pixels / scored pixels, over all images."
 
@@ -43,17 +44,14 @@ def pixel_accuracy_score(predictions, references, ignore_index: int = 255) -> fl
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class PixelAccuracy(evaluate.Metric):
+class PixelAccuracy(MetricScript):
     """Share of correctly labelled pixels."""
 
-    def _info(self):
-        maps = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": maps, "references": maps}),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def _compute(self, predictions, references, ignore_index: int = 255):
+    def example_features(self):
+        return label_map_features()
+
+    def score(self, predictions, references, ignore_index: int = 255):
         return {"pixel_accuracy": pixel_accuracy_score(predictions, references, ignore_index)}

@@ -3,34 +3,28 @@
 An `evaluate` metric script; load it offline with `evaluate.load(<this folder>)` or
 `stt_hf.metrics.load_metric("relation_accuracy")`.
 
-Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scenes.parse_caption`): a relation word
-between two noun phrases ("a bag left of a coat") states the relation of the first item to the second.
-A statement counts only when it is between items the caption names correctly: the scene has an item of
-each class (two distinct items when both classes are the same). It holds when some such pair of distinct
-items has exactly that relation (`stt_hf.data.scenes.relation`: the larger of the horizontal and vertical
-centre offsets decides). Over all captions: holding statements / counted statements, 0.0 when no caption
-states a countable relation (unparsable captions state none).
+Each caption is read with the `fashion_scenes` grammar (`stt_hf.data.scene_captions.parse_caption`): a
+relation word between two noun phrases ("a bag left of a coat") states the relation of the first item to the
+second. A statement counts only when it is between items the caption names correctly: the scene has an item
+of each class (two distinct items when both classes are the same). It holds when some such pair of distinct
+items has exactly that relation (`stt_hf.data.scene_captions.relation`: the larger of the horizontal and
+vertical centre offsets decides). Over all captions: holding statements / counted statements, 0.0 when no
+caption states a countable relation (unparsable captions state none).
 """
 
 import evaluate
 
-from stt_hf.data.scenes import parse_caption, relation
-from stt_hf.metrics.captioning import check_scene_inputs, scene_features
+from stt_hf.data.scene_captions import parse_caption, relation
+from stt_hf.metrics.caption_metric import SceneMetric, scene_kwargs_description
+from stt_hf.metrics.captioning import check_scene_inputs
 
 _DESCRIPTION = "Share of the relations stated between correctly named items that hold in the scene."
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): one generated caption per scene.
-    references (list of dict): each scene's `objects`: `class_id` (list of int) and `box` (list of
-        [x0, y0, x1, y1]), as in the `fashion_scenes` dataset.
-Returns:
-    relation_accuracy (float): in [0, 1]; 0.0 when no countable relation is stated.
-Examples:
-    >>> metric.compute(predictions=["a bag left of a coat.", "a bag above a coat."],
-    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}] * 2)
-    {'relation_accuracy': 0.5}
-"""
+_KWARGS_DESCRIPTION = scene_kwargs_description(
+    "relation_accuracy (float): in [0, 1]; 0.0 when no countable relation is stated.",
+    '>>> metric.compute(predictions=["a bag left of a coat.", "a bag above a coat."],\n'
+    '    ...                references=[{"class_id": [8, 4], "box": [[0, 0, 10, 10], [20, 0, 30, 10]]}] * 2)',
+    "{'relation_accuracy': 0.5}")
 
 
 def _holds(statement, scene) -> bool | None:
@@ -54,22 +48,11 @@ def relation_accuracy_score(predictions, objects) -> float:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class RelationAccuracy(evaluate.Metric):
+class RelationAccuracy(SceneMetric):
     """Relation accuracy of scene captions."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=scene_features(),
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; empty, mismatched or malformed inputs raise ValueError or TypeError."""
-        if predictions is not None and references is not None:
-            predictions, references = check_scene_inputs(predictions, references)
-        return super().compute(predictions=predictions, references=references, **kwargs)
-
-    def _compute(self, predictions, references):
+    def score(self, predictions, references):
         return {"relation_accuracy": relation_accuracy_score(predictions, references)}

@@ -13,6 +13,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from stt_hf.metrics.metric_script import MetricScript
+
 _DESCRIPTION = "Top-k accuracy: the true class is among the k highest-scoring classes (ties: lower id first)."
 
 _KWARGS_DESCRIPTION = """
@@ -52,22 +54,20 @@ def top_k_accuracy(scores, references, k: int = 5) -> float:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Top5Accuracy(evaluate.Metric):
+class Top5Accuracy(MetricScript):
     """Top-k accuracy over per-class scores; the result key is `top5_accuracy` whatever `k` is."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Value("int64"),
-                }
-            ),
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+
+    def example_features(self):
+        return datasets.Features(
+            {
+                "predictions": datasets.Sequence(datasets.Value("float64")),
+                "references": datasets.Value("int64"),
+            }
         )
 
-    def _compute(self, predictions, references, k: int = 5):
+    def score(self, predictions, references, k: int = 5):
         scores = np.asarray(predictions, dtype=np.float64).reshape(len(predictions), -1)
         return {"top5_accuracy": top_k_accuracy(scores, references, k)}

@@ -49,6 +49,17 @@ class AttentionAttached:
         if spec and getattr(self, "attention_spec", None) is None:
             add_attention(self, **spec)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' from_pretrained, then the buffers no checkpoint holds (STT's cached pooling
+        matrix), which a load that builds the model on the meta device leaves empty."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        for module in (loaded[0] if isinstance(loaded, tuple) else loaded).modules():
+            init_buffers = getattr(module, "init_non_persistent_buffers", None)
+            if callable(init_buffers):
+                init_buffers()
+        return loaded
+
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' save, with this module's code and the `auto_map` to it; with push_to_hub, the
         whole folder is uploaded in one commit."""

@@ -44,9 +44,13 @@ class SttPluginPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # timm initializes the network when it builds it (attention at identity); transformers' generic
-        # init would undo that. Only a classifier that is new or replaced needs initializing here.
+        # init would undo that. Only a classifier that is new or replaced needs initializing here, and
+        # the buffers no checkpoint holds (STT's cached pooling matrix) once a load has built them empty.
         if isinstance(module, nn.Linear) and module is self.timm_model.get_classifier():
             module.reset_parameters()
+        init_buffers = getattr(module, "init_non_persistent_buffers", None)
+        if callable(init_buffers):
+            init_buffers()
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
         self.timm_model.set_grad_checkpointing(enable)

@@ -30,6 +30,33 @@ def register() -> None:
     AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
     AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
     AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)
+    register_plugin()
+
+
+def register_plugin() -> None:
+    """`SttPluginConfig` ("stt_plugin", any timm CNN with attention added) with the Auto classes."""
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+
+    from .hf.configuration_stt_plugin import SttPluginConfig
+    from .hf.modeling_stt_plugin import SttPluginBackbone, SttPluginForImageClassification, SttPluginModel
+
+    AutoConfig.register(SttPluginConfig.model_type, SttPluginConfig, exist_ok=True)
+    AutoModel.register(SttPluginConfig, SttPluginModel, exist_ok=True)
+    AutoModelForImageClassification.register(SttPluginConfig, SttPluginForImageClassification, exist_ok=True)
+    AutoBackbone.register(SttPluginConfig, SttPluginBackbone, exist_ok=True)
+    from .models.plugin import ON_ADDED
+
+    if _on_added not in ON_ADDED:
+        ON_ADDED.append(_on_added)
+
+
+def _on_added(model) -> None:
+    # transformers' own CNNs keep their attention in the config and save their code
+    # (stt_hf.hf.attached), imported only when such a model gets attention.
+    if type(model).__module__.startswith(("transformers.models.", "stt_hf.hf.attached")):
+        from .hf.attached import on_added
+
+        on_added(model)
 
 
 __all__ = ["register"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -24,6 +25,8 @@ from stt_hf.layers import (
 )
 from stt_hf.layers.create import EcaModule
 from stt_hf.models import SttResNet
+from stt_hf.models.plugin import PLUGGED_MODELS, attention_modules, find_stages
+from stt_hf.models.stt_resnet import MODEL_ARGS
 
 MODEL_NAMES = timm.list_models("stt_*")
 # The sweep stays cheap on a CPU: batch 2 only for the cheapest models, 48 px for the deepest.
@@ -67,6 +70,24 @@ def small_input(name: str) -> torch.Tensor:
     return torch.randn(batch_size(name), 3, input_px(name), input_px(name))
 
 
+def create(name: str, **kwargs) -> torch.nn.Module:
+    """The registered model, every residual branch live: timm's ResNets take zero_init_last=False (the
+    plugged families build their trunk as timm does)."""
+    if name in MODEL_ARGS:
+        kwargs.setdefault("zero_init_last", False)
+    return timm.create_model(name, **kwargs)
+
+
+def attn_prefixes(model) -> tuple[str, ...]:
+    return tuple(f"{a}." for a in model.attn_names)
+
+
+def has_head_conv(model) -> bool:
+    """Whether the head adds a layer after the last stage (EfficientNet's conv_head), so the last
+    feature map is not what the classifier pools."""
+    return model.num_features != model.feature_info[-1]["num_chs"]
+
+
 def expected_synth(name: str) -> str:
     return next((s for s in ("random", "mixture") if name.endswith(s)), "dense")
 
@@ -78,7 +99,7 @@ def record_attention_calls(model: SttResNet) -> list[tuple[str, tuple[int, ...]]
     what backward needs, so a forward hook would miss calls.
     """
     calls = []
-    for name, module in model.attention_modules():
+    for name, module in attention_modules(model):
         module.register_forward_pre_hook(
             lambda m, args, name=name: calls.append((name, tuple(args[0].shape))))
     return calls
@@ -117,7 +138,7 @@ def test_zoo_is_registered():
 def test_model_forward_backward(name, switch_on):
     """Forward and backward at a small size; with every residual branch and attention switched on,
     every parameter (attention included) gets a nonzero gradient."""
-    model = switch_on(timm.create_model(name, zero_init_last=False))
+    model = switch_on(create(name))
     calls = record_attention_calls(model)
     x = small_input(name)
     out = model(x)
@@ -129,9 +150,9 @@ def test_model_forward_backward(name, switch_on):
     num_grad = sum(p.grad.numel() for p in model.parameters() if p.grad is not None)
     assert num_grad == num_params
     for pname, p in model.named_parameters():
-        if pname.startswith(tuple(f"{a}." for a in model.attn_names)):
+        if pname.startswith(attn_prefixes(model)):
             assert p.grad.abs().sum() > 0, f"zero gradient for {pname}"
-    stts = [m for _, m in model.attention_modules()]
+    stts = [m for _, m in attention_modules(model)]
     assert all(isinstance(m, STT) and m.synth == expected_synth(name) for m in stts)
 
 
@@ -151,10 +172,10 @@ def test_model_torchscript_and_fx(name, switch_on):
     minutes and test torch's own conv backward, not this package.
     """
     # Training mode: batch statistics keep the deep nets' activations (and softmax gradients) in range.
-    model = switch_on(timm.create_model(name, zero_init_last=False))
-    attn_prefixes = tuple(f"{a}." for a in model.attn_names)
+    model = switch_on(create(name))
+    first_conv = model.pretrained_cfg["first_conv"] + ".weight"
     named = [(n, p) for n, p in model.named_parameters()
-             if n.startswith(attn_prefixes) or n == "conv1.weight"]
+             if n.startswith(attn_prefixes(model)) or n == first_conv]
     params = [p for _, p in named]
     x = small_input(name)
     weight = torch.randn(x.shape[0], model.num_classes)
@@ -176,23 +197,22 @@ def test_model_features_only_fx(name, switch_on):
     """timm's FX feature extraction (`feature_cls="fx"`, what torchvision's create_feature_extractor
     does) gives forward_intermediates' maps, and backward reaches every parameter it keeps."""
     torch.manual_seed(0)
-    model = switch_on(timm.create_model(name, zero_init_last=False))  # training mode: see above
+    model = switch_on(create(name))  # training mode: see above
     torch.manual_seed(0)  # the same weights: both are built from the same random state
-    features = switch_on(timm.create_model(name, zero_init_last=False, features_only=True,
-                                           feature_cls="fx"))
+    features = switch_on(create(name, features_only=True, feature_cls="fx"))
     assert isinstance(features, timm.models.FeatureGraphNet)
     x = small_input(name).requires_grad_()
     outs = features(x)
     with torch.no_grad():
         refs = model.forward_intermediates(x, intermediates_only=True)
-    assert len(outs) == len(refs) == 5
+    assert len(outs) == len(refs) == len(model.feature_info)
     for out, ref in zip(outs, refs, strict=True):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     sum((out * torch.randn_like(out)).sum() for out in outs).backward()
     assert x.grad.abs().sum() > 0
     for pname, p in features.named_parameters():
         assert p.grad is not None, pname
-        if ".se." in pname or pname.startswith(f"graph_module.layer4.{len(model.layer4)}."):
+        if pname.removeprefix("graph_module.").startswith(attn_prefixes(model)):
             assert p.grad.abs().sum() > 0, pname  # the attention modules are in the graph
 
 
@@ -221,7 +241,8 @@ def test_model_default_cfg(eval_model):
     assert not cfg.get("fixed_input_size", False)
     in_chans, height, width = cfg["input_size"]
     last = model.feature_info[-1]
-    assert model.num_features == last["num_chs"] == model.head_hidden_size
+    assert model.num_features == model.head_hidden_size
+    assert has_head_conv(model) or model.num_features == last["num_chs"]
     assert tuple(cfg["pool_size"]) == (height // last["reduction"], width // last["reduction"])
 
     classifier = model.get_submodule(cfg["classifier"])
@@ -244,7 +265,10 @@ def test_model_registered_placement(eval_model):
     """The defaults the ablation chose: `_s` models one STT block after the last stage; the 224 px
     family one in every residual block of stages 3 and 4."""
     name, model = eval_model
-    if "_s" in name:
+    if name in PLUGGED_MODELS:  # the places its table names, one module per slot or stage
+        assert model.attention_spec["places"] == PLUGGED_MODELS[name]["attention"]["places"]
+        assert len(model.attn_names) >= len(model.attention_spec["places"])
+    elif "_s" in name:
         assert model.attn_names == [f"layer4.{len(model.layer4) - 1}"]
     else:
         assert model.attn_names == [f"layer{s}.{i}.se" for s in (3, 4)
@@ -254,11 +278,18 @@ def test_model_registered_placement(eval_model):
 def test_model_attention_built_for_cfg_input_size(eval_model):
     name, model = eval_model
     size = cfg_size(name)
-    assert model.img_size == (size, size)
-    for attn_name, module in model.attention_modules():
-        stage = int(attn_name[len("layer")])
+    assert tuple(getattr(model, "img_size", None) or model.attention_spec["img_size"]) == (size, size)
+    stage_names = [stage.name for stage in find_stages(model)] if name in PLUGGED_MODELS else None
+    for attn_name, module in attention_modules(model):
+        if stage_names is None:
+            stage = int(attn_name[len("layer")])
+        else:  # the stage whose module holds it
+            stage = next(i for i, n in enumerate(stage_names) if attn_name.startswith(f"{n}."))
         info = model.feature_info[stage]
-        assert module.channels == info["num_chs"]
+        in_block_slot = stage_names is not None and not isinstance(
+            model.get_submodule(attn_name.rpartition(".")[0]), (torch.nn.Sequential, torch.nn.ModuleList))
+        if not in_block_slot:  # a plugged block's slot sits inside it, at its own width
+            assert module.channels == info["num_chs"]
         assert module.feat_size == (math.ceil(size / info["reduction"]),) * 2
 
 
@@ -267,13 +298,14 @@ def test_model_forward_intermediates(eval_model):
     x = small_input(name)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
-    assert len(inter) == len(model.feature_info) == 5
+    assert len(inter) == len(model.feature_info)
     for t, info in zip(inter, model.feature_info, strict=True):
         assert t.shape[1] == info["num_chs"], info
         assert t.shape[-2:] == (math.ceil(x.shape[-2] / info["reduction"]),) * 2, info
     if x.shape[-1] == cfg_size(name):  # the pool_size the cfg promises is what the model gives
         assert final.shape[-2:] == model.pretrained_cfg["pool_size"]
-    torch.testing.assert_close(inter[-1], final)
+    if not has_head_conv(model):
+        torch.testing.assert_close(inter[-1], final)
     if name in CHEAP:  # consistency with forward_features and the index options: a few models suffice
         with torch.no_grad():
             features = model.forward_features(x)
@@ -308,22 +340,19 @@ def test_model_features_only(eval_model):
 
 def test_model_num_classes_zero_and_reset_classifier(eval_model):
     name, model = eval_model
-    head = model.global_pool, model.fc, model.num_classes
+    model = copy.deepcopy(model)  # the shared model keeps its head
     x = small_input(name)
-    try:
-        with torch.no_grad():
-            features = model.forward_features(x)
-            pre_logits = model.forward_head(features, pre_logits=True)
-            assert pre_logits.shape == (x.shape[0], model.num_features)
-            model.reset_classifier(0)
-            assert isinstance(model.get_classifier(), torch.nn.Identity) and model.num_classes == 0
-            torch.testing.assert_close(model.forward_head(features), pre_logits)
-            if name in CHEAP:  # the whole forward, not only the head: a few models suffice
-                torch.testing.assert_close(model(x), pre_logits)
-            model.reset_classifier(7)
-            assert model.forward_head(features).shape == (x.shape[0], 7)
-    finally:  # the model is shared with the other tests of this name
-        model.global_pool, model.fc, model.num_classes = head
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert pre_logits.shape == (x.shape[0], model.num_features)
+        model.reset_classifier(0)
+        assert isinstance(model.get_classifier(), torch.nn.Identity) and model.num_classes == 0
+        torch.testing.assert_close(model.forward_head(features), pre_logits)
+        if name in CHEAP:  # the whole forward, not only the head: a few models suffice
+            torch.testing.assert_close(model(x), pre_logits)
+        model.reset_classifier(7)
+        assert model.forward_head(features).shape == (x.shape[0], 7)
     if name == "stt_resnet10_s":  # num_classes=0 at construction: once is enough
         headless = timm.create_model(name, num_classes=0).eval()
         with torch.no_grad():

@@ -106,6 +106,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     """A fresh STT model from a timm name, or a checkpoint with its head resized to `labels`."""
     from ..hf.configuration_stt import SttConfig
     from ..hf.modeling_stt import SttForImageClassification
+    from ..models.plugin import PLUGGED_MODELS
 
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
@@ -116,6 +117,13 @@ def build_model(model_args: ModelArguments, labels: list[str]):
         return SttForImageClassification.from_pretrained(
             model_args.model, num_labels=len(labels), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True, **extra)
+    if model_args.model in PLUGGED_MODELS:  # a plugged timm CNN (stt_convnext_*, stt_efficientnet_*)
+        from ..hf.configuration_stt_plugin import SttPluginConfig
+        from ..hf.modeling_stt_plugin import SttPluginForImageClassification
+
+        config = SttPluginConfig.from_timm_name(model_args.model, num_labels=len(labels), id2label=id2label,
+                                                label2id=label2id, **extra)
+        return SttPluginForImageClassification(config)
     config = SttConfig.from_timm_name(model_args.model, num_labels=len(labels), id2label=id2label,
                                       label2id=label2id, **extra)
     return SttForImageClassification(config)

@@ -27,7 +27,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # transformers' own common model tests (tests/test_modeling_common.py and the mixins it imports) ship only
-# in its source distribution: unpack its tests/ folder into the venv for tests/test_transformers_common.py.
+# in its source distribution: unpack its tests/ folder into the venv for tests/test_hf_common.py.
 tf_version="$(python -c 'import transformers; print(transformers.__version__)')"
 tf_tests="$VENV/transformers-tests/$tf_version"
 if [ ! -f "$tf_tests/transformers_tests/test_modeling_common.py" ]; then

@@ -1,6 +1,6 @@
 """The STT block as it was before the kernel-economy rewrite, frozen for the equivalence test.
 
-tests/test_stt_kernels.py checks that `stt_hf.layers.stt.STT` computes the same outputs and
+tests/test_layers_stt_kernels.py checks that `stt_hf.layers.stt.STT` computes the same outputs and
 gradients as this one, with the same state-dict keys. Only that test imports it; do not edit it.
 """
 # ruff: noqa

@@ -48,7 +48,7 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
             ("stem", "stage1", ..., "stage4").
 
     The other fields are the keyword arguments of `stt_hf.models.SttResNet`, declared with their checks in
-    `MODEL_OPTIONS` (tests/test_options.py checks that these fields and that declaration agree):
+    `MODEL_OPTIONS` (tests/test_layers_options.py checks that these fields and that declaration agree):
         img_size (default 224): input size the attention modules are built for (their reference feature
             size).
         small_input (default False): 3x3 stride-1 stem without max-pool, for 28-32 px images.

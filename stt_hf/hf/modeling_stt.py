@@ -4,7 +4,7 @@ captioning SttVisionEncoder (`modeling_stt_captioner.SttCaptioner` pairs it with
 Each wraps the very `SttResNet` the timm zoo builds (`self.resnet`, built from the config with no
 classifier), so the weights are timm's under a `resnet.` prefix and the classifier head is
 `classifier`. Nothing of the network is re-implemented here. What transformers adds around a model works
-(its common model tests run in tests/test_transformers_common.py): activation checkpointing of the stages
+(its common model tests run in tests/test_hf_common.py): activation checkpointing of the stages
 (`stages.SttStage`), initialization of every weight and buffer from `_init_weights` (meta-device builds, loads
 with missing keys), PEFT (`base_model` is the model itself) and `attn_implementation="eager"`.
 """

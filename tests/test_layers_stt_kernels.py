@@ -133,7 +133,7 @@ def test_eval_forward_op_budget(synth):
 
 def test_descriptor_pool_rebuilt_after_meta_loading():
     """A block built on the meta device and materialized rebuilds the cached pooling matrix it does not
-    save (transformers' loader calls init_non_persistent_buffers; test_transformers loads checkpoints)."""
+    save (transformers' loader calls init_non_persistent_buffers; test_hf_modeling loads checkpoints)."""
     block = STT(C, feat_size=(H, W)).eval()
     meta = STT(C, feat_size=(H, W), device="meta").to_empty(device="cpu").eval()  # rebuilt here
     meta.load_state_dict(block.state_dict())

@@ -264,7 +264,7 @@ REMOTE_SCRIPT = textwrap.dedent("""
 
 def test_saved_segmenter_loads_without_stt_hf(trained, tmp_path):
     """A fresh interpreter that cannot import stt_hf loads the folder with trust_remote_code=True (the
-    pattern of test_transformers: -S, plain site-packages on PYTHONPATH, an import hook refusing stt_hf)."""
+    pattern of test_hf_modeling: -S, plain site-packages on PYTHONPATH, an import hook refusing stt_hf)."""
     out, _, _ = trained
     model = AutoModelForSemanticSegmentation.from_pretrained(out).eval()
     with torch.no_grad():

@@ -9,7 +9,7 @@ import hub_fixtures
 import pytest
 import yaml
 from PIL import Image
-from test_train import run_cli
+from test_tasks_train import run_cli
 
 from stt_hf.tasks import train_caption
 

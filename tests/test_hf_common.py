@@ -61,7 +61,7 @@ CONFIG_COMMON_KWARGS = {
 
 class ExportTesterMixin:
     """Stands for tests/exporters/test_export.py (torch.export tests), absent from the source distribution;
-    ONNX export of these models is tested in test_export.py."""
+    ONNX export of these models is tested in test_tasks_export.py."""
 
 
 class GenerationTesterMixin:

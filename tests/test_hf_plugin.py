@@ -65,7 +65,7 @@ def pixels(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, PX, PX, generator=torch.Generator().manual_seed(1))
 
 
-# A fresh interpreter that cannot import stt_hf (see tests/test_transformers.py): loads `ckpt` with
+# A fresh interpreter that cannot import stt_hf (see tests/test_hf_modeling.py): loads `ckpt` with
 # trust_remote_code and compares with the saved logits.
 REMOTE_SCRIPT = textwrap.dedent("""
     import sys

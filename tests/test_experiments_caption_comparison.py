@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from test_train_caption import TINY
+from test_tasks_train_caption import TINY
 
 from stt_hf.experiments import caption_comparison
 from stt_hf.experiments.caption_comparison import ENCODERS, METRICS, CaptionComparisonConfig

@@ -75,9 +75,9 @@ def pool_matrix(h: int, w: int, size: int, like: torch.Tensor) -> torch.Tensor:
     """(H W, size^2 + H + W): a map flattened over (H, W) times this matrix is its size x size adaptive
     average pool, its row means (over W) and its column means (over H), side by side.
 
-    Every synthesizer's descriptor then comes from one matmul over V: pooling V's B G c maps directly,
-    and two mean reductions over 7 or 14 elements, took most of the synthesizers' time on a CPU. Each
-    part is separable, a Kronecker product of 1-D pools (far cheaper to build than pooling H W planes).
+    Every synthesizer's descriptor then comes from one matmul over V instead of a pooling op and two
+    small mean reductions per block. Each part is separable, a Kronecker product of 1-D pools, so the
+    matrix is cheap to build.
     """
     eye_h = torch.eye(h, dtype=like.dtype, device=like.device)
     eye_w = torch.eye(w, dtype=like.dtype, device=like.device)
@@ -103,7 +103,7 @@ def mode_product(y: torch.Tensor, attn: torch.Tensor, dim: int) -> torch.Tensor:
     Each is one batched matmul: c and w are plain matrix products of contiguous views of the flattened
     map; h moves H ahead of c (one copy of V, which is small) so that it too is one (H, H) @ (H, c W)
     product per head, where broadcasting A over the c channel maps would dispatch B G c tiny H x H
-    products (at 7x7 that was 4-8x slower). Its result is a transposed view; the next reshape copies it.
+    products. Its result is a transposed view; the next reshape copies it.
     """
     b, g, c, h, w = y.shape
     attn = cast_like(attn, y)  # float32 maps on bf16/fp16 values

@@ -63,11 +63,11 @@ def save_overlay(path, images: torch.Tensor, masks: torch.Tensor, predictions: t
                  labels: list[str]) -> Path:
     """One row per image: the image, the reference mask over it, the prediction over it (class colours,
     legend of the classes shown; 255 = not scored is drawn white)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    from ..plotting import pyplot
+
+    plt = pyplot()
 
     colors = np.vstack([palette(len(labels)), np.ones((1, 3))])
     rows = len(images)

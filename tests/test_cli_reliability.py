@@ -555,6 +555,8 @@ BAD_VALUES = {
     ],
     "bench": [
         (["--batch_sizes", "0"], ["--batch_sizes must be positive"]),
+        (["--out", "{classifier}/config.json"], ["--out", "is a file"]),
+        (["--out", "{classifier}/config.json/bench"], ["--out", "is a file"]),
     ],
     "demo": [
         (["--port", "70000"], ["--port must be in 1..65535"]),

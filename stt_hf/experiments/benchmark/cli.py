@@ -156,9 +156,23 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def check_out_folder(out: Path) -> None:
+    """--out must be a folder, or a path where one can be made: checked before minutes of measuring."""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out}: is a file; expected a folder for the benchmark's outputs")
+        return
+    ancestor = next(p for p in out.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file; expected a folder path")
+    if not os.access(ancestor, os.W_OK):
+        raise ValueError(f"--out {out}: cannot be created, {ancestor} is not writable")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described by parsed options; returns dict(meta=..., sections=[...])."""
     args = resolve_args(args)
+    check_out_folder(args.out)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     gpu = [torch.cuda.get_device_name()] if torch.cuda.is_available() else []

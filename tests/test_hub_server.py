@@ -111,7 +111,9 @@ def test_commit_fault_surfaces_and_retry_succeeds(local_hub, mode):
         assert outcomes[0][0] in ("RemoteProtocolError", "ReadError", "ConnectError", "WriteError")
     assert local_hub.count("commit") == 2
     statuses = [status for _, route, _, status in local_hub.requests if route == "commit"]
-    assert statuses == [500 if mode == "status" else None, 200]
+    # One failed commit and one that succeeded, in either order: the handler thread of a dropped
+    # connection may log it after the retry's request has been answered.
+    assert sorted(statuses, key=str) == sorted([500 if mode == "status" else None, 200], key=str)
     assert local_hub.files("user/retry") == {"weights.bin": b"payload"}
 
 

@@ -686,7 +686,7 @@ def test_registry_passes_dtype(name):
     (dict(fixed=True), r"fixed=True applies to synth='random' or 'mixture'"),
     (dict(temperature=0.0), r"temperature must be a number > 0, got 0.0"),
     (dict(hidden=0), r"hidden must be a positive int"),
-    (dict(feat_size=(4, 4, 4)), r"feat_size must be an int or an \(H, W\) pair"),
+    (dict(feat_size=(4, 4, 4)), r"feat_size must be a positive int or an \(H, W\) pair"),
 ], ids=["unknown_mode", "no_mode", "unknown_synth", "heads_not_dividing", "zero_heads", "fixed_dense",
         "zero_temperature", "zero_hidden", "bad_feat_size"])
 def test_stt_bad_construction_raises(kwargs, match):

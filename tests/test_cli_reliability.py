@@ -467,7 +467,7 @@ BAD_VALUES = {
         (["--img_size", "0"], ["--img_size must be a positive"]),
         (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size"]),
         (["--max_train_samples", "0"], ["--max_train_samples"]),
-        (["--resume_from_checkpoint", "latest"], ["holds no checkpoint"]),
+        (["--resume_from_checkpoint", "latest"], ["holds no complete checkpoint"]),
         (["--resume_from_checkpoint", "{tmp}/nowhere"], ["no such checkpoint folder"]),
         (["--dataset", "{one_class}"], ["one class folder", "cat"]),
         (["--dataset", "./no/such/folder"], ["no such folder"]),
@@ -480,7 +480,7 @@ BAD_VALUES = {
         (["--generation_num_beams", "0"], ["--generation_num_beams"]),
         (["--decoder_heads", "0"], ["--decoder_heads"]),
         (["--num_train_epochs", "0"], ["--num_train_epochs must be positive"]),
-        (["--resume_from_checkpoint", "latest"], ["holds no checkpoint"]),
+        (["--resume_from_checkpoint", "latest"], ["holds no complete checkpoint"]),
         (["--config"], ["--config", "expected one argument"]),
     ],
     "train-seg": [
@@ -489,7 +489,7 @@ BAD_VALUES = {
         (["--img_size", "0"], ["--img_size must be a positive"]),
         (["--scenes_train", "-1"], ["--scenes_train"]),
         (["--max_steps", "-5"], ["--max_steps must be a positive"]),
-        (["--resume_from_checkpoint", "latest"], ["holds no checkpoint"]),
+        (["--resume_from_checkpoint", "latest"], ["holds no complete checkpoint"]),
     ],
     "eval": [
         (["--model", "{segmenter}"], ["holds a segmenter", "expected an STT classifier"]),
@@ -587,3 +587,20 @@ def test_bad_values_of_every_subcommand(command, argv, words, saved, table_dir, 
     code, text = run_cli(capsys, [command, *[a.format(**values) for a in argv], *extra])
     assert_one_error(code, text, *words)
     assert disk_state(table_dir, saved["classifier"].parent) == before
+
+
+def test_resume_latest_skips_a_checkpoint_left_half_written(tmp_path):
+    """A run killed while saving leaves checkpoint-N without trainer_state.json (the Trainer writes it
+    last): `latest` resumes from the newest complete one instead of failing on the half-written one."""
+    from types import SimpleNamespace
+
+    from stt_hf.tasks.common import resume_checkpoint
+
+    for step, complete in ((2, True), (10, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    args = SimpleNamespace(resume_from_checkpoint="latest", output_dir=str(tmp_path))
+    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-10")  # by step number, not name order

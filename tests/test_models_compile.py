@@ -19,12 +19,22 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from stt_hf.layers import ATTN_FACTORIES, create_attn
+from stt_hf.models.plugin import attention_modules
 
 MODEL_NAMES = timm.list_models("stt_*")
 DEFAULT_MODEL = "stt_resnet10_s"
 # Ops that make the host wait for the device (a value or a data-dependent shape read back).
 SYNC_OPS = ("_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "unique", "masked_select",
             "_assert_async")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: Dynamo caches per code object, so the STT forward compiled for
+    many models in one process would hit its recompile limit (8), which fullgraph=True turns into an error."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 def input_px(name: str) -> int:
@@ -107,7 +117,7 @@ def check_model(name: str, **kwargs) -> GraphRecorder:
     """The model as timm initializes it, with its attention blocks' branches switched on (random trunk
     BatchNorms would make a deep net's outputs explode, and float rounding with them)."""
     model = timm.create_model(name, **kwargs)
-    for _, block in model.attention_modules():
+    for _, block in attention_modules(model):  # the stt_resnet and the plugged families
         nonzero_branches(block)
     px = input_px(name)
     return check_compiles(model, lambda b: torch.randn(b, 3, px, px))

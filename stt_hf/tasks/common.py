@@ -211,18 +211,20 @@ def collate(examples: list[dict]) -> dict:
 # What the three trainers (`train`, `train-caption`, `train-seg`) do the same way around the Trainer.
 
 def resume_checkpoint(training_args):
-    """`--resume_from_checkpoint`: `latest` (or `last`, `true`) means the newest checkpoint in the output
-    folder, which must exist; anything else is passed through."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """`--resume_from_checkpoint`: `latest` (or `last`, `true`) means the newest complete checkpoint in the
+    output folder, which must exist; anything else is passed through.
 
+    Complete means its trainer_state.json was written, which the Trainer does after the weights,
+    optimizer and RNG states: a run killed while saving leaves a checkpoint folder without it."""
     resume = training_args.resume_from_checkpoint
     if resume in ("latest", "last", "true", "True"):
-        folder = training_args.output_dir
-        last = get_last_checkpoint(folder) if Path(folder).is_dir() else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint {resume}: {folder} holds no checkpoint-* folder to "
-                             "resume from; leave the flag out to start a new run")
-        return last
+        folder = Path(training_args.output_dir)
+        steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
+                 if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()}
+        if not steps:
+            raise ValueError(f"--resume_from_checkpoint {resume}: {folder} holds no complete checkpoint-* "
+                             "folder to resume from; leave the flag out to start a new run")
+        return str(steps[max(steps)])
     if resume and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
     return resume

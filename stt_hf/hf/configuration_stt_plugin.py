@@ -130,11 +130,9 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
         name = getattr(self, "architecture", None)
         if name not in PLUGGED_MODELS:
             return None
-        entry = PLUGGED_MODELS[name]
         rebuilt = SttPluginConfig.from_timm_name(name, **self._attention_kwargs())
-        same_trunk = (entry["trunk"], entry.get("trunk_args", {})) == (rebuilt.trunk, rebuilt.trunk_args)
-        return name if same_trunk and (self.trunk, self.trunk_args, self.attention) == (
-            rebuilt.trunk, rebuilt.trunk_args, rebuilt.attention) else None
+        network = ("trunk", "trunk_args", "attention")
+        return name if all(getattr(self, k) == getattr(rebuilt, k) for k in network) else None
 
     def _attention_kwargs(self) -> dict[str, Any]:
         """This config's attention as the keywords of a registered plugged timm model."""

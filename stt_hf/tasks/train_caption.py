@@ -6,6 +6,7 @@ safetensors weights, the model code, tokenizer, image processor, generation conf
 the test-split scores, metrics JSON and training curves. The same recipe with another encoder attention
 is one flag away: `--encoder_kwargs '{"channels": [16, 32, 64, 128], "attn_layer": "none"}'` (plain
 ResNet) or `"self_attn"`; the JSON replaces the default encoder options (half width, STT over h and w).
+A plugged timm CNN encodes as well: `--encoder stt_convnext_s` (its default options: STT over h and w).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..hf.captioning import (
     encode_captions,
     train_caption_tokenizer,
 )
+from ..models.plugin import PLUGGED_MODELS
 from ..reporting.publish import write_failures_as_oserror
 from .common import (
     UserFileMode,
@@ -74,6 +76,8 @@ CAPTION_DEFAULTS = dict(
 # Half the width of stt_resnet10_s (for CPU budgets), STT over the h and w modes: in the captioning
 # comparison (docs/results.md) "hw" had the best mean scores (within the seed spread).
 DEFAULT_ENCODER_KWARGS = dict(channels=[16, 32, 64, 128], stt_modes="hw")
+# A plugged encoder (stt_convnext_*, stt_efficientnet_*) has no ResNet widths to halve.
+PLUGGED_ENCODER_KWARGS = dict(stt_modes="hw")
 # Scores computed at each evaluation during training; the final evaluation adds METEOR (slow to start).
 TRAINING_METRICS = ("bleu", "rouge_l", "cider")
 # What the end-of-run summary prints (the scene metrics only exist for fashion_scenes).
@@ -84,11 +88,13 @@ REPORTED_METRICS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "distinct_
 @dataclass
 class CaptionModelArguments:
     encoder: str = field(default="stt_resnet10_s", metadata={
-        "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
+        "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s, or a plugged "
+                "timm CNN such as stt_convnext_s)."})
     img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
     encoder_kwargs: str | None = field(default=json.dumps(DEFAULT_ENCODER_KWARGS), metadata={
         "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '
-                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention.'})
+                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention. A plugged encoder\'s '
+                f'default is {json.dumps(PLUGGED_ENCODER_KWARGS)}.'})
     hidden_size: int = field(default=256, metadata={"help": "Width of encoder tokens and decoder."})
     position_embedding: str = field(default="learned", metadata={"help": "learned, sincos or none."})
     decoder: str = field(default="gpt2", metadata={
@@ -140,6 +146,9 @@ def parse_args(argv: list[str] | None = None):
                    vocab_size=model_args.vocab_size, max_caption_length=model_args.max_caption_length,
                    max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
                    generation_num_beams=training_args.generation_num_beams)
+    resnet_default = model_args.encoder_kwargs == json.dumps(DEFAULT_ENCODER_KWARGS)
+    if model_args.encoder in PLUGGED_MODELS and resnet_default:  # resolved here, so the card states it
+        model_args.encoder_kwargs = json.dumps(PLUGGED_ENCODER_KWARGS)
     if training_args.output_dir in (None, "trainer_output"):
         attn = json_object(model_args.encoder_kwargs, "--encoder_kwargs").get("attn_layer", "stt")
         run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"

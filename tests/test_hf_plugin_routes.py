@@ -11,6 +11,7 @@ import sys
 import sysconfig
 import textwrap
 
+import hub_fixtures
 import pytest
 import safetensors.torch
 import timm
@@ -41,6 +42,7 @@ from stt_hf.hf.modeling_stt_plugin import (
     hf_to_timm_state_dict,
 )
 
+local_hub = hub_fixtures.local_hub
 FAMILIES = ("stt_convnext_s", "stt_efficientnet_lite0")
 PX = 32
 CAPTIONS = ["A ripe, red tomato!", "A green apple.", "A stripey fish.", "A pink cake with candles."] * 3
@@ -297,3 +299,78 @@ def test_stt_hf_convert_takes_a_plugged_model_name(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "timm")]) == 0
     back = safetensors.torch.load_file(tmp_path / "timm" / "model.safetensors")
     assert all(torch.equal(back[k], v) for k, v in timm_model.state_dict().items())
+
+
+# ------------------------------------------------ the second family on the classification routes
+
+LITE = "stt_efficientnet_lite0"
+
+
+def test_efficientnet_family_classifies_segments_and_reloads(tmp_path):
+    """tests/test_hf_plugin.py takes stt_convnext_s through the Auto classes, pipelines and UperNet; the
+    EfficientNet family the same way (at 32 px)."""
+    from transformers import (
+        AutoModelForSemanticSegmentation,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+        pipeline,
+    )
+
+    from stt_hf.hf.configuration_stt_plugin import SttPluginConfig
+    from stt_hf.hf.modeling_stt_plugin import SttPluginBackbone
+
+    torch.manual_seed(0)
+    labels = {0: "a", 1: "b", 2: "c"}
+    config = SttPluginConfig.from_timm_name(LITE, img_size=PX, num_labels=3, id2label=labels)
+    model = switched_on(SttPluginForImageClassification(config)).eval()
+    assert model.timm_model.attn_names[0].endswith(".se")  # the empty attention slot of its blocks
+    model.save_pretrained(tmp_path / "cls")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "cls").eval()
+    assert type(loaded) is SttPluginForImageClassification and same_weights(loaded, model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels()).logits, model(pixels()).logits, rtol=0, atol=OUTPUT_ATOL)
+    classify = pipeline("image-classification", model=str(tmp_path / "cls"))
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    assert {r["label"] for r in classify(image, top_k=3)} == set(labels.values())
+
+    backbone = SttPluginConfig.from_timm_name(LITE, img_size=PX, out_features=["stage2", "stage3", "stage4"])
+    seg = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=4, hidden_size=16,
+                                                       use_auxiliary_head=False)).eval()
+    assert type(seg.backbone) is SttPluginBackbone and seg.backbone.channels == [40, 112, 320]
+    seg.save_pretrained(tmp_path / "seg")
+    again = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "seg").eval()
+    assert same_weights(again, seg)
+    with torch.no_grad():
+        logits = seg(pixel_values=pixels(1)).logits
+        assert logits.shape == (1, 4, PX, PX)
+        torch.testing.assert_close(again(pixel_values=pixels(1)).logits, logits, rtol=0, atol=OUTPUT_ATOL)
+
+
+@pytest.mark.slow
+def test_efficientnet_family_push_to_hub_and_remote_code(local_hub, tmp_path):
+    """Pushed to the (local) Hub, pulled back with stt-hf, and loaded from its folder without it."""
+    local_hub.run_python(textwrap.dedent(f"""
+        import torch
+        import stt_hf
+        from transformers import AutoModelForImageClassification
+        from stt_hf.hf.configuration_stt_plugin import SttPluginConfig
+        from stt_hf.hf.modeling_stt_plugin import SttPluginForImageClassification
+
+        torch.manual_seed(0)
+        model = SttPluginForImageClassification(SttPluginConfig.from_timm_name({LITE!r}, img_size=32,
+                                                                               num_labels=3)).eval()
+        model.push_to_hub("user/lite0-stt")
+        pulled = AutoModelForImageClassification.from_pretrained("user/lite0-stt").eval()
+        x = torch.randn(2, 3, 32, 32)
+        state = model.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in pulled.state_dict().items())
+        torch.testing.assert_close(pulled(x).logits, model(x).logits, rtol=0, atol=1e-6)
+        model.save_pretrained({str(tmp_path / "lite0")!r})
+    """))
+    assert {"config.json", "model.safetensors", "modeling_stt_plugin.py", "plugin.py"} <= set(
+        local_hub.files("user/lite0-stt"))
+    from test_hf_plugin import load_remotely, save_with_expected
+
+    folder = tmp_path / "lite0"
+    save_with_expected(AutoModelForImageClassification.from_pretrained(folder), folder)
+    load_remotely(folder, tmp_path=tmp_path)

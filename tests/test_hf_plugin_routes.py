@@ -43,7 +43,9 @@ from stt_hf.hf.modeling_stt_plugin import (
 )
 
 local_hub = hub_fixtures.local_hub
-FAMILIES = ("stt_convnext_s", "stt_efficientnet_lite0")
+# The ConvNeXt runs in the default suite; the EfficientNet, whose every test builds several models of a
+# few seconds each on a 2-core CPU, with --runslow.
+FAMILIES = ("stt_convnext_s", pytest.param("stt_efficientnet_lite0", marks=pytest.mark.slow))
 PX = 32
 CAPTIONS = ["A ripe, red tomato!", "A green apple.", "A stripey fish.", "A pink cake with candles."] * 3
 # Two model instances with identical weights: float rounding of their outputs differs per CPU, so weights
@@ -306,6 +308,7 @@ def test_stt_hf_convert_takes_a_plugged_model_name(tmp_path, capsys):
 LITE = "stt_efficientnet_lite0"
 
 
+@pytest.mark.slow
 def test_efficientnet_family_classifies_segments_and_reloads(tmp_path):
     """tests/test_hf_plugin.py takes stt_convnext_s through the Auto classes, pipelines and UperNet; the
     EfficientNet family the same way (at 32 px)."""

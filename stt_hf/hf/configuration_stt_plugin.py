@@ -11,9 +11,11 @@ For captioning, `SttPluginVisionConfig` adds the token sequence's width and posi
 whose encoder it is.
 """
 
+import functools
 import inspect
+import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from timm.models import get_pretrained_cfg
 from transformers import AutoConfig, PretrainedConfig, VisionEncoderDecoderConfig
@@ -81,7 +83,7 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
         self.img_size = img_size
         self.in_chans = in_chans
         if num_stages is None:
-            num_stages = len(_meta_trunk(self.__dict__).feature_info)
+            num_stages = len(_trunk_layout(self.__dict__).feature_info)
         self.num_stages = num_stages
         if data_config is None:
             cfg = get_pretrained_cfg(trunk)
@@ -203,11 +205,11 @@ class SttPluginConfig(BackboneConfigMixin, PretrainedConfig):
     @property
     def channels(self) -> list[int]:
         """Each stage's output width."""
-        return [info["num_chs"] for info in _meta_trunk(self.__dict__).feature_info]
+        return [info["num_chs"] for info in _trunk_layout(self.__dict__).feature_info]
 
     def num_features(self) -> int:
         """Channels of the last feature map (`forward_features`; a head conv may widen the last stage)."""
-        return _meta_trunk(self.__dict__).num_features
+        return _trunk_layout(self.__dict__).num_features
 
     def image_processor(self):
         """A `BitImageProcessor` doing timm's eval transform for this model."""
@@ -249,7 +251,7 @@ class SttPluginVisionConfig(SttPluginConfig):
     def feature_grid(self) -> tuple[int, int]:
         """(H, W) of the last feature map at img_size."""
         _, height, width = self.input_size()
-        stride = _meta_trunk(self.__dict__).feature_info[-1]["reduction"]
+        stride = _trunk_layout(self.__dict__).feature_info[-1]["reduction"]
         return -(-height // stride), -(-width // stride)
 
 
@@ -277,13 +279,25 @@ class SttPluginCaptionerConfig(VisionEncoderDecoderConfig):
                        modules=("configuration_stt_plugin", "modeling_stt_captioner"), **kwargs)
 
 
-def _meta_trunk(fields: dict[str, Any]):
-    """The trunk built on the meta device (no memory, no initialization): its feature_info and widths."""
+class TrunkLayout(NamedTuple):
+    feature_info: tuple[dict[str, Any], ...]  # timm's, one entry per stage
+    num_features: int  # channels of forward_features' output
+
+
+def _trunk_layout(fields: dict[str, Any]) -> TrunkLayout:
+    """The stages and width of the trunk a config names."""
+    return _built_layout(fields["trunk"], json.dumps(fields.get("trunk_args", {}), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _built_layout(trunk: str, trunk_args: str) -> TrunkLayout:
+    # Built once per trunk, on the meta device (no memory; timm's initialization still runs, slowly).
     import timm
     import torch
 
     with torch.device("meta"):
-        return timm.create_model(fields["trunk"], **fields.get("trunk_args", {}))
+        model = timm.create_model(trunk, **json.loads(trunk_args))
+    return TrunkLayout(tuple(dict(info) for info in model.feature_info), model.num_features)
 
 
 def _check_overrides(cls, name: str, overrides: dict[str, Any]) -> None:

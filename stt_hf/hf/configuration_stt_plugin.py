@@ -304,7 +304,7 @@ def _check_overrides(cls, name: str, overrides: dict[str, Any]) -> None:
     """A keyword that is no field of `cls` would otherwise become an ignored attribute (e.g. a ResNet option
     such as `channels`, which a plugged trunk does not take)."""
     inits = [c.__init__ for c in cls.__mro__ if "__init__" in vars(c)]
-    fields = {name for init in inits for name in inspect.signature(init).parameters}
+    fields = {param for init in inits for param in inspect.signature(init).parameters}
     known = fields | set(PretrainedConfig().to_dict()) | {"num_labels", "num_classes", "architecture"}
     unknown = sorted(set(overrides) - known)
     if unknown:

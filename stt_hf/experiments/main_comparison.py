@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from .ablation import CORRUPTIONS, corrupt, load_tensors
 from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
     check_known,
+    cli_command,
     drop_checkpoints,
     holm,
     interval_cell,
@@ -38,6 +38,7 @@ from .runs import (
     seed_verdict,
     summarize,
     train,
+    variant_bars,
     welch_interval,
     welch_p,
     write_report,
@@ -70,9 +71,8 @@ def run_name(variant: str, dataset: str, seed: int) -> str:
 def train_command(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> list[str]:
     """The main job's command line with only the dataset, seed, model options and output folder set."""
     out = Path(config.out_dir) / "runs" / run_name(variant, dataset, seed)
-    return [sys.executable, "-m", "stt_hf.cli", "train", "--dataset", dataset, "--seed", str(seed),
-            "--model_kwargs", json.dumps(VARIANTS[variant]), "--output_dir", str(out),
-            "--disable_tqdm", "true", *config.train_args]
+    return cli_command("train", out, "--dataset", dataset, "--seed", str(seed),
+                       "--model_kwargs", json.dumps(VARIANTS[variant]), extra=config.train_args)
 
 
 @torch.no_grad()
@@ -305,15 +305,10 @@ def plot(summary: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         rows = [r for r in summary if r["dataset"] == dataset]
-        colors = ["tab:orange" if r["variant"].startswith("stt") else
-                  "tab:gray" if r["variant"] in ("plain", "res_block") else "tab:blue" for r in rows]
-        ax.barh([r["variant"] for r in rows], [100 * r["acc"] for r in rows],
-                xerr=[100 * r["acc_std"] for r in rows], color=colors)
+        variant_bars(ax, rows, "acc", f"{dataset}: test accuracy (mean ± std over seeds)", "accuracy (%)")
         low = min(100 * (r["acc"] - r["acc_std"]) for r in rows)
         high = max(100 * (r["acc"] + r["acc_std"]) for r in rows)
         ax.set_xlim(max(0, low - 0.5), min(100, high + 0.5))
-        ax.invert_yaxis()
-        ax.set(title=f"{dataset}: test accuracy (mean ± std over seeds)", xlabel="accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

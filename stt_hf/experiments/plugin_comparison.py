@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from .main_comparison import VARIANTS as MAIN_VARIANTS
-from .main_comparison import markdown, plot, robustness, summarize_runs
-from .runs import check_known, drop_checkpoints, run_missing, train, write_report
+from .main_comparison import markdown, plot, robustness, run_name, summarize_runs
+from .runs import check_known, cli_command, drop_checkpoints, run_missing, train, write_report
 
 MODEL = "stt_convnext_s"
 VARIANTS = {name: MAIN_VARIANTS[name] for name in ("plain", "res_block", "stt")}
@@ -38,32 +37,11 @@ class PluginComparisonConfig:
     train_args: list[str] = field(default_factory=list)  # extra `stt-hf train` flags for every run
 
 
-def run_name(variant: str, dataset: str, seed: int) -> str:
-    return f"{dataset}-{variant}-seed{seed}"
-
-
 def train_command(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> list[str]:
     """The main job's command line with only the model, dataset, seed, attention and output folder set."""
     out = Path(config.out_dir) / "runs" / run_name(variant, dataset, seed)
-    return [
-        sys.executable,
-        "-m",
-        "stt_hf.cli",
-        "train",
-        "--model",
-        config.model,
-        "--dataset",
-        dataset,
-        "--seed",
-        str(seed),
-        "--model_kwargs",
-        json.dumps(VARIANTS[variant]),
-        "--output_dir",
-        str(out),
-        "--disable_tqdm",
-        "true",
-        *config.train_args,
-    ]
+    return cli_command("train", out, "--model", config.model, "--dataset", dataset, "--seed", str(seed),
+                       "--model_kwargs", json.dumps(VARIANTS[variant]), extra=config.train_args)
 
 
 def run_one(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> dict:

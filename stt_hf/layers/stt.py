@@ -32,12 +32,8 @@ from .options import POSITIVE_INT, STT_OPTION_NAMES, STT_SPEC, check_stt_options
 MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G, c, H, W)
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
-torch.fx.wrap("add_conv1x1")
-torch.fx.wrap("cast_like")
-torch.fx.wrap("check_input")
-torch.fx.wrap("check_size")
-torch.fx.wrap("conv1x1")
-torch.fx.wrap("softmax_f32")
+for _leaf in ("add_conv1x1", "cast_like", "check_input", "check_size", "conv1x1", "softmax_f32"):
+    torch.fx.wrap(_leaf)
 
 
 @register_notrace_function

@@ -26,6 +26,8 @@ import torch
 from .ablation import CORRUPTIONS, corrupt, load_tensors
 from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
+    ComparisonRuns,
+    Trained,
     check_known,
     cli_command,
     drop_checkpoints,
@@ -56,12 +58,10 @@ VARIANTS: dict[str, dict] = {
 
 
 @dataclass
-class ComparisonConfig:
+class ComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/main_comparison"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     datasets: list[str] = field(default_factory=lambda: ["mnist_5k", "fashion_mnist"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    train_args: list[str] = field(default_factory=list)  # extra `stt-hf train` flags for every run
 
 
 def run_name(variant: str, dataset: str, seed: int) -> str:
@@ -101,21 +101,25 @@ def robustness(folder: Path, dataset: str) -> dict[str, float]:
     return scores
 
 
+def measure(trained: Trained, dataset: str) -> dict:
+    """What a row says of a trained classifier: size, cost, time, test accuracy and robustness."""
+    from transformers import AutoModelForImageClassification
+
+    from ..reporting.profiling import count_macs, count_params
+
+    results = trained.results
+    model = AutoModelForImageClassification.from_pretrained(trained.out)
+    return dict(params=count_params(model), macs=count_macs(model, model.config.input_size()),
+                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
+                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+
+
 def run_one(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> dict:
     """Train one run with `stt-hf train` in its own process, then score it; returns the row."""
     command = train_command(config, variant, dataset, seed)
     trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(variant, dataset, seed)}.log")
     drop_checkpoints(trained.out)
-    results = trained.results
-
-    from ..hf.modeling_stt import SttForImageClassification
-    from ..reporting.profiling import count_macs, count_params
-
-    model = SttForImageClassification.from_pretrained(trained.out)
-    return dict(variant=variant, dataset=dataset, seed=seed, params=count_params(model),
-                macs=count_macs(model, model.config.input_size()),
-                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
-                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+    return dict(variant=variant, dataset=dataset, seed=seed, **measure(trained, dataset))
 
 
 def describe(row: dict) -> str:

@@ -19,12 +19,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 # ---------------------------------------------------------------------------------------- one run
+
+
+@dataclass
+class ComparisonRuns:
+    """What every comparison's config holds besides what it compares: its output folder, the seeds, and
+    extra flags for every run's command (last on its line, so they win)."""
+
+    out_dir: str = "outputs/comparison"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_args: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 
 from .runs import (
+    ComparisonRuns,
     check_known,
     cli_command,
     drop_checkpoints,
@@ -86,16 +87,14 @@ RECIPES = {
 
 
 @dataclass
-class SegComparisonConfig:
+class SegComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/seg_comparison"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     model: str = "stt_resnet18"
     model_kwargs: dict = field(default_factory=lambda: {"small_input": False})  # under each variant's
     canvas: int = 64  # of the seeded runs
     large_canvas: int = 224  # of the cost runs, one per variant (0: none)
     cost_seed: int = 0
-    train_args: list[str] = field(default_factory=list)  # extra train-seg flags for every run, last
 
 
 def run_name(kind: str, variant: str, canvas: int, seed: int) -> str:

@@ -64,6 +64,17 @@ class OutputArguments:
                 "that run."})
 
 
+def add_source_arguments(parser: argparse.ArgumentParser, *, model_help: str, dataset: str, trainer: str,
+                         split: str | None = None) -> None:
+    """The flags every evaluation subcommand opens with: `--model`, `--dataset` (`trainer`'s default),
+    `--split` and `--image_column`."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--dataset", default=dataset, help=f"as for stt-hf {trainer}")
+    parser.add_argument("--split", default=split,
+                        help="split to score (default: test, else validation)" if split is None else None)
+    parser.add_argument("--image_column", default="image")
+
+
 def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None,
                       prog: str | None = None, run_name=None) -> list:
     """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`.
@@ -363,7 +374,7 @@ def push_run_folder(trainer, commit_message: str) -> None:
 
 
 __all__ = ["TRAINER_DEFAULTS", "CommandParser", "DataArguments", "OutputArguments", "ShortUsageErrors",
-           "TrainingRun", "UserFileMode",
+           "TrainingRun", "UserFileMode", "add_source_arguments",
            "best_checkpoint", "build_transforms", "check_positive", "check_run", "collate", "given_flags",
            "image_transforms", "is_checkpoint", "json_object", "load_config_file", "native_bf16",
            "parse_with_config", "print_run_summary", "push_run_folder", "resume_checkpoint"]

@@ -71,13 +71,16 @@ class ModelArguments:
         "help": 'JSON of extra model options, e.g. \'{"stt_synth": "random", "attn_placement": "stage"}\'.'})
 
 
+def run_name(model_args: ModelArguments, data_args: DataArguments) -> str:
+    return f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+
+
 def parse_args(argv: list[str] | None = None):
     """Dataclasses from flags, with `--config FILE` and the main-job defaults underneath."""
     defaults = dict(MAIN_JOB_DEFAULTS, bf16=native_bf16())
     model_args, data_args, training_args = parse_with_config(
         (ModelArguments, DataArguments, TrainingArguments), defaults, argv, prog="stt-hf train",
-        run_name=lambda model_args, data_args:
-            f"{Path(model_args.model).name}-{Path(data_args.dataset).name}")
+        run_name=run_name)
     json_object(model_args.model_kwargs, "--model_kwargs")
     check_positive(img_size=model_args.img_size, max_train_samples=data_args.max_train_samples,
                    max_eval_samples=data_args.max_eval_samples)

@@ -92,11 +92,14 @@ class SegDataArguments:
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
 
 
+def run_name(model_args: SegModelArguments, data_args: SegDataArguments) -> str:
+    return f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+
+
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
         (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv, prog="stt-hf train-seg",
-        run_name=lambda model_args, data_args:
-            f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}")
+        run_name=run_name)
     json_object(model_args.model_kwargs, "--model_kwargs")
     check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
                    scenes_canvas=data_args.scenes_canvas, scenes_train=data_args.scenes_train,

@@ -34,16 +34,24 @@ def register() -> None:
 
 
 def register_plugin() -> None:
-    """`SttPluginConfig` ("stt_plugin", any timm CNN with attention added) with the Auto classes."""
+    """`SttPluginConfig` ("stt_plugin", any timm CNN with attention added) with the Auto classes, and its
+    captioning encoder `SttPluginVisionConfig` ("stt_plugin_vision") with AutoConfig and AutoModel."""
     from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
-    from .hf.configuration_stt_plugin import SttPluginConfig
-    from .hf.modeling_stt_plugin import SttPluginBackbone, SttPluginForImageClassification, SttPluginModel
+    from .hf.configuration_stt_plugin import SttPluginConfig, SttPluginVisionConfig
+    from .hf.modeling_stt_plugin import (
+        SttPluginBackbone,
+        SttPluginForImageClassification,
+        SttPluginModel,
+        SttPluginVisionEncoder,
+    )
 
     AutoConfig.register(SttPluginConfig.model_type, SttPluginConfig, exist_ok=True)
     AutoModel.register(SttPluginConfig, SttPluginModel, exist_ok=True)
     AutoModelForImageClassification.register(SttPluginConfig, SttPluginForImageClassification, exist_ok=True)
     AutoBackbone.register(SttPluginConfig, SttPluginBackbone, exist_ok=True)
+    AutoConfig.register(SttPluginVisionConfig.model_type, SttPluginVisionConfig, exist_ok=True)
+    AutoModel.register(SttPluginVisionConfig, SttPluginVisionEncoder, exist_ok=True)
     from .models.plugin import ON_ADDED
 
     if _on_added not in ON_ADDED:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from stt_hf.cli import main
 
@@ -95,7 +95,9 @@ def write_imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 3, si
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Real saved folders: a 10-class classifier, a segmenter, a captioner, a timm-format model, a
-    transformers ResNet, a folder without config.json, and image folders of two classes and one."""
+    transformers ResNet, a folder without config.json, and image folders of two classes and one; the
+    weights of a plugged timm model (stt_convnext_s) and a plugged classifier whose trunk no registered
+    name builds."""
     import timm
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -121,6 +123,15 @@ def saved(tmp_path_factory):
     ResNetForImageClassification(resnet).save_pretrained(paths["hf_resnet"])
     paths["no_config"].mkdir()
     torch.save({"w": torch.zeros(1)}, paths["no_config"] / "pytorch_model.bin")
+    paths["plugged_weights"] = root / "stt_convnext_s.safetensors"
+    save_file(timm.create_model("stt_convnext_s", num_classes=3).state_dict(), paths["plugged_weights"])
+    paths["plugged_custom"] = root / "plugged_custom"
+    attention = dict(attn_layer="stt", places={3: "after"}, img_size=32,
+                     options=dict(reduction=4, min_channels=8))
+    trunk_args = dict(patch_size=1, dims=[8, 16, 32, 64])
+    custom = stt_hf.SttPluginConfig(trunk="convnext_atto", trunk_args=trunk_args,
+                                    attention=attention, img_size=32, num_labels=2)
+    stt_hf.SttPluginForImageClassification(custom).save_pretrained(paths["plugged_custom"])
     paths["images"] = write_imagefolder(root / "images")
     paths["one_class"] = write_imagefolder(root / "one_class", classes=("cat",))
     paths["text"] = root / "notes.png"
@@ -540,6 +551,13 @@ BAD_VALUES = {
         (["{tmp}/missing", "{tmp}/out"], ["no checkpoint at"]),
         (["{classifier}", "{classifier}"], ["is the source folder"]),
         (["{classifier}", "{tmp}/out", "--num-classes", "-1"], ["--num-classes"]),
+        (["{plugged_weights}", "{tmp}/out", "--model-name", "convnext_atto"],
+         ["'convnext_atto' is no registered stt model", "stt_convnext_s"]),
+        (["{plugged_weights}", "{tmp}/out", "--model-name", "stt_efficientnet_lite0"],
+         ["are not those of stt_efficientnet_lite0", "missing"]),
+        (["{plugged_weights}", "{tmp}/out", "--model-name", "stt_convnext_s", "--num-classes", "5"],
+         ["not those of stt_convnext_s", "has shape (3,) there, (5,) in the model"]),
+        (["{plugged_custom}", "{tmp}/out"], ["trunk 'convnext_atto'", "no variant of a registered plugged"]),
     ],
     "models": [
         (["--filter", "nope*"], ["no registered model matches"]),

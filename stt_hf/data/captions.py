@@ -31,13 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from .common import (
-    MAX_REPORTED,
     carve_indices,
     check_image_splits,
     check_images_decode,
     finalize_splits,
-    load_hub,
-    load_local_dir,
+    first_rows,
+    load_folder_or_hub,
     png_bytes,
     select_image_columns,
     to_rgb,
@@ -105,7 +104,7 @@ def load_caption_dataset(
         # Images are rendered only for the rows kept, so `limits` also saves the rendering time.
         dsd = _render_splits(dsd, render, keep_path=name == "tuxpaint")
     else:
-        dsd = load_local_dir(name, cache_dir) if os.path.isdir(name) else load_hub(name, cache_dir)
+        dsd = load_folder_or_hub(name, cache_dir)
         dsd = select_image_columns(dsd, image_column, caption_column, "caption")
         dsd = _make_splits(dsd, val_fraction, test_fraction, seed, limits)
     validate_caption_dataset(dsd)
@@ -124,11 +123,8 @@ def validate_caption_dataset(dsd, *, decode_sample: int = 16) -> None:
         captions = list(ds["caption"])
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if bad:
-            shown = ", ".join(f"row {i}: {captions[i]!r}" for i in bad[:MAX_REPORTED])
-            more = f" and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
-            raise ValueError(
-                f"split {split!r}: {len(bad)} missing, empty or non-string caption(s): {shown}{more}"
-            )
+            raise ValueError(f"split {split!r}: {len(bad)} missing, empty or non-string caption(s): "
+                             + first_rows([f"row {i}: {captions[i]!r}" for i in bad]))
         check_images_decode(ds, split, decode_sample)
 
 

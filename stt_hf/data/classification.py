@@ -31,6 +31,7 @@ from .common import (
     check_image_splits,
     check_images_decode,
     finalize_splits,
+    first_rows,
     load_hub,
     load_local_dir,
     png_bytes,
@@ -285,10 +286,9 @@ def _check_labels(ds, split: str, num_labels: int) -> None:
         raise ValueError(f"split {split!r}: labels must be integer class ids, got dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= num_labels))
     if bad.size:
-        shown = ", ".join(f"row {i}: {labels[i]}" for i in bad[:MAX_REPORTED])
-        more = f" and {bad.size - MAX_REPORTED} more" if bad.size > MAX_REPORTED else ""
         raise ValueError(
-            f"split {split!r}: {bad.size} label(s) outside [0, {num_labels}): {shown}{more}; "
+            f"split {split!r}: {bad.size} label(s) outside [0, {num_labels}): "
+            f"{first_rows([f'row {i}: {labels[i]}' for i in bad])}; "
             f"offending values: {sorted(set(labels[bad].tolist()))[:MAX_REPORTED]}"
         )
 

@@ -19,6 +19,12 @@ IMAGEFOLDER_EXTRA_FILES = {"metadata.csv", "metadata.jsonl", "metadata.parquet",
 MAX_REPORTED = 5  # rows, files or values named in an error message
 
 
+def first_rows(items: list[str]) -> str:
+    """The first MAX_REPORTED of `items` (rows at fault), and how many more there are: what an error names."""
+    more = f" and {len(items) - MAX_REPORTED} more" if len(items) > MAX_REPORTED else ""
+    return ", ".join(items[:MAX_REPORTED]) + more
+
+
 def to_rgb(image):
     """Return a PIL image as RGB (the same object when it already is): transparency is composited on
     white, and 16-bit, 32-bit and float grayscale is scaled to 8 bits."""
@@ -91,6 +97,11 @@ def load_hub(dataset_id: str, cache_dir):
                                 "ORG/NAME)")
 
     return datasets.load_dataset(dataset_id, cache_dir=cache_dir)
+
+
+def load_folder_or_hub(name: str, cache_dir):
+    """`load_local_dir` for a folder, else `load_hub`."""
+    return load_local_dir(name, cache_dir) if Path(name).is_dir() else load_hub(name, cache_dir)
 
 
 def load_local_dir(path: str, cache_dir):
@@ -237,6 +248,7 @@ def finalize_splits(dsd, val_fraction, seed, limits):
 
 
 __all__ = ["IMAGEFOLDER_EXTRA_FILES", "MAX_REPORTED", "VALIDATION_ALIASES", "carve_indices", "check_columns",
-           "check_image_splits", "check_images_decode", "finalize_splits", "load_hub", "load_local_dir",
+           "check_image_splits", "check_images_decode", "finalize_splits", "first_rows",
+           "load_folder_or_hub", "load_hub", "load_local_dir",
            "open_image", "png_bytes", "select_image_columns", "subset_indices", "to_channels", "to_rgb",
            "undecoded"]

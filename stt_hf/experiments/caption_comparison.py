@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runs import (
+    ComparisonRuns,
     check_known,
     drop_checkpoints,
     p_against,
@@ -65,12 +66,10 @@ OWN_FLAGS = {"--dataset": "--dataset", "--seed": "--seeds", "--output_dir": "--o
 
 
 @dataclass
-class CaptionComparisonConfig:
+class CaptionComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/caption_comparison"
     encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     dataset: str = "fashion_scenes"
-    train_args: list[str] = field(default_factory=list)  # extra `stt-hf train-caption` flags for every run
 
 
 def run_name(encoder: str, seed: int) -> str:

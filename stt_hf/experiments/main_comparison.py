@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,10 @@ import torch
 from .ablation import CORRUPTIONS, corrupt, load_tensors
 from .ablation import VARIANTS as ABLATION_VARIANTS
 from .runs import (
+    ComparisonRuns,
+    Trained,
     check_known,
+    cli_command,
     drop_checkpoints,
     holm,
     interval_cell,
@@ -38,6 +40,7 @@ from .runs import (
     seed_verdict,
     summarize,
     train,
+    variant_bars,
     welch_interval,
     welch_p,
     write_report,
@@ -55,12 +58,10 @@ VARIANTS: dict[str, dict] = {
 
 
 @dataclass
-class ComparisonConfig:
+class ComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/main_comparison"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     datasets: list[str] = field(default_factory=lambda: ["mnist_5k", "fashion_mnist"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    train_args: list[str] = field(default_factory=list)  # extra `stt-hf train` flags for every run
 
 
 def run_name(variant: str, dataset: str, seed: int) -> str:
@@ -70,9 +71,8 @@ def run_name(variant: str, dataset: str, seed: int) -> str:
 def train_command(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> list[str]:
     """The main job's command line with only the dataset, seed, model options and output folder set."""
     out = Path(config.out_dir) / "runs" / run_name(variant, dataset, seed)
-    return [sys.executable, "-m", "stt_hf.cli", "train", "--dataset", dataset, "--seed", str(seed),
-            "--model_kwargs", json.dumps(VARIANTS[variant]), "--output_dir", str(out),
-            "--disable_tqdm", "true", *config.train_args]
+    return cli_command("train", out, "--dataset", dataset, "--seed", str(seed),
+                       "--model_kwargs", json.dumps(VARIANTS[variant]), extra=config.train_args)
 
 
 @torch.no_grad()
@@ -101,21 +101,25 @@ def robustness(folder: Path, dataset: str) -> dict[str, float]:
     return scores
 
 
+def measure(trained: Trained, dataset: str) -> dict:
+    """What a row says of a trained classifier: size, cost, time, test accuracy and robustness."""
+    from transformers import AutoModelForImageClassification
+
+    from ..reporting.profiling import count_macs, count_params
+
+    results = trained.results
+    model = AutoModelForImageClassification.from_pretrained(trained.out)
+    return dict(params=count_params(model), macs=count_macs(model, model.config.input_size()),
+                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
+                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+
+
 def run_one(config: ComparisonConfig, variant: str, dataset: str, seed: int) -> dict:
     """Train one run with `stt-hf train` in its own process, then score it; returns the row."""
     command = train_command(config, variant, dataset, seed)
     trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(variant, dataset, seed)}.log")
     drop_checkpoints(trained.out)
-    results = trained.results
-
-    from ..hf.modeling_stt import SttForImageClassification
-    from ..reporting.profiling import count_macs, count_params
-
-    model = SttForImageClassification.from_pretrained(trained.out)
-    return dict(variant=variant, dataset=dataset, seed=seed, params=count_params(model),
-                macs=count_macs(model, model.config.input_size()),
-                train_s=round(results["train"]["train_runtime"], 1), wall_s=round(trained.wall_s, 1),
-                acc=results["eval"][f"{results['eval_split']}_accuracy"], **robustness(trained.out, dataset))
+    return dict(variant=variant, dataset=dataset, seed=seed, **measure(trained, dataset))
 
 
 def describe(row: dict) -> str:
@@ -305,15 +309,10 @@ def plot(summary: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         rows = [r for r in summary if r["dataset"] == dataset]
-        colors = ["tab:orange" if r["variant"].startswith("stt") else
-                  "tab:gray" if r["variant"] in ("plain", "res_block") else "tab:blue" for r in rows]
-        ax.barh([r["variant"] for r in rows], [100 * r["acc"] for r in rows],
-                xerr=[100 * r["acc_std"] for r in rows], color=colors)
+        variant_bars(ax, rows, "acc", f"{dataset}: test accuracy (mean ± std over seeds)", "accuracy (%)")
         low = min(100 * (r["acc"] - r["acc_std"]) for r in rows)
         high = max(100 * (r["acc"] + r["acc_std"]) for r in rows)
         ax.set_xlim(max(0, low - 0.5), min(100, high + 0.5))
-        ax.invert_yaxis()
-        ax.set(title=f"{dataset}: test accuracy (mean ± std over seeds)", xlabel="accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

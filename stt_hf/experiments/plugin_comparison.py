@@ -15,80 +15,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from .main_comparison import VARIANTS as MAIN_VARIANTS
-from .main_comparison import markdown, plot, robustness, summarize_runs
-from .runs import check_known, drop_checkpoints, run_missing, train, write_report
+from .main_comparison import markdown, measure, plot, run_name, summarize_runs
+from .runs import ComparisonRuns, check_known, cli_command, drop_checkpoints, run_missing, train, write_report
 
 MODEL = "stt_convnext_s"
 VARIANTS = {name: MAIN_VARIANTS[name] for name in ("plain", "res_block", "stt")}
 
 
 @dataclass
-class PluginComparisonConfig:
+class PluginComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/plugin_comparison"
     model: str = MODEL
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     datasets: list[str] = field(default_factory=lambda: ["fashion_mnist"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    train_args: list[str] = field(default_factory=list)  # extra `stt-hf train` flags for every run
-
-
-def run_name(variant: str, dataset: str, seed: int) -> str:
-    return f"{dataset}-{variant}-seed{seed}"
 
 
 def train_command(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> list[str]:
     """The main job's command line with only the model, dataset, seed, attention and output folder set."""
     out = Path(config.out_dir) / "runs" / run_name(variant, dataset, seed)
-    return [
-        sys.executable,
-        "-m",
-        "stt_hf.cli",
-        "train",
-        "--model",
-        config.model,
-        "--dataset",
-        dataset,
-        "--seed",
-        str(seed),
-        "--model_kwargs",
-        json.dumps(VARIANTS[variant]),
-        "--output_dir",
-        str(out),
-        "--disable_tqdm",
-        "true",
-        *config.train_args,
-    ]
+    return cli_command("train", out, "--model", config.model, "--dataset", dataset, "--seed", str(seed),
+                       "--model_kwargs", json.dumps(VARIANTS[variant]), extra=config.train_args)
 
 
 def run_one(config: PluginComparisonConfig, variant: str, dataset: str, seed: int) -> dict:
-    """Train one run in its own process, then score it; returns the row."""
-    from transformers import AutoModelForImageClassification
-
-    from ..reporting.profiling import count_macs, count_params
-
+    """Train one run in its own process, then score it as the main comparison does; returns the row."""
     command = train_command(config, variant, dataset, seed)
     trained = train(command, Path(config.out_dir) / "logs" / f"{run_name(variant, dataset, seed)}.log")
     drop_checkpoints(trained.out)
-    results = trained.results
-    model = AutoModelForImageClassification.from_pretrained(trained.out)
-    return dict(
-        variant=variant,
-        dataset=dataset,
-        seed=seed,
-        model=config.model,
-        params=count_params(model),
-        macs=count_macs(model, model.config.input_size()),
-        train_s=round(results["train"]["train_runtime"], 1),
-        wall_s=round(trained.wall_s, 1),
-        acc=results["eval"][f"{results['eval_split']}_accuracy"],
-        **robustness(trained.out, dataset),
-    )
+    return dict(variant=variant, dataset=dataset, seed=seed, model=config.model, **measure(trained, dataset))
 
 
 def describe(row: dict) -> str:

@@ -16,14 +16,25 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 # ---------------------------------------------------------------------------------------- one run
+
+
+@dataclass
+class ComparisonRuns:
+    """What every comparison's config holds besides what it compares: its output folder, the seeds, and
+    extra flags for every run's command (last on its line, so they win)."""
+
+    out_dir: str = "outputs/comparison"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +75,13 @@ def train(command: list[str], log: Path) -> Trained:
     peak_mib = run_logged(command, log)
     wall_s = time.perf_counter() - started
     return Trained(out, json.loads((out / "metrics.json").read_text()), wall_s, peak_mib)
+
+
+def cli_command(subcommand: str, out: Path, *args: str, extra: Sequence[str] = ()) -> list[str]:
+    """One run of a comparison as its own process: `python -m stt_hf.cli SUBCOMMAND ARGS --output_dir OUT
+    --disable_tqdm true EXTRA`, the extra flags last so that they win."""
+    return [sys.executable, "-m", "stt_hf.cli", subcommand, *args, "--output_dir", str(out),
+            "--disable_tqdm", "true", *extra]
 
 
 def drop_checkpoints(out: Path) -> None:
@@ -251,6 +269,17 @@ def seed_verdict(summary: list[dict], dataset: str, name: str, against: Sequence
     seeds = min(by[v]["seeds"] for v in (name, *against) if v in by)
     heading = f"{dataset} ({seeds} seed(s))" + (f", by test {metric}" if say_metric else "")
     return f"{heading}: {name} is " + "; ".join(parts) + "."
+
+
+def variant_bars(ax, rows: list[dict], metric: str, title: str, xlabel: str) -> None:
+    """One bar per summary row: `metric` in %, the seed std as error bars; STT orange, the plain network
+    and the capacity controls gray, the other modules blue."""
+    colors = ["tab:orange" if r["variant"].startswith("stt") else
+              "tab:gray" if r["variant"].startswith(("plain", "res_block")) else "tab:blue" for r in rows]
+    ax.barh([r["variant"] for r in rows], [100 * r[metric] for r in rows],
+            xerr=[100 * r[f"{metric}_std"] for r in rows], color=colors)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel=xlabel)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

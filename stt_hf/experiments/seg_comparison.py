@@ -8,10 +8,10 @@ each stage (`stt_stages`); the plain ResNet; and the capacity controls `res_bloc
 `res_block_stages`, a plain bottleneck residual block of about STT's parameters and MACs where the
 attention would go, so a gain that any extra block gives is not credited to attention.
 
-The seeded runs use one fixed recipe (`SegComparisonConfig`: a 64 px canvas, 3 epochs over 4,000 scenes
-at batch 32 = 375 steps, validation each epoch, the best checkpoint scored on 500 test scenes). The
-cost runs train each backbone for 10 steps at a larger canvas (224 px) to show how time and memory grow
-with resolution; their mIoU says nothing and is kept only in runs.jsonl. What a run costs is in
+The seeded runs use one fixed recipe (`RECIPES`, at the 64 px canvas of `SegComparisonConfig`: 3 epochs
+over 4,000 scenes at batch 32 = 375 steps, validation each epoch, the best checkpoint scored on 500 test
+scenes). The cost runs train each backbone for 10 steps at a larger canvas (224 px) to show how time and
+memory grow with resolution; their mIoU says nothing and is kept only in runs.jsonl. What a run costs is in
 docs/implementation-notes.md.
 
 Each finished run is appended to `runs.jsonl` with its mIoU, pixel accuracy, params, MACs, time per
@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from .runs import (
+    ComparisonRuns,
     check_known,
+    cli_command,
     drop_checkpoints,
     p_against,
     p_cell,
@@ -44,6 +45,7 @@ from .runs import (
     seed_verdict,
     summarize,
     train,
+    variant_bars,
     write_report,
 )
 
@@ -73,28 +75,26 @@ VERDICT_AGAINST = ("plain", "res_block_final")
 DEFAULT_PLACEMENT = "stt_blocks34"  # what the 224 px family uses: each variant's p-value is against it
 SEEDED_METRICS = ("mean_iou", "pixel_accuracy", "step_s", "peak_rss_mib")
 COST_METRICS = ("step_s", "peak_rss_mib")
+# The train-seg flags of each kind of run. The seeded runs: 3 epochs over 4,000 scenes, validation each
+# epoch, the best checkpoint scored on 500 test scenes. The cost runs: training steps only, no validation,
+# no checkpoints.
+RECIPES = {
+    "seeded": {"--num_train_epochs": 3, "--scenes_train": 4000, "--scenes_validation": 500,
+               "--scenes_test": 500},
+    "cost": {"--max_steps": 10, "--scenes_train": 320, "--scenes_validation": 32, "--scenes_test": 32,
+             "--eval_strategy": "no", "--save_strategy": "no", "--load_best_model_at_end": "false"},
+}
 
 
 @dataclass
-class SegComparisonConfig:
+class SegComparisonConfig(ComparisonRuns):
     out_dir: str = "outputs/seg_comparison"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     model: str = "stt_resnet18"
     model_kwargs: dict = field(default_factory=lambda: {"small_input": False})  # under each variant's
-    # The seeded recipe.
-    canvas: int = 64
-    epochs: int = 3
-    scenes_train: int = 4000
-    scenes_validation: int = 500
-    scenes_test: int = 500
-    # The cost runs: one short run per variant at a larger canvas (0: none).
-    large_canvas: int = 224
-    cost_steps: int = 10
-    cost_scenes_train: int = 320
-    cost_scenes_eval: int = 32
+    canvas: int = 64  # of the seeded runs
+    large_canvas: int = 224  # of the cost runs, one per variant (0: none)
     cost_seed: int = 0
-    train_args: list[str] = field(default_factory=list)  # extra train-seg flags for every run, last
 
 
 def run_name(kind: str, variant: str, canvas: int, seed: int) -> str:
@@ -111,22 +111,14 @@ def backbone_kwargs(config: SegComparisonConfig, variant: str) -> dict:
 def train_command(config: SegComparisonConfig, kind: str, variant: str, canvas: int, seed: int) -> list[str]:
     """`stt-hf train-seg` with the recipe of `kind` ("seeded" or "cost"); train_args come last."""
     out = Path(config.out_dir) / "runs" / run_name(kind, variant, canvas, seed)
-    if kind == "seeded":
-        recipe = ["--num_train_epochs", str(config.epochs), "--scenes_train", str(config.scenes_train),
-                  "--scenes_validation", str(config.scenes_validation),
-                  "--scenes_test", str(config.scenes_test)]
-    else:  # training steps only: no validation, no checkpoints
-        recipe = ["--max_steps", str(config.cost_steps), "--scenes_train", str(config.cost_scenes_train),
-                  "--scenes_validation", str(config.cost_scenes_eval),
-                  "--scenes_test", str(config.cost_scenes_eval), "--eval_strategy", "no",
-                  "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    recipe = [str(part) for flag in RECIPES[kind].items() for part in flag]
     extra = list(config.train_args)
     if "--model_kwargs" in extra:  # merged into the variant's options by backbone_kwargs
         i = extra.index("--model_kwargs")
         del extra[i:i + 2]
-    return [sys.executable, "-m", "stt_hf.cli", "train-seg", "--model", config.model,
-            "--model_kwargs", json.dumps(backbone_kwargs(config, variant)), "--scenes_canvas", str(canvas),
-            *recipe, "--seed", str(seed), "--output_dir", str(out), "--disable_tqdm", "true", *extra]
+    return cli_command("train-seg", out, "--model", config.model,
+                       "--model_kwargs", json.dumps(backbone_kwargs(config, variant)),
+                       "--scenes_canvas", str(canvas), *recipe, "--seed", str(seed), extra=extra)
 
 
 def validation_seconds(out: Path) -> float:
@@ -251,12 +243,8 @@ def plot(summary: list[dict], path: Path) -> Path:
                              squeeze=False)
     for ax, canvas in zip(axes[0], canvases, strict=False):
         rows = [r for r in seeded if r["canvas"] == canvas]
-        colors = ["tab:orange" if r["variant"].startswith("stt") else
-                  "tab:gray" if r["variant"].startswith(("plain", "res_block")) else "tab:blue" for r in rows]
-        ax.barh([r["variant"] for r in rows], [100 * r["mean_iou"] for r in rows],
-                xerr=[100 * r["mean_iou_std"] for r in rows], color=colors)
-        ax.invert_yaxis()
-        ax.set(title=f"{DATASET} at {canvas} px: test mIoU (mean ± std over seeds)", xlabel="mIoU (%)")
+        variant_bars(ax, rows, "mean_iou", f"{DATASET} at {canvas} px: test mIoU (mean ± std over seeds)",
+                     "mIoU (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

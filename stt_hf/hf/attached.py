@@ -79,31 +79,54 @@ class AttentionAttached:
             upload_folder(repo_id=repo_id, folder_path=save_directory, token=push.get("token"),
                           commit_message=push.get("commit_message") or "Upload model")
 
-def _attached(base: type) -> type:
-    cls = type(
-        f"Stt{base.__name__}",
-        (AttentionAttached, base),
-        {"__module__": __name__, "__doc__": f"{base.__name__} with STT."},
-    )
-    globals()[cls.__name__] = cls  # the remote-code loader finds the classes by name in this module
-    return cls
+
+# transformers' classes with attention (backbones: ResNet and ConvNext have one in transformers; RegNet
+# has none). The remote-code loader finds them by name in this module.
 
 
-# transformers' class -> its subclass with attention (backbones: ResNet and ConvNext have one in
-# transformers; RegNet has none).
-ATTACHED = {
-    base: _attached(base)
-    for base in (
-        ResNetModel,
-        ResNetForImageClassification,
-        ResNetBackbone,
-        ConvNextModel,
-        ConvNextForImageClassification,
-        ConvNextBackbone,
-        RegNetModel,
-        RegNetForImageClassification,
-    )
-}
+class SttResNetModel(AttentionAttached, ResNetModel):
+    """ResNetModel with STT."""
+
+
+class SttResNetForImageClassification(AttentionAttached, ResNetForImageClassification):
+    """ResNetForImageClassification with STT."""
+
+
+class SttResNetBackbone(AttentionAttached, ResNetBackbone):
+    """ResNetBackbone with STT."""
+
+
+class SttConvNextModel(AttentionAttached, ConvNextModel):
+    """ConvNextModel with STT."""
+
+
+class SttConvNextForImageClassification(AttentionAttached, ConvNextForImageClassification):
+    """ConvNextForImageClassification with STT."""
+
+
+class SttConvNextBackbone(AttentionAttached, ConvNextBackbone):
+    """ConvNextBackbone with STT."""
+
+
+class SttRegNetModel(AttentionAttached, RegNetModel):
+    """RegNetModel with STT."""
+
+
+class SttRegNetForImageClassification(AttentionAttached, RegNetForImageClassification):
+    """RegNetForImageClassification with STT."""
+
+
+# transformers' class -> its subclass with attention.
+ATTACHED = {cls.__bases__[1]: cls for cls in (
+    SttResNetModel,
+    SttResNetForImageClassification,
+    SttResNetBackbone,
+    SttConvNextModel,
+    SttConvNextForImageClassification,
+    SttConvNextBackbone,
+    SttRegNetModel,
+    SttRegNetForImageClassification,
+)}
 ATTACHED_NAMES = {cls.__name__ for cls in ATTACHED.values()}
 
 

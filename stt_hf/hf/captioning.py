@@ -5,8 +5,9 @@
     model.generate(pixel_values, num_beams=3)
 
 The captioner is a `SttCaptioner`, i.e. a transformers `VisionEncoderDecoderModel` whose encoder is
-`SttVisionEncoder`; the decoder is a GPT-2 or BERT style causal LM built from a config, or any local
-pretrained causal LM.
+`SttVisionEncoder`, or for a plugged timm CNN (`stt_convnext_s`, `stt_efficientnet_lite0`, ...) a
+`SttPluginCaptioner` whose encoder is `SttPluginVisionEncoder`; the decoder is a GPT-2 or BERT style causal
+LM built from a config, or any local pretrained causal LM.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..models.plugin import PLUGGED_MODELS
 from .configuration_stt import SttVisionConfig
-from .modeling_stt import SttVisionEncoder
-from .modeling_stt_captioner import SttCaptioner
+from .configuration_stt_plugin import SttPluginVisionConfig
+from .modeling_stt_captioner import SttCaptioner, SttPluginCaptioner
 
 SPECIAL_TOKENS = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 DECODERS = ("gpt2", "bert")
@@ -92,10 +94,14 @@ def decoder_config(kind: str, tokenizer, hidden_size: int, layers: int = 2, head
                      f"got {kind!r}")
 
 
-def build_captioner(encoder: str | SttVisionConfig, tokenizer, *, decoder: str = "gpt2",
-                    encoder_kwargs: dict | None = None, decoder_kwargs: dict | None = None,
-                    generation: dict | None = None) -> SttCaptioner:
-    """A fresh SttCaptioner: an STT encoder (a registered timm name or an SttVisionConfig) and a decoder.
+def build_captioner(encoder: str | SttVisionConfig | SttPluginVisionConfig, tokenizer, *,
+                    decoder: str = "gpt2", encoder_kwargs: dict | None = None,
+                    decoder_kwargs: dict | None = None, generation: dict | None = None) -> SttCaptioner:
+    """A fresh captioner: an STT encoder and a decoder.
+
+    encoder: a registered timm name, `stt_resnet*` (an SttCaptioner) or a plugged one such as
+        `stt_convnext_s` (an SttPluginCaptioner), with `encoder_kwargs` as its config's overrides; or the
+        encoder's config itself (SttVisionConfig, SttPluginVisionConfig).
 
     decoder: "gpt2" / "bert" (built from a small config, sized by `decoder_kwargs`: hidden_size,
         layers, heads, max_positions) or the path of a pretrained causal LM, loaded with
@@ -103,12 +109,15 @@ def build_captioner(encoder: str | SttVisionConfig, tokenizer, *, decoder: str =
     generation: GenerationConfig overrides (max_length, num_beams, ...), saved with the model.
     """
     decoder_kwargs = dict(decoder_kwargs or {})
-    if isinstance(encoder, SttVisionConfig):
+    if isinstance(encoder, (SttVisionConfig, SttPluginVisionConfig)):
         encoder_config = encoder
     else:
         options = dict(encoder_kwargs or {})
         options.setdefault("hidden_size", decoder_kwargs.get("hidden_size", 256))
-        encoder_config = SttVisionConfig.from_timm_name(encoder, **options)
+        config_class = SttPluginVisionConfig if encoder in PLUGGED_MODELS else SttVisionConfig
+        encoder_config = config_class.from_timm_name(encoder, **options)
+    plugged = isinstance(encoder_config, SttPluginVisionConfig)
+    captioner_class = SttPluginCaptioner if plugged else SttCaptioner
     if decoder in DECODERS:
         decoder_kwargs.setdefault("hidden_size", encoder_config.hidden_size)
         text_model = AutoModelForCausalLM.from_config(decoder_config(decoder, tokenizer, **decoder_kwargs))
@@ -118,7 +127,7 @@ def build_captioner(encoder: str | SttVisionConfig, tokenizer, *, decoder: str =
             raise ValueError(f"decoder {decoder!r} has a vocabulary of {config.vocab_size} tokens but the "
                              f"tokenizer has {len(tokenizer)}: pass the decoder's own tokenizer")
         text_model = AutoModelForCausalLM.from_pretrained(decoder, config=config)
-    model = SttCaptioner(encoder=SttVisionEncoder(encoder_config), decoder=text_model)
+    model = captioner_class(encoder=captioner_class.encoder_class(encoder_config), decoder=text_model)
     configure_generation(model, tokenizer, **(generation or {}))
     return model
 

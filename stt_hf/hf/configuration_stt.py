@@ -16,6 +16,7 @@ from transformers import AutoConfig, PretrainedConfig, VisionEncoderDecoderConfi
 from transformers.backbone_utils import BackboneConfigMixin
 
 from ..models.stt_resnet import ARCHS, MODEL_KWARGS, check_model_options, placed_stages
+from .feature_tokens import check_position_embedding
 from .remote_code import save_with_code
 from .timm_interop import (
     DATA_KEYS,
@@ -220,9 +221,6 @@ class SttConfig(BackboneConfigMixin, PretrainedConfig):
             json.dump({**timm_config_fields(self), **saved}, f, indent=2, sort_keys=True)
 
 
-POSITION_EMBEDDINGS = ("learned", "sincos", "none")
-
-
 class SttVisionConfig(SttConfig):
     r"""Configuration of `SttVisionEncoder`: the STT ResNet as an image encoder for text decoders.
 
@@ -242,9 +240,7 @@ class SttVisionConfig(SttConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, "
-                             f"got {self.position_embedding!r}")
+        check_position_embedding(self.position_embedding)
         if self.hidden_size is None:  # VisionEncoderDecoderModel reads encoder.hidden_size
             self.hidden_size = self.num_features()
         if not isinstance(self.hidden_size, int) or self.hidden_size < 1:

@@ -7,6 +7,9 @@
 - transformers format: what `SttForImageClassification.save_pretrained` writes: the same tensors
   under `resnet.` (trunk) and `classifier.` (timm's `fc.`).
 
+Plugged models (`stt_convnext_*`, `stt_efficientnet_*`: a timm CNN with `add_attention`) convert the same
+way, to and from `SttPluginConfig` folders, whose tensors are timm's under `timm_model.`.
+
 `save_timm_format` writes its own config.json: timm 1.0.31's `save_for_hf` puts num_classes into
 model_args, and TimmWrapper then fails with "multiple values for keyword argument 'num_classes'".
 Reading weight files safely and the key names of both formats live in `checkpoints`.
@@ -22,11 +25,14 @@ from pathlib import Path
 
 import safetensors.torch
 import timm
+from timm.models import get_pretrained_cfg
 from torch import nn
 
-from ..models.stt_resnet import MODEL_KWARGS, SttResNet
+from ..models.plugin import PLUGGED_MODELS, build_plugged
+from ..models.stt_resnet import MODEL_ARGS, MODEL_KWARGS
 from .checkpoints import (
     SAFE_NAME,
+    CheckpointError,
     default_file_mode,
     hf_to_timm_state_dict,
     load_checkpoint,
@@ -34,47 +40,73 @@ from .checkpoints import (
     timm_to_hf_state_dict,
 )
 from .configuration_stt import DATA_KEYS, SttConfig
+from .configuration_stt_plugin import SttPluginConfig
 from .modeling_stt import SttForImageClassification, SttModel, SttPreTrainedModel
+from .modeling_stt_plugin import SttPluginForImageClassification, SttPluginModel, SttPluginPreTrainedModel
+from .modeling_stt_plugin import hf_to_timm_state_dict as plugged_hf_to_timm
+from .modeling_stt_plugin import timm_to_hf_state_dict as plugged_timm_to_hf
 
 
-def config_from_timm_model(model: SttResNet, **overrides) -> SttConfig:
-    """The SttConfig of a model built by `timm.create_model("stt_...", **kwargs)`."""
+def config_from_timm_model(model: nn.Module, **overrides) -> SttConfig | SttPluginConfig:
+    """The SttConfig (SttPluginConfig for a plugged model) of a model built by
+    `timm.create_model("stt_...", **kwargs)`."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = cfg.get("architecture")
     if name is None or not hasattr(model, "_model_args"):
         raise ValueError("Build the model with timm.create_model('stt_...', ...) so its architecture and "
                          "arguments are known, or pass the SttConfig it was built from")
+    if name in PLUGGED_MODELS:
+        return _plugged_config_from_timm_model(model, name, cfg, **overrides)
     args = {k: v for k, v in model._model_args.items() if k not in ("pretrained_cfg_overlay", "cache_dir")}
     args["num_classes"] = model.num_classes
     args["data_config"] = {k: cfg[k] for k in DATA_KEYS if k in cfg}
     return SttConfig.from_timm_name(name, **{**args, **overrides})
 
 
+def _plugged_config_from_timm_model(model: nn.Module, name: str, cfg: dict, **overrides) -> SttPluginConfig:
+    spec = getattr(model, "attention_spec", None)
+    if spec is None:
+        attention = {"attn_layer": "none", "img_size": list(cfg["input_size"][-2:])}
+    else:
+        attention = {"attn_layer": spec["attn_layer"], "attn_places": spec["places"],
+                     "img_size": spec["img_size"], **{f"stt_{k}": v for k, v in spec["options"].items()}}
+    in_chans = model._model_args.get("in_chans", 3)
+    return SttPluginConfig.from_timm_name(name, **{
+        **attention, "num_classes": model.num_classes, "in_chans": in_chans,
+        "data_config": {k: cfg[k] for k in DATA_KEYS if k in cfg}, **overrides})
+
+
 def save_timm_format(model: nn.Module, save_directory: str | os.PathLike, *,
-                     config: SttConfig | None = None) -> Path:
+                     config: SttConfig | SttPluginConfig | None = None) -> Path:
     """Write `model` as a timm checkpoint folder (config.json + model.safetensors).
 
-    `model` is a timm `SttResNet` (from `timm.create_model`, or any SttResNet with the `config` it was
-    built from) or a transformers Stt model. The folder loads with `timm.create_model("local-dir:...")`,
-    with `hf-hub:` once uploaded, and with transformers' TimmWrapper after `import stt_hf`.
+    `model` is a timm `SttResNet` or plugged model (from `timm.create_model`, or with the `config` it was
+    built from) or a transformers Stt / SttPlugin model. The folder loads with
+    `timm.create_model("local-dir:...")`, with `hf-hub:` once uploaded, and with transformers' TimmWrapper
+    after `import stt_hf`. A plugged model that no registered name builds is a ValueError, raised before
+    anything is written.
     """
-    if isinstance(model, SttPreTrainedModel):
+    if isinstance(model, SttPluginPreTrainedModel):
+        config = model.config
+        state = plugged_hf_to_timm(model.state_dict())
+    elif isinstance(model, SttPreTrainedModel):
         config = model.config
         state = hf_to_timm_state_dict(model.state_dict())
     else:
         config = config or config_from_timm_model(model)
         state = model.state_dict()
+    timm_config = config.to_timm_config()
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     safetensors.torch.save_file(state, save_directory / SAFE_NAME, metadata={"format": "pt"})
     with open(save_directory / "config.json", "w") as f:
-        json.dump(config.to_timm_config(), f, indent=2)
+        json.dump(timm_config, f, indent=2)
     return save_directory
 
 
 def _is_hf_format(config_dict: dict) -> bool:
-    return config_dict.get("model_type") == SttConfig.model_type
+    return config_dict.get("model_type") in (SttConfig.model_type, SttPluginConfig.model_type)
 
 
 def _read_config(folder: Path) -> dict:
@@ -87,6 +119,7 @@ def _read_config(folder: Path) -> dict:
 
 # What each kind of saved folder holds, by its config.json's model_type ("timm": timm's own format).
 MODEL_KINDS = {"stt": "an STT classifier (stt-hf train)", "timm": "a timm-format STT model",
+               "stt_plugin": "a plugged classifier (SttPluginConfig)",
                "upernet": "a segmenter (stt-hf train-seg)",
                "vision-encoder-decoder": "a captioner (stt-hf train-caption)"}
 
@@ -113,15 +146,16 @@ def check_model_folder(path: str | os.PathLike, accepted: tuple[str, ...], flag:
         raise ValueError(f"{flag} {folder} holds {held}; expected {expected}")
 
 
-def _config_from_timm_dict(cfg: dict) -> SttConfig:
+def _config_from_timm_dict(cfg: dict) -> SttConfig | SttPluginConfig:
     pretrained_cfg = cfg.get("pretrained_cfg", {})
     overrides = dict(cfg.get("model_args") or {})
+    plugged = cfg["architecture"] in PLUGGED_MODELS  # SttPluginConfig.from_timm_name checks its own keys
     unknown = sorted(set(overrides) - {*MODEL_KWARGS, "num_classes"})
-    if unknown:  # SttConfig could not carry them: the converted model would differ
+    if unknown and not plugged:  # SttConfig could not carry them: the converted model would differ
         raise ValueError(f"model_args {unknown} of this timm checkpoint have no SttConfig field")
     overrides["num_labels"] = cfg.get("num_classes", pretrained_cfg.get("num_classes", 1000))
     overrides["data_config"] = {k: pretrained_cfg[k] for k in DATA_KEYS if k in pretrained_cfg}
-    config = SttConfig.from_timm_name(cfg["architecture"], **overrides)
+    config = (SttPluginConfig if plugged else SttConfig).from_timm_name(cfg["architecture"], **overrides)
     if cfg.get("label_names"):
         config.id2label = dict(enumerate(cfg["label_names"]))
         config.label2id = {v: k for k, v in config.id2label.items()}
@@ -129,22 +163,30 @@ def _config_from_timm_dict(cfg: dict) -> SttConfig:
 
 
 def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: str | None = None,
-               allow_pickle: bool = False, **model_args) -> SttPreTrainedModel:
+               allow_pickle: bool = False, **model_args) -> SttPreTrainedModel | SttPluginPreTrainedModel:
     """Convert a timm checkpoint to a transformers checkpoint folder; return the loaded model.
 
     `src` is a timm-format folder (its config.json names the architecture) or a state dict file or
-    folder, which needs `model_name` (e.g. "stt_resnet18_s") and any non-default `model_args`.
-    num_classes defaults to what the state dict's classifier holds.
+    folder, which needs `model_name` (e.g. "stt_resnet18_s", or a plugged "stt_convnext_s") and any
+    non-default `model_args`. num_classes defaults to what the state dict's classifier holds.
     """
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"No checkpoint at {src}")
     has_config = src.is_dir() and (src / "config.json").is_file()
     if has_config:
-        check_model_folder(src, ("timm", "stt"), "source")
+        check_model_folder(src, ("timm", "stt", "stt_plugin"), "source")
     if not (has_config or model_name):
         raise ValueError(f"{src} is a bare state dict: pass model_name (the timm model it was built as)")
+    if model_name and model_name not in MODEL_ARGS and model_name not in PLUGGED_MODELS:
+        raise ValueError(f"model name {model_name!r} is no registered STT model: the STT ResNets are "
+                         f"{sorted(MODEL_ARGS)}, the plugged models {sorted(PLUGGED_MODELS)}")
     state = load_checkpoint(src, allow_pickle=allow_pickle)
+    architecture = model_name or _read_config(src).get("architecture")
+    if architecture in PLUGGED_MODELS:
+        model = _plugged_timm_to_hf(state, src, model_name, model_args)
+        model.save_pretrained(dst)
+        return model.eval()
     if model_name:
         model_args.setdefault("num_classes", state["fc.weight"].shape[0] if "fc.weight" in state else 0)
         config = SttConfig.from_timm_name(model_name, **model_args)
@@ -156,15 +198,52 @@ def timm_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, model_name: st
     return model.eval()
 
 
-def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike, *, allow_pickle: bool = False) -> SttResNet:
-    """Convert a transformers checkpoint folder to a timm-format folder; return the timm model."""
-    model = timm_from_pretrained(src, allow_pickle=allow_pickle)
-    save_timm_format(model, dst, config=SttConfig.from_pretrained(src))
+def _plugged_timm_to_hf(state: dict, src: Path, model_name: str | None,
+                        model_args: dict) -> SttPluginPreTrainedModel:
+    """A transformers plugged model holding the timm state dict `state` (weights of `model_name`, or of the
+    timm-format folder `src`)."""
+    if model_name:
+        classifier = f"{get_pretrained_cfg(model_name).classifier}.weight"
+        model_args.setdefault("num_classes", state[classifier].shape[0] if classifier in state else 0)
+        config = SttPluginConfig.from_timm_name(model_name, **model_args)
+    else:
+        config = _config_from_timm_dict(_read_config(src))
+    model = (SttPluginForImageClassification if config.num_labels > 0 else SttPluginModel)(config)
+    _check_same_network(plugged_hf_to_timm(model.state_dict()), state, src, config.timm_architecture())
+    load_state_dict_strict(model, plugged_timm_to_hf(state), str(src))
     return model
 
 
-def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False) -> SttResNet:
-    """A timm `SttResNet` with the weights of a checkpoint folder or Hub repo id, in either format.
+def _check_same_network(own: dict, state: dict, src: Path, name: str) -> None:
+    """One line naming how the weights in `src` differ from the network `name` builds (timm's key names)."""
+    shapes = [f"{k} has shape {tuple(v.shape)} there, {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if shapes or missing or unexpected:
+        first = shapes[0] if shapes else (f"{missing[0]!r} is missing" if missing else
+                                          f"{unexpected[0]!r} is not in the model")
+        raise CheckpointError(f"the weights in {src} are not those of {name} ({first}; {len(shapes)} keys "
+                              f"of another shape, {len(missing)} missing, {len(unexpected)} unexpected): "
+                              f"pass the model name and number of classes they were trained with")
+
+
+def hf_to_timm(src: str | os.PathLike, dst: str | os.PathLike, *, allow_pickle: bool = False) -> nn.Module:
+    """Convert a transformers checkpoint folder to a timm-format folder; return the timm model."""
+    config_dict = _read_config(Path(src))
+    if config_dict.get("model_type") == SttPluginConfig.model_type:
+        config = SttPluginConfig.from_dict(config_dict)
+        config.to_timm_config()  # a plugged model no registered name builds: say so before any work
+    else:
+        config = SttConfig.from_pretrained(src)
+    model = timm_from_pretrained(src, allow_pickle=allow_pickle)
+    save_timm_format(model, dst, config=config)
+    return model
+
+
+def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False) -> nn.Module:
+    """A timm `SttResNet` or plugged model with the weights of a checkpoint folder or Hub repo id, in either
+    format.
 
     A transformers-format folder (from `save_pretrained`) is rebuilt with timm from its config, so no
     one is locked into one library; a timm-format folder goes through `timm.create_model("local-dir:")`.
@@ -176,15 +255,23 @@ def timm_from_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False)
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(path), allow_patterns=["config.json", "*.safetensors"]))
-    check_model_folder(path, ("stt", "timm"), "checkpoint")
+    check_model_folder(path, ("stt", "stt_plugin", "timm"), "checkpoint")
     config_dict = _read_config(path)
     if not _is_hf_format(config_dict):  # timm's format: its loader, with our pickle policy on the weights
         model = timm.create_model(f"local-dir:{path}", pretrained=False)
         load_state_dict_strict(model, load_checkpoint(path, allow_pickle=allow_pickle), str(path))
         return model.eval()
-    config = SttConfig.from_dict(config_dict)
-    model = timm.create_model(config.timm_architecture(), **config.to_timm_kwargs())
-    state = hf_to_timm_state_dict(load_checkpoint(path, allow_pickle=allow_pickle))
+    if config_dict.get("model_type") == SttPluginConfig.model_type:
+        config = SttPluginConfig.from_dict(config_dict)
+        name = config.registered_name()
+        model = (timm.create_model(name, **config.to_timm_kwargs()) if name else
+                 build_plugged(config.trunk, config.attention, config.trunk_args,
+                               num_classes=config.num_labels, in_chans=config.in_chans))
+        state = plugged_hf_to_timm(load_checkpoint(path, allow_pickle=allow_pickle))
+    else:
+        config = SttConfig.from_dict(config_dict)
+        model = timm.create_model(config.timm_architecture(), **config.to_timm_kwargs())
+        state = hf_to_timm_state_dict(load_checkpoint(path, allow_pickle=allow_pickle))
     load_state_dict_strict(model, state, str(path))
     # Preprocessing metadata for timm.data.resolve_data_config(model=model).
     model.pretrained_cfg = {**model.pretrained_cfg, **config.data_config, "num_classes": config.num_labels,

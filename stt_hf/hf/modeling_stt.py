@@ -27,6 +27,7 @@ from transformers.modeling_outputs import (
 from ..models.stt_resnet import ARCHS, SttResNet
 from .checkpoints import CheckpointError, check_local_weights
 from .configuration_stt import SttConfig, SttVisionConfig
+from .feature_tokens import FeatureTokens
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -268,22 +269,12 @@ class SttBackbone(BackboneMixin, SttPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
 
 
-def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding, (H*W, dim): half the channels encode y, half x."""
-    if dim % 4:
-        raise ValueError(f"sincos position embedding needs hidden_size divisible by 4, got {dim}")
-    freqs = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
-    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    y = torch.einsum("n,f->nf", y.flatten().float(), freqs)
-    x = torch.einsum("n,f->nf", x.flatten().float(), freqs)
-    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
-
-
-class SttVisionEncoder(SttPreTrainedModel):
+class SttVisionEncoder(FeatureTokens, SttPreTrainedModel):
     """The STT ResNet as a sequence encoder: its last feature map (B, C, H, W) becomes (B, H*W, hidden).
 
     Each cell of the map is one token: optionally projected to config.hidden_size, plus a 2-D position
-    embedding, then layer-normalized. This is what VisionEncoderDecoderModel's decoders cross-attend to.
+    embedding, then layer-normalized (`feature_tokens.FeatureTokens`). This is what
+    VisionEncoderDecoderModel's decoders cross-attend to.
     """
 
     config: SttVisionConfig
@@ -292,34 +283,12 @@ class SttVisionEncoder(SttPreTrainedModel):
     def __init__(self, config: SttVisionConfig):
         super().__init__(config)
         self.resnet = self._build_resnet(config)
-        channels = self.resnet.num_features
-        self.proj = (nn.Linear(channels, config.hidden_size) if config.hidden_size != channels
-                     else nn.Identity())
-        height, width = config.feature_grid()
-        self.pos_embed = None
-        if config.position_embedding == "learned":
-            # (1, hidden, H, W), drawn in _init_weights
-            self.pos_embed = nn.Parameter(torch.zeros(1, config.hidden_size, height, width))
-        elif config.position_embedding == "sincos":
-            sincos_2d(height, width, config.hidden_size)  # fail at build time on a bad hidden_size
-        self.norm = nn.LayerNorm(config.hidden_size)
+        self._add_token_layers(config, self.resnet.num_features)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if module is self and self.pos_embed is not None:
-            init.trunc_normal_(self.pos_embed, std=0.02)
-
-    def _position(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
-        """(1, H*W, hidden) for a feature grid of H x W, or None."""
-        if self.config.position_embedding == "sincos":
-            return sincos_2d(height, width, self.config.hidden_size).to(like)[None]
-        if self.pos_embed is None:
-            return None
-        pos = self.pos_embed
-        if pos.shape[-2:] != (height, width):  # another input size: resample the learned grid
-            pos = nn.functional.interpolate(pos, size=(height, width), mode="bicubic", align_corners=False)
-        return pos.flatten(2).transpose(1, 2)
+        self._init_position(module)
 
     def forward(self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 output_attentions: bool | None = None, return_dict: bool | None = None,
@@ -331,13 +300,7 @@ class SttVisionEncoder(SttPreTrainedModel):
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         last, hidden = self._features(pixel_values, output_hidden_states)
-        _, _, height, width = last.shape
-        tokens = self.proj(last.flatten(2).transpose(1, 2))  # (B, H*W, hidden)
-        pos = self._position(height, width, tokens)
-        if pos is not None:
-            tokens = tokens + pos
-        tokens = self.norm(tokens)
-        pooled = tokens.mean(dim=1)
+        tokens, pooled = self._tokens(last)
         if not return_dict:
             return (tokens, pooled) + ((hidden,) if hidden is not None else ())
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled,

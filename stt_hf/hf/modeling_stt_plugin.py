@@ -1,5 +1,6 @@
 """transformers models around a plugged timm CNN: SttPluginModel, SttPluginForImageClassification,
-SttPluginBackbone.
+SttPluginBackbone, and for captioning SttPluginVisionEncoder (`modeling_stt_captioner.SttPluginCaptioner`
+pairs it with a text decoder).
 
 Each wraps the very network `timm.create_model("stt_convnext_s")` builds (`build_plugged`: the timm trunk
 plus `add_attention`), as `self.timm_model`, with timm's own head: the weights are timm's under a
@@ -14,13 +15,15 @@ from transformers import PreTrainedModel
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
+    BaseModelOutputWithPooling,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
 
 from ..models.plugin import build_plugged
 from .checkpoints import check_local_weights
-from .configuration_stt_plugin import SttPluginConfig
+from .configuration_stt_plugin import SttPluginConfig, SttPluginVisionConfig
+from .feature_tokens import FeatureTokens
 
 HF_PREFIX = "timm_model."
 
@@ -171,6 +174,48 @@ class SttPluginBackbone(BackboneMixin, SttPluginPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
 
 
+class SttPluginVisionEncoder(FeatureTokens, SttPluginPreTrainedModel):
+    """The plugged network as a sequence encoder: its last feature map (B, C, H, W) becomes (B, H*W, hidden),
+    one token per cell (`feature_tokens.FeatureTokens`), what VisionEncoderDecoderModel's decoders
+    cross-attend to."""
+
+    config: SttPluginVisionConfig
+    config_class = SttPluginVisionConfig
+
+    def __init__(self, config: SttPluginVisionConfig):
+        super().__init__(config)
+        self.timm_model = self._build(config, num_classes=0)
+        self._add_token_layers(config, self.timm_model.num_features)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        self._init_position(module)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """last_hidden_state (B, H*W, hidden); pooler_output (B, hidden), the token mean; with
+        output_hidden_states, every stage's output. `attentions` is None (VisionEncoderDecoderModel needs
+        the field; STT synthesizes its weights, other modules are not asked for theirs)."""
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        last, hidden = self._features(pixel_values, output_hidden_states)
+        tokens, pooled = self._tokens(last)
+        if not return_dict:
+            return (tokens, pooled) + ((hidden,) if hidden is not None else ())
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden, attentions=None
+        )
+
+
 def timm_to_hf_state_dict(state_dict: dict) -> dict:
     return {HF_PREFIX + k: v for k, v in state_dict.items()}
 
@@ -191,6 +236,7 @@ __all__ = [
     "SttPluginForImageClassification",
     "SttPluginModel",
     "SttPluginPreTrainedModel",
+    "SttPluginVisionEncoder",
     "hf_to_timm_state_dict",
     "timm_to_hf_state_dict",
 ]

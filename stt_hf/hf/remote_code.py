@@ -8,10 +8,28 @@ that closure must import its siblings as modules (`from ..layers.stt import STT`
 and their file names must be unique.
 
 The rewrite of relative imports is the one thing that needs `ast`: the package keeps its layers in
-subpackages (`layers/`, `models/`, `hf/`), which a flat remote-code folder cannot hold.
+subpackages (`layers/`, `models/`, `hf/`), which a flat remote-code folder cannot hold. Everything else is
+public API: each class's own transformers `save_pretrained`, and huggingface_hub's `create_repo` and
+`upload_folder` for the push (no private transformers helper).
 
-This module is itself in the closure (the configs import it): it imports nothing but the standard library
-and huggingface_hub.
+What a folder of `SttConfig` classes carries is the import closure of `configuration_stt` and
+`modeling_stt`, and it cannot be smaller without a second copy of the network's source:
+transformers' loader requires every module that any `from .module import` line of a copied file names
+(it scans the text, so an import inside a function or a try block counts too), and each of these is
+imported when the classes are:
+
+- `configuration_stt`, `modeling_stt`: what `auto_map` points at;
+- `stt_resnet` (the network, its options, its key names), `create` (attention modules by `attn_layer`),
+  `stt`, `baselines` (every module a config may name), `helpers`, `options` (the one option spec the
+  config is validated with): the network the classes wrap;
+- `timm_interop`: the config's timm fields and its image processor;
+- `checkpoints`: `from_pretrained`'s safety checks (pickle refused, mismatched weights named);
+- `stages`: transformers' `GradientCheckpointingLayer`, its own module because importing it loads the
+  tokenizers, which `import stt_hf` does not;
+- `remote_code` (this module): so that a copy loaded as remote code saves itself again with the same code
+  and `auto_map`. It imports nothing but the standard library and huggingface_hub.
+
+Segmenter folders add `modeling_stt_seg`, captioner folders `modeling_stt_captioner`.
 """
 
 import ast

@@ -32,10 +32,8 @@ from .helpers import (
 from .stt import DenseSynth
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
-torch.fx.wrap("check_input")
-torch.fx.wrap("check_size")
-torch.fx.wrap("conv1x1")
-torch.fx.wrap("softmax_f32")
+for _leaf in ("check_input", "check_size", "conv1x1", "softmax_f32"):
+    torch.fx.wrap(_leaf)
 
 
 @register_notrace_function
@@ -83,8 +81,14 @@ def attend(v: torch.Tensor, logits: torch.Tensor, h: int, w: int) -> torch.Tenso
 
 
 class _ResidualAttention(nn.Module):
-    """What the attention baselines share: folding their residual output `self.out` (a
-    `_ResidualOut`; not annotated on the class, which TorchScript would read as an attribute type)."""
+    """What the attention baselines share: their sizes (`cv`: the value channels, split into `heads`) and
+    folding their residual output `self.out` (a `_ResidualOut`; not annotated on the class, which
+    TorchScript would read as an attribute type)."""
+
+    def __init__(self, channels: int, reduction: int, min_channels: int, heads: int):
+        super().__init__()
+        self.channels, self.heads = channels, heads
+        self.cv = value_channels(channels, reduction, min_channels, heads)
 
     @torch.jit.ignore
     def fuse_for_inference(self):
@@ -98,12 +102,9 @@ class SelfAttention2d(_ResidualAttention):
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
                  device=None, dtype=None, **_ignored):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        cv = value_channels(channels, reduction, min_channels, heads)
-        self.channels, self.heads = channels, heads
-        self.to_qkv = nn.Conv2d(channels, 3 * cv, 1, bias=False, **dd)
-        self.out = _ResidualOut(channels, cv, **dd)
+        super().__init__(channels, reduction, min_channels, heads)
+        self.to_qkv = nn.Conv2d(channels, 3 * self.cv, 1, bias=False, device=device, dtype=dtype)
+        self.out = _ResidualOut(channels, self.cv, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.channels, "SelfAttention2d")
@@ -126,12 +127,11 @@ class FlatSynthesizer(_ResidualAttention):
     def __init__(self, channels: int, *, synth: str = "dense", feat_size: int | Sequence[int] = 14,
                  reduction: int = 2, min_channels: int = 16, hidden: int = 32, heads: int = 1,
                  device=None, dtype=None, **_ignored):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
         if synth not in ("dense", "random"):
             raise ValueError(f"synth must be 'dense' or 'random' for FlatSynthesizer, got {synth!r}")
-        cv = value_channels(channels, reduction, min_channels, heads)
-        self.channels, self.heads, self.synth = channels, heads, synth
+        super().__init__(channels, reduction, min_channels, heads)
+        dd = dict(device=device, dtype=dtype)
+        cv, self.synth = self.cv, synth
         self.feat_size = to_pair(feat_size)
         n = self.feat_size[0] * self.feat_size[1]
         self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
@@ -172,10 +172,8 @@ class AxialAttention2d(_ResidualAttention):
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
                  device=None, dtype=None, **_ignored):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        cv = value_channels(channels, reduction, min_channels, heads)
-        self.channels, self.heads = channels, heads
+        super().__init__(channels, reduction, min_channels, heads)
+        dd, cv = dict(device=device, dtype=dtype), self.cv
         self.to_qkv_h = nn.Conv2d(channels, 3 * cv, 1, bias=False, **dd)
         self.to_qkv_w = nn.Conv2d(cv, 3 * cv, 1, bias=False, **dd)
         self.out = _ResidualOut(channels, cv, **dd)
@@ -213,13 +211,12 @@ class CrissCrossAttention2d(_ResidualAttention):
 
     def __init__(self, channels: int, *, reduction: int = 2, min_channels: int = 16, heads: int = 1,
                  recurrence: int = 2, device=None, dtype=None, **_ignored):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
         if not (isinstance(recurrence, int) and recurrence > 0):
             raise ValueError(f"recurrence must be a positive int for CrissCrossAttention2d, "
                              f"got {recurrence!r}")
-        cv = value_channels(channels, reduction, min_channels, heads)
-        self.channels, self.heads, self.recurrence = channels, heads, recurrence
+        super().__init__(channels, reduction, min_channels, heads)
+        dd, cv = dict(device=device, dtype=dtype), self.cv
+        self.recurrence = recurrence
         self.to_v = nn.Conv2d(channels, cv, 1, bias=False, **dd)
         self.to_qkv = nn.Conv2d(cv, 3 * cv, 1, bias=False, **dd)
         self.out = _ResidualOut(channels, cv, **dd)

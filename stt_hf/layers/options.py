@@ -130,10 +130,5 @@ def resolve(spec: Iterable[Option], given: dict[str, Any]) -> dict[str, Any]:
     return {option.name: given.pop(option.name, option.default) for option in spec}
 
 
-def document(spec: Iterable[Option], indent: int = 8) -> str:
-    """Docstring lines for the options: name, default, what it does."""
-    return "".join(f"{' ' * indent}{o.name} (default {o.default!r}): {o.doc}.\n" for o in spec)
-
-
 __all__ = ["BOOL", "MODES", "POSITIVE_INT", "PROBABILITY", "STT_OPTION_NAMES", "STT_SPEC", "SYNTHS", "Check",
-           "Option", "check_stt_options", "document", "is_int", "one_of", "resolve", "sequence_of"]
+           "Option", "check_stt_options", "is_int", "one_of", "resolve", "sequence_of"]

@@ -27,17 +27,13 @@ from .helpers import (
     to_pair,
     value_channels,
 )
-from .options import POSITIVE_INT, STT_OPTION_NAMES, STT_SPEC, check_stt_options, document, resolve
+from .options import POSITIVE_INT, STT_OPTION_NAMES, STT_SPEC, check_stt_options, resolve
 
 MODE_DIMS = {"c": 2, "h": 3, "w": 4}  # the dim of each mode in V of shape (B, G, c, H, W)
 
 # FX leaves where this module calls them (torch.fx.wrap patches the caller's globals).
-torch.fx.wrap("add_conv1x1")
-torch.fx.wrap("cast_like")
-torch.fx.wrap("check_input")
-torch.fx.wrap("check_size")
-torch.fx.wrap("conv1x1")
-torch.fx.wrap("softmax_f32")
+for _leaf in ("add_conv1x1", "cast_like", "check_input", "check_size", "conv1x1", "softmax_f32"):
+    torch.fx.wrap(_leaf)
 
 
 @register_notrace_function
@@ -242,7 +238,26 @@ class STT(nn.Module):
         channels: input (and output) channels C.
         feat_size: reference (H, W) the synthesizers are built for. Other sizes interpolate the
             synthesized maps, unless resize=False, in which case they are an error.
-        **options: the block's options, declared in `stt_hf.layers.options.STT_SPEC`:
+        **options: the block's options, declared in `stt_hf.layers.options.STT_SPEC`
+            (`tests/test_layers_options.py` checks this list against it):
+            modes (default 'chw'): which modes of the (C, H, W) map get an attention matrix, e.g.
+                'hw'.
+            synth (default 'dense'): 'dense' (from the input), 'random' (learned,
+                input-independent), 'factorized_random' (low-rank P Q^T) or 'mixture' (learned blend of
+                dense and random).
+            heads (default 2): groups the value channels are split into, each with its own
+                attention; must divide them.
+            reduction (default 2): value channels Cv = max(C // reduction, min_channels).
+            min_channels (default 16): the floor of the value channels Cv.
+            hidden (default 32): hidden width of the dense synthesizer MLP.
+            pool_size (default 4): the channel-mode descriptor pools each channel map to pool_size
+                x pool_size.
+            rank (default 8): rank k of the factorized random maps.
+            temperature (default 1.0): softmax temperature tau.
+            resize (default True): other input sizes interpolate the synthesized maps; False makes
+                them an error.
+            fixed (default False): random maps are a non-trained buffer (Tay et al.'s 'fixed
+                random'); synth 'random' or 'mixture'.
     """
 
     def __init__(self, channels: int, *, feat_size: int | Sequence[int] = 14, device=None, dtype=None,
@@ -395,6 +410,3 @@ class STT(nn.Module):
                 f"heads={self.heads}, feat_size={self.feat_size}, temperature={self.temperature}")
 
 
-
-if STT.__doc__:  # the options' documentation, from their declarations (no docstrings under python -OO)
-    STT.__doc__ = STT.__doc__.rstrip() + "\n" + document(STT_SPEC, indent=12)

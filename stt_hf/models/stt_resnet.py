@@ -35,7 +35,6 @@ from ..layers.options import (
     Check,
     Option,
     check_stt_options,
-    document,
     is_int,
     one_of,
     resolve,
@@ -136,6 +135,26 @@ class SttResNet(ResNet):
         **kwargs: the options below (declared in `MODEL_OPTIONS`; `stt_*` are those of the STT block,
             `stt_hf.layers.STT`, which the baselines use where they apply), and any other keyword argument
             of timm's ResNet (num_classes, act_layer, ...).
+
+    Options (`tests/test_layers_options.py` checks this list against `MODEL_OPTIONS`; `SttConfig`
+    describes each one):
+        img_size (default 224): input size the attention modules are built for (their reference feature size).
+        small_input (default False): 3x3 stride-1 stem without max-pool, for 28-32 px images.
+        attn_layer (default 'stt'): the attention module: 'stt' or a baseline; None or 'none' for a plain
+            ResNet ('none' survives timm.create_model, which drops keyword arguments that are None).
+        attn_placement (default 'block'): 'block' (in each residual block), 'stage' (after each stage) or
+            'final' (after stage 4).
+        attn_stages (default (3, 4)): the stages that get attention ('final' placement: stage 4 whatever this
+            says).
+        the STT block's, also used by the baselines where they apply: stt_modes (default 'chw'),
+            stt_synth (default 'dense'), stt_heads (default 2), stt_reduction (default 16),
+            stt_min_channels (default 16), stt_hidden (default 32), stt_pool_size (default 4),
+            stt_rank (default 8), stt_temperature (default 1.0), stt_resize (default True),
+            stt_fixed (default False).
+        timm's ResNet's: in_chans (default 3), channels (default (64, 128, 256, 512)),
+            stem_width (default 64), stem_type (default ''), avg_down (default False),
+            cardinality (default 1), base_width (default 64), output_stride (default 32),
+            global_pool (default 'avg'), drop_rate (default 0.0), drop_path_rate (default 0.0).
     """
 
     def __init__(self, block=BasicBlock, layers: Sequence[int] = (2, 2, 2, 2), *, device=None, dtype=None,
@@ -203,8 +222,6 @@ class SttResNet(ResNet):
         return self
 
 
-if SttResNet.__doc__:  # the options' documentation, from their declarations (no docstrings under -OO)
-    SttResNet.__doc__ = SttResNet.__doc__.rstrip() + "\n\n    Options:\n" + document(MODEL_OPTIONS)
 
 
 # Key names of this project's transformers format (stt_hf.hf): timm's `fc.` is `classifier.`, and the

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -317,15 +315,4 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The standalone command: 0 on success, 2 (with the reason on stderr) for a bad model or image."""
-    parser = argparse.ArgumentParser(prog="visualize", description=__doc__.split("\n\n")[0])
-    try:
-        return run(add_arguments(parser).parse_args(argv))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-__all__ = ["add_visualize_parser", "load_image", "load_model", "main", "preprocess", "stt_blocks",
-           "visualize"]
+__all__ = ["add_visualize_parser", "load_image", "load_model", "preprocess", "stt_blocks", "visualize"]

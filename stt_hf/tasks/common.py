@@ -7,7 +7,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +64,24 @@ class OutputArguments:
                 "that run."})
 
 
+def add_source_arguments(parser: argparse.ArgumentParser, *, model_help: str, dataset: str, trainer: str,
+                         split: str | None = None) -> None:
+    """The flags every evaluation subcommand opens with: `--model`, `--dataset` (`trainer`'s default),
+    `--split` and `--image_column`."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--dataset", default=dataset, help=f"as for stt-hf {trainer}")
+    parser.add_argument("--split", default=split,
+                        help="split to score (default: test, else validation)" if split is None else None)
+    parser.add_argument("--image_column", default="image")
+
+
 def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | None = None,
-                      prog: str | None = None) -> list:
+                      prog: str | None = None, run_name=None) -> list:
     """HfArgumentParser dataclasses from flags over `--config FILE` over `defaults`.
 
-    The TrainingArguments (the last dataclass) also carry `overwrite_output_dir` (`OutputArguments`).
-    A config key that names no flag is an error, as an unknown flag is.
+    The TrainingArguments (the last dataclass) also carry `overwrite_output_dir` (`OutputArguments`); with
+    no `--output_dir`, theirs is `outputs/<run_name(*the other dataclasses)>`. A config key that names no
+    flag is an error, as an unknown flag is.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or Path(sys.argv[0]).name
@@ -88,6 +102,8 @@ def parse_with_config(dataclass_types: tuple, defaults: dict, argv: list[str] | 
     parser.set_defaults(**defaults)
     *parsed, output_args = parser.parse_args_into_dataclasses(argv)[: len(dataclass_types) + 1]
     parsed[-1].overwrite_output_dir = output_args.overwrite_output_dir
+    if run_name is not None and parsed[-1].output_dir in (None, "trainer_output"):
+        parsed[-1].output_dir = str(Path("outputs") / run_name(*parsed[:-1]))
     return parsed
 
 
@@ -210,6 +226,15 @@ def collate(examples: list[dict]) -> dict:
 
 # What the three trainers (`train`, `train-caption`, `train-seg`) do the same way around the Trainer.
 
+# TrainingArguments every trainer's recipe starts from (each adds its own schedule and batch sizes).
+TRAINER_DEFAULTS = dict(
+    learning_rate=2e-3, weight_decay=0.05, lr_scheduler_type="cosine", seed=42,
+    # validation each epoch; the best checkpoint's weights are the run's
+    eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+    report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
+)
+
+
 def resume_checkpoint(training_args):
     """`--resume_from_checkpoint`: `latest` (or `last`, `true`) means the newest complete checkpoint in the
     output folder, which must exist; anything else is passed through.
@@ -249,22 +274,54 @@ def check_run(training_args) -> None:
                           resuming=bool(args.resume_from_checkpoint))
 
 
-def start_run(training_args, command: str):
-    """What every trainer does right before building its model: claim the output folder (an exclusive
-    lock, held until `release()` or the end of the process; only the main process of a DDP job takes it)
-    and seed every random number generator, so `--seed` decides the initial weights too."""
-    from transformers import set_seed
+class TrainingRun:
+    """One trainer run around its Trainer, from claiming the output folder to publishing it.
 
-    from ..reporting.run_folder import OutputDirLock, claim_output_dir
+    Made right before the model is built: it claims the output folder (an exclusive lock, held until
+    `finish` or the end of the process; only the main process of a DDP job takes it), seeds every random
+    number generator, so `--seed` decides the initial weights too, and takes `--push_to_hub` away from the
+    Trainer: the finished folder (weights, code, card) is published, not the Trainer's checkpoints.
+    """
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        lock = claim_output_dir(training_args.output_dir, command=command,
-                                overwrite=training_args.overwrite_output_dir,
-                                resuming=bool(training_args.resume_from_checkpoint))
-    else:
-        lock = OutputDirLock(Path(training_args.output_dir), None)
-    set_seed(training_args.seed)
-    return lock
+    def __init__(self, subcommand: str, argv: list[str] | None, training_args):
+        from transformers import set_seed
+
+        from ..reporting.run_folder import OutputDirLock, claim_output_dir
+
+        self.command = shlex.join(["stt-hf", subcommand, *(argv if argv is not None else sys.argv[1:])])
+        if int(os.environ.get("RANK", "0")) == 0:
+            self.lock = claim_output_dir(training_args.output_dir, command=self.command,
+                                         overwrite=training_args.overwrite_output_dir,
+                                         resuming=bool(training_args.resume_from_checkpoint))
+        else:
+            self.lock = OutputDirLock(Path(training_args.output_dir), None)
+        set_seed(training_args.seed)
+        self.push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    @staticmethod
+    def train(trainer, resume: str | None):
+        """trainer.train; a full disk at a checkpoint is an OSError naming the output folder."""
+        from ..reporting.publish import write_failures_as_oserror
+
+        with write_failures_as_oserror(trainer.args.output_dir):
+            return trainer.train(resume_from_checkpoint=resume)
+
+    @staticmethod
+    def results(trainer, train_result, eval_metrics: dict, eval_split: str, started: float, **extra) -> dict:
+        """The run's summary: training and held-out metrics, steps, where the weights come from, time."""
+        return dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
+                    global_step=trainer.state.global_step, best=best_checkpoint(trainer),
+                    wall_time_s=round(time.time() - started, 1), **extra)
+
+    def finish(self, trainer, results: dict, write_outputs, print_summary, commit_message: str) -> None:
+        """On the main process: `results["paths"] = write_outputs()`, the summary printed, the folder pushed
+        if asked; then the output folder released."""
+        if trainer.is_world_process_zero():
+            results["paths"] = write_outputs()
+            print_summary(results)
+            if self.push_to_hub:
+                push_run_folder(trainer, commit_message=commit_message)
+        self.lock.release()
 
 
 class UserFileMode(TrainerCallback):
@@ -316,7 +373,8 @@ def push_run_folder(trainer, commit_message: str) -> None:
                 commit_message=commit_message)
 
 
-__all__ = ["CommandParser", "DataArguments", "OutputArguments", "ShortUsageErrors", "UserFileMode",
+__all__ = ["TRAINER_DEFAULTS", "CommandParser", "DataArguments", "OutputArguments", "ShortUsageErrors",
+           "TrainingRun", "UserFileMode", "add_source_arguments",
            "best_checkpoint", "build_transforms", "check_positive", "check_run", "collate", "given_flags",
            "image_transforms", "is_checkpoint", "json_object", "load_config_file", "native_bf16",
-           "parse_with_config", "print_run_summary", "push_run_folder", "resume_checkpoint", "start_run"]
+           "parse_with_config", "print_run_summary", "push_run_folder", "resume_checkpoint"]

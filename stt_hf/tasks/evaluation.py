@@ -12,14 +12,12 @@ from ..data.classification import load_image_dataset, validate_dataset
 from ..data.common import undecoded
 from ..metrics import compute_classification_metrics
 from ..reporting.publish import check_output_file, write_json
-from .common import DataArguments, build_transforms, check_positive, collate
+from .common import DataArguments, add_source_arguments, build_transforms, check_positive, collate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder (transformers format) or Hub id")
-    parser.add_argument("--dataset", default="fashion_mnist", help="as for stt-hf train")
-    parser.add_argument("--split", default=None, help="split to score (default: test, else validation)")
-    parser.add_argument("--image_column", default="image")
+    add_source_arguments(parser, model_help="checkpoint folder (transformers format) or Hub id",
+                         dataset="fashion_mnist", trainer="train")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=256)

@@ -15,14 +15,12 @@ from ..data.captions import load_caption_dataset
 from ..data.common import to_rgb
 from ..metrics import compute_caption_metrics
 from ..reporting.publish import check_output_file, write_json
-from .common import check_positive
+from .common import add_source_arguments, check_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="captioner folder (or Hub id) with its tokenizer")
-    parser.add_argument("--dataset", default="fashion_scenes", help="as for stt-hf train-caption")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--image_column", default="image")
+    add_source_arguments(parser, model_help="captioner folder (or Hub id) with its tokenizer",
+                         dataset="fashion_scenes", trainer="train-caption", split="test")
     parser.add_argument("--caption_column", default="caption")
     parser.add_argument("--keep_symbols", action="store_true", help="tuxpaint: keep the symbol stamps")
     parser.add_argument("--max_eval_samples", type=int, default=None)

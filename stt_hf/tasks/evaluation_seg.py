@@ -12,16 +12,14 @@ from ..data.segmentation import class_names, decode_segmentation, load_segmentat
 from ..hf.modeling_stt_seg import IGNORE_INDEX
 from ..metrics import compute_segmentation_metrics
 from ..reporting.publish import check_output_file, write_json
-from .common import check_positive
+from .common import add_source_arguments, check_positive
 
 OVERLAY_ALPHA = 0.55
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="saved segmenter folder (stt-hf train-seg) or Hub id")
-    parser.add_argument("--dataset", default="fashion_scenes", help="as for stt-hf train-seg")
-    parser.add_argument("--split", default=None, help="split to score (default: test, else validation)")
-    parser.add_argument("--image_column", default="image")
+    add_source_arguments(parser, model_help="saved segmenter folder (stt-hf train-seg) or Hub id",
+                         dataset="fashion_scenes", trainer="train-seg")
     parser.add_argument("--mask_column", default="mask")
     parser.add_argument("--scenes_canvas", type=int, default=64, help="fashion_scenes: canvas side")
     parser.add_argument("--scenes_test", type=int, default=500, help="fashion_scenes: test scenes")

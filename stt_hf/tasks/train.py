@@ -12,8 +12,6 @@ process writes the final model, card and plots.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +22,13 @@ from transformers import Trainer, TrainingArguments
 from ..data.classification import load_image_dataset, validate_dataset
 from ..data.common import undecoded
 from ..metrics import compute_classification_metrics
-from ..reporting.publish import write_failures_as_oserror
+from ..reporting.publish import write_run_outputs
 from . import streaming
 from .common import (
+    TRAINER_DEFAULTS,
     DataArguments,
+    TrainingRun,
     UserFileMode,
-    best_checkpoint,
     build_transforms,
     check_positive,
     check_run,
@@ -39,34 +38,18 @@ from .common import (
     native_bf16,
     parse_with_config,
     print_run_summary,
-    push_run_folder,
     resume_checkpoint,
-    start_run,
 )
 
 # Defaults of the main job (used unless a flag or --config says otherwise).
 MAIN_JOB_DEFAULTS = dict(
+    TRAINER_DEFAULTS,
     # Chosen by the trial runs in docs/results.md ("The main job's recipe"): 3.5 epochs at batch 128
     # are what fits the 8-minute budget of the main job on 2 CPU cores with bf16.
-    num_train_epochs=3.5,
-    per_device_train_batch_size=128,
-    per_device_eval_batch_size=256,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    warmup_steps=100,
-    lr_scheduler_type="cosine",
-    label_smoothing_factor=0.1,
-    train_crop_scale=1.0,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=2,
-    load_best_model_at_end=True,
-    metric_for_best_model="accuracy",
-    logging_steps=20,
-    report_to="none",
-    dataloader_num_workers=0,
-    dataloader_pin_memory=False,
-    seed=42,
+    num_train_epochs=3.5, warmup_steps=100, logging_steps=20,
+    per_device_train_batch_size=128, per_device_eval_batch_size=256,
+    label_smoothing_factor=0.1, train_crop_scale=1.0,
+    save_total_limit=2, metric_for_best_model="accuracy",
 )
 
 
@@ -88,14 +71,16 @@ class ModelArguments:
         "help": 'JSON of extra model options, e.g. \'{"stt_synth": "random", "attn_placement": "stage"}\'.'})
 
 
+def run_name(model_args: ModelArguments, data_args: DataArguments) -> str:
+    return f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+
+
 def parse_args(argv: list[str] | None = None):
     """Dataclasses from flags, with `--config FILE` and the main-job defaults underneath."""
     defaults = dict(MAIN_JOB_DEFAULTS, bf16=native_bf16())
     model_args, data_args, training_args = parse_with_config(
-        (ModelArguments, DataArguments, TrainingArguments), defaults, argv, prog="stt-hf train")
-    if training_args.output_dir in (None, "trainer_output"):
-        run = f"{Path(model_args.model).name}-{Path(data_args.dataset).name}"
-        training_args.output_dir = str(Path("outputs") / run)
+        (ModelArguments, DataArguments, TrainingArguments), defaults, argv, prog="stt-hf train",
+        run_name=run_name)
     json_object(model_args.model_kwargs, "--model_kwargs")
     check_positive(img_size=model_args.img_size, max_train_samples=data_args.max_train_samples,
                    max_eval_samples=data_args.max_eval_samples)
@@ -143,11 +128,6 @@ def training_data(model, dsd, data_args: DataArguments, channels_last: bool):
     return train_ds, collator
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run `stt-hf train` with these command-line arguments; return the results summary."""
-    return run(argv)[1]
-
-
 def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Train, evaluate on the held-out split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
@@ -167,16 +147,13 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
 
     if model_args.img_size is None and not is_checkpoint(model_args.model):
         model_args.img_size = NATIVE_IMG_SIZE.get(data_args.dataset)  # train at 28 px, not upsampled
-    command = shlex.join(["stt-hf", "train", *(argv if argv is not None else sys.argv[1:])])
-    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
+    training_run = TrainingRun("train", argv, training_args)  # the folder locked, every RNG seeded
     model = build_model(model_args, labels)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, eval_tf = build_transforms(model, data_args)
     val_ds = undecoded(dsd["validation"]).with_transform(eval_tf)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
-    # We publish the finished folder ourselves (weights, code, card), not the Trainer's checkpoints.
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     resume = resume_checkpoint(training_args)
 
     if data_args.streaming:
@@ -193,29 +170,19 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
         trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=collator, compute_metrics=compute_classification_metrics)
     trainer.add_callback(UserFileMode())
-    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
-        train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = training_run.train(trainer, resume)
 
     eval_split = "test" if "test" in dsd else "validation"
     eval_metrics = trainer.evaluate(undecoded(dsd[eval_split]).with_transform(eval_tf),
                                     metric_key_prefix=eval_split)
-    results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
-                   global_step=trainer.state.global_step, best=best_checkpoint(trainer),
-                   wall_time_s=round(time.time() - started, 1))
+    results = training_run.results(trainer, train_result, eval_metrics, eval_split, started)
     if data_args.streaming:
         seen = trainer.state.global_step * training_args.gradient_accumulation_steps * \
             training_args.per_device_train_batch_size * training_args.world_size
         results["train_samples"] = f"{seen} streamed"
-    if trainer.is_world_process_zero():
-        from ..reporting.publish import write_run_outputs
-
-        results["paths"] = write_run_outputs(
-            trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
-            results=results, command=command)
-        print_summary(results)
-    if push_to_hub and trainer.is_world_process_zero():
-        push_run_folder(trainer, commit_message="Upload STT model")
-    folder_lock.release()
+    training_run.finish(trainer, results, lambda: write_run_outputs(
+        trainer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd, results=results,
+        command=training_run.command), print_summary, commit_message="Upload STT model")
     return trainer, results
 
 
@@ -223,6 +190,11 @@ def print_summary(results: dict) -> None:
     split = results["eval_split"]
     print_run_summary(results, {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
                                 if k.endswith(("accuracy", "macro_f1"))}, split)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run `stt-hf train` with these command-line arguments; return the results summary."""
+    return run(argv)[1]
 
 
 if __name__ == "__main__":

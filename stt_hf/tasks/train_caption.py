@@ -6,14 +6,13 @@ safetensors weights, the model code, tokenizer, image processor, generation conf
 the test-split scores, metrics JSON and training curves. The same recipe with another encoder attention
 is one flag away: `--encoder_kwargs '{"channels": [16, 32, 64, 128], "attn_layer": "none"}'` (plain
 ResNet) or `"self_attn"`; the JSON replaces the default encoder options (half width, STT over h and w).
+A plugged timm CNN encodes as well: `--encoder stt_convnext_s` (its default options: STT over h and w).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,10 +30,12 @@ from ..hf.captioning import (
     encode_captions,
     train_caption_tokenizer,
 )
-from ..reporting.publish import write_failures_as_oserror
+from ..models.plugin import PLUGGED_MODELS
+from ..reporting.publish import write_caption_outputs
 from .common import (
+    TRAINER_DEFAULTS,
+    TrainingRun,
     UserFileMode,
-    best_checkpoint,
     check_positive,
     check_run,
     image_transforms,
@@ -42,38 +43,23 @@ from .common import (
     native_bf16,
     parse_with_config,
     print_run_summary,
-    push_run_folder,
     resume_checkpoint,
-    start_run,
 )
 from .evaluation_caption import check_no_repeat_ngram_size, generate_captions
 
 # The fashion_scenes recipe measured in docs/results.md (captioning): 8 epochs of 313 steps, greedy decoding.
 CAPTION_DEFAULTS = dict(
-    num_train_epochs=8,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    warmup_steps=100,
-    lr_scheduler_type="cosine",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    eval_on_start=False,
-    save_total_limit=1,
-    load_best_model_at_end=True,
-    metric_for_best_model="cider",
-    predict_with_generate=True,
-    generation_num_beams=1,
-    logging_steps=10,
-    report_to="none",
-    dataloader_num_workers=0,
-    dataloader_pin_memory=False,
-    seed=42,
+    TRAINER_DEFAULTS,
+    num_train_epochs=8, warmup_steps=100, logging_steps=10,
+    per_device_train_batch_size=64, per_device_eval_batch_size=64,
+    eval_on_start=False, save_total_limit=1, metric_for_best_model="cider",
+    predict_with_generate=True, generation_num_beams=1,
 )
 # Half the width of stt_resnet10_s (for CPU budgets), STT over the h and w modes: in the captioning
 # comparison (docs/results.md) "hw" had the best mean scores (within the seed spread).
 DEFAULT_ENCODER_KWARGS = dict(channels=[16, 32, 64, 128], stt_modes="hw")
+# A plugged encoder (stt_convnext_*, stt_efficientnet_*) has no ResNet widths to halve.
+PLUGGED_ENCODER_KWARGS = dict(stt_modes="hw")
 # Scores computed at each evaluation during training; the final evaluation adds METEOR (slow to start).
 TRAINING_METRICS = ("bleu", "rouge_l", "cider")
 # What the end-of-run summary prints (the scene metrics only exist for fashion_scenes).
@@ -84,11 +70,13 @@ REPORTED_METRICS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "distinct_
 @dataclass
 class CaptionModelArguments:
     encoder: str = field(default="stt_resnet10_s", metadata={
-        "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s)."})
+        "help": "Registered timm STT model whose trunk encodes the images (e.g. stt_resnet18_s, or a plugged "
+                "timm CNN such as stt_convnext_s)."})
     img_size: int = field(default=64, metadata={"help": "Input size in pixels."})
     encoder_kwargs: str | None = field(default=json.dumps(DEFAULT_ENCODER_KWARGS), metadata={
         "help": 'JSON of encoder options, e.g. \'{"attn_layer": "none"}\' for a plain ResNet or '
-                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention.'})
+                '\'{"attn_layer": "self_attn"}\' for dot-product self-attention. A plugged encoder\'s '
+                f'default is {json.dumps(PLUGGED_ENCODER_KWARGS)}.'})
     hidden_size: int = field(default=256, metadata={"help": "Width of encoder tokens and decoder."})
     position_embedding: str = field(default="learned", metadata={"help": "learned, sincos or none."})
     decoder: str = field(default="gpt2", metadata={
@@ -131,19 +119,23 @@ class CaptionDataArguments:
         "help": "Horizontal flip probability in training (off by default: captions may say left/right)."})
 
 
+def run_name(model_args: CaptionModelArguments, data_args: CaptionDataArguments) -> str:
+    attn = json_object(model_args.encoder_kwargs, "--encoder_kwargs").get("attn_layer", "stt")
+    return f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
+
+
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
         (CaptionModelArguments, CaptionDataArguments, Seq2SeqTrainingArguments),
-        dict(CAPTION_DEFAULTS, bf16=native_bf16()), argv, prog="stt-hf train-caption")
+        dict(CAPTION_DEFAULTS, bf16=native_bf16()), argv, prog="stt-hf train-caption", run_name=run_name)
     check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
                    decoder_layers=model_args.decoder_layers, decoder_heads=model_args.decoder_heads,
                    vocab_size=model_args.vocab_size, max_caption_length=model_args.max_caption_length,
                    max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
                    generation_num_beams=training_args.generation_num_beams)
-    if training_args.output_dir in (None, "trainer_output"):
-        attn = json_object(model_args.encoder_kwargs, "--encoder_kwargs").get("attn_layer", "stt")
-        run = f"captioner-{model_args.encoder}-{attn}-{Path(data_args.dataset).name}"
-        training_args.output_dir = str(Path("outputs") / run)
+    resnet_default = model_args.encoder_kwargs == json.dumps(DEFAULT_ENCODER_KWARGS)
+    if model_args.encoder in PLUGGED_MODELS and resnet_default:  # resolved here, so the card states it
+        model_args.encoder_kwargs = json.dumps(PLUGGED_ENCODER_KWARGS)
     training_args.generation_max_length = model_args.max_caption_length
     if model_args.no_repeat_ngram_size is None:  # resolved here, so the card states the value used
         model_args.no_repeat_ngram_size = 0 if data_args.dataset == "fashion_scenes" else 3
@@ -218,10 +210,6 @@ def caption_metrics(tokenizer, metrics: tuple[str, ...] | None = None):
     return compute
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(argv)[1]
-
-
 def run(argv: list[str] | None = None):
     """Train, score the test split, write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
@@ -239,8 +227,7 @@ def run(argv: list[str] | None = None):
     encoder_kwargs = dict(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
                           position_embedding=model_args.position_embedding,
                           **json_object(model_args.encoder_kwargs, "--encoder_kwargs"))
-    command = shlex.join(["stt-hf", "train-caption", *(argv if argv is not None else sys.argv[1:])])
-    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
+    training_run = TrainingRun("train-caption", argv, training_args)  # the folder locked, every RNG seeded
     model = build_captioner(
         model_args.encoder, tokenizer, decoder=model_args.decoder, encoder_kwargs=encoder_kwargs,
         decoder_kwargs=dict(layers=model_args.decoder_layers, heads=model_args.decoder_heads,
@@ -252,15 +239,13 @@ def run(argv: list[str] | None = None):
         model.encoder.to(memory_format=torch.channels_last)
     train_tf, eval_tf = build_transforms(model.config.encoder, data_args)
     training_args.remove_unused_columns = False  # with_transform datasets need their raw columns
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Seq2SeqTrainer(
         model=model, args=training_args, train_dataset=undecoded(dsd["train"]).with_transform(train_tf),
         eval_dataset=undecoded(dsd["validation"]).with_transform(eval_tf), processing_class=tokenizer,
         data_collator=CaptionCollator(tokenizer, model_args.max_caption_length),
         compute_metrics=caption_metrics(tokenizer, TRAINING_METRICS), callbacks=[UserFileMode()])
-    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    train_result = training_run.train(trainer, resume_checkpoint(training_args))
 
     # The test split is captioned as `stt-hf eval-caption` and the pipeline caption it: the saved weights
     # in float32 with the saved image processor, outside the training precision (bf16 autocast), so
@@ -271,22 +256,13 @@ def run(argv: list[str] | None = None):
                                   list(dsd["test"]["image"]), training_args.per_device_eval_batch_size)
     scores = {**score_test_split(dsd["test"], generated),
               "test_runtime": round(time.time() - test_started, 1), "test_samples": len(generated)}
-    results = dict(train=train_result.metrics, eval=scores, eval_split="test",
-                   global_step=trainer.state.global_step, best=best_checkpoint(trainer),
-                   wall_time_s=round(time.time() - started, 1), data_args=asdict(data_args),
-                   seed=training_args.seed,
-                   examples=[dict(reference=r, generated=g) for r, g in zip(dsd["test"]["caption"], generated,
-                                                                             strict=True)])
-    if trainer.is_world_process_zero():
-        from ..reporting.publish import write_caption_outputs
-
-        results["paths"] = write_caption_outputs(
-            trainer, tokenizer=tokenizer, model_args=asdict(model_args), data_args=asdict(data_args),
-            dsd=dsd, results=results, command=command)
-        print_summary(results)
-    if push_to_hub and trainer.is_world_process_zero():
-        push_run_folder(trainer, commit_message="Upload STT captioner")
-    folder_lock.release()
+    examples = [dict(reference=r, generated=g)
+                for r, g in zip(dsd["test"]["caption"], generated, strict=True)]
+    results = training_run.results(trainer, train_result, scores, "test", started,
+                                   data_args=asdict(data_args), seed=training_args.seed, examples=examples)
+    training_run.finish(trainer, results, lambda: write_caption_outputs(
+        trainer, tokenizer=tokenizer, model_args=asdict(model_args), data_args=asdict(data_args), dsd=dsd,
+        results=results, command=training_run.command), print_summary, commit_message="Upload STT captioner")
     return trainer, results
 
 
@@ -304,6 +280,10 @@ def score_test_split(split, generated: list[str]) -> dict[str, float]:
 def print_summary(results: dict) -> None:
     print_run_summary(results, {k.removeprefix("test_"): v for k, v in results["eval"].items()
                                 if k.removeprefix("test_") in REPORTED_METRICS}, "test")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(argv)[1]
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Masks are checked before any training (size, mode, labels in range); see `stt_hf
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,39 +33,25 @@ from ..hf.modeling_stt_seg import (
     build_segmenter,
 )
 from ..metrics import compute_segmentation_metrics
-from ..reporting.publish import write_failures_as_oserror, write_seg_outputs
+from ..reporting.publish import write_seg_outputs
 from .common import (
+    TRAINER_DEFAULTS,
+    TrainingRun,
     UserFileMode,
-    best_checkpoint,
     check_positive,
     check_run,
     is_checkpoint,
     json_object,
     parse_with_config,
     print_run_summary,
-    push_run_folder,
     resume_checkpoint,
-    start_run,
 )
 
 SEG_DEFAULTS = dict(
-    num_train_epochs=3,
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    warmup_steps=30,
-    lr_scheduler_type="cosine",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=2,
-    load_best_model_at_end=True,
-    metric_for_best_model="mean_iou",
-    logging_steps=10,
-    report_to="none",
-    dataloader_num_workers=0,
-    dataloader_pin_memory=False,
-    seed=42,
+    TRAINER_DEFAULTS,
+    num_train_epochs=3, warmup_steps=30, logging_steps=10,
+    per_device_train_batch_size=32, per_device_eval_batch_size=64,
+    save_total_limit=2, metric_for_best_model="mean_iou",
 )
 
 
@@ -108,12 +92,14 @@ class SegDataArguments:
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
 
 
+def run_name(model_args: SegModelArguments, data_args: SegDataArguments) -> str:
+    return f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
+
+
 def parse_args(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_with_config(
-        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv, prog="stt-hf train-seg")
-    if training_args.output_dir in (None, "trainer_output"):
-        run = f"segmenter-{Path(model_args.model).name}-{Path(data_args.dataset).name}"
-        training_args.output_dir = str(Path("outputs") / run)
+        (SegModelArguments, SegDataArguments, TrainingArguments), SEG_DEFAULTS, argv, prog="stt-hf train-seg",
+        run_name=run_name)
     json_object(model_args.model_kwargs, "--model_kwargs")
     check_positive(img_size=model_args.img_size, hidden_size=model_args.hidden_size,
                    scenes_canvas=data_args.scenes_canvas, scenes_train=data_args.scenes_train,
@@ -158,11 +144,6 @@ def image_size(model_args: SegModelArguments, data_args: SegDataArguments) -> in
     return data_args.scenes_canvas if data_args.dataset == "fashion_scenes" else 64
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run `stt-hf train-seg` with these command-line arguments; return the results summary."""
-    return run(argv)[1]
-
-
 def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     """Check the masks, train, score the test split and write the outputs; return (trainer, results)."""
     model_args, data_args, training_args = parse_args(argv)
@@ -186,8 +167,7 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
         size = size if isinstance(size, int) else size[0]
     arrays, num_labels = decode_segmentation(dsd, size, len(names) if names else None)  # before training
     labels = class_names(names, num_labels)
-    command = shlex.join(["stt-hf", "train-seg", *(argv if argv is not None else sys.argv[1:])])
-    folder_lock = start_run(training_args, command)  # the folder locked, every RNG seeded
+    training_run = TrainingRun("train-seg", argv, training_args)  # the folder locked, every RNG seeded
     model = build_model(model_args, labels)
     data = model.config.backbone_config.data_config
     training_args.remove_unused_columns = False
@@ -195,7 +175,6 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
     if len(arrays["train"]) % training_args.per_device_train_batch_size == 1:
         # A last batch of one image cannot train: the pooling branch of UperNet's PPM normalizes a 1x1 map.
         training_args.dataloader_drop_last = True
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     trainer = Trainer(model=model, args=training_args,
                       train_dataset=SegmentationDataset(arrays["train"], hflip=data_args.hflip),
@@ -203,24 +182,16 @@ def run(argv: list[str] | None = None) -> tuple[Trainer, dict]:
                       data_collator=SegmentationCollator(data["mean"], data["std"]),
                       compute_metrics=segmentation_metrics(labels),
                       preprocess_logits_for_metrics=argmax_logits, callbacks=[UserFileMode()])
-    with write_failures_as_oserror(training_args.output_dir):  # a full disk at a checkpoint
-        train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    train_result = training_run.train(trainer, resume_checkpoint(training_args))
 
     eval_split = "test" if "test" in arrays else "validation"
     eval_metrics = trainer.evaluate(SegmentationDataset(arrays[eval_split]), metric_key_prefix=eval_split)
-    results = dict(train=train_result.metrics, eval=eval_metrics, eval_split=eval_split,
-                   global_step=trainer.state.global_step, best=best_checkpoint(trainer),
-                   wall_time_s=round(time.time() - started, 1), labels=labels)
-    if trainer.is_world_process_zero():
-        results["paths"] = write_seg_outputs(
-            trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays,
-            results=results, command=command,
-            draw_overlay=lambda path: save_prediction_overlay(path, trainer.model, arrays[eval_split],
-                                                              labels))
-        print_summary(results)
-    if push_to_hub and trainer.is_world_process_zero():
-        push_run_folder(trainer, commit_message="Upload STT segmenter")
-    folder_lock.release()
+    results = training_run.results(trainer, train_result, eval_metrics, eval_split, started, labels=labels)
+    training_run.finish(trainer, results, lambda: write_seg_outputs(
+        trainer, model_args=asdict(model_args), data_args=asdict(data_args), arrays=arrays, results=results,
+        command=training_run.command,
+        draw_overlay=lambda path: save_prediction_overlay(path, trainer.model, arrays[eval_split], labels)),
+        print_summary, commit_message="Upload STT segmenter")
     return trainer, results
 
 
@@ -236,6 +207,11 @@ def print_summary(results: dict) -> None:
     split = results["eval_split"]
     print_run_summary(results, {k.removeprefix(f"{split}_"): v for k, v in results["eval"].items()
                                 if k.removeprefix(f"{split}_") in ("mean_iou", "pixel_accuracy")}, split)
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run `stt-hf train-seg` with these command-line arguments; return the results summary."""
+    return run(argv)[1]
+
 
 __all__ = ["SEG_DEFAULTS", "SegDataArguments", "SegModelArguments", "build_model", "main", "run",
            "segmentation_metrics", "write_seg_outputs"]

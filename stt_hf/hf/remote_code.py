@@ -26,10 +26,14 @@ imported when the classes are:
 - `checkpoints`: `from_pretrained`'s safety checks (pickle refused, mismatched weights named);
 - `stages`: transformers' `GradientCheckpointingLayer`, its own module because importing it loads the
   tokenizers, which `import stt_hf` does not;
+- `feature_tokens`: the captioning encoder's token head, which `modeling_stt` defines its encoder with;
 - `remote_code` (this module): so that a copy loaded as remote code saves itself again with the same code
   and `auto_map`. It imports nothing but the standard library and huggingface_hub.
 
-Segmenter folders add `modeling_stt_seg`, captioner folders `modeling_stt_captioner`.
+Thirteen files in all. Folders of the plug-in classes (`SttPluginConfig`) carry `configuration_stt_plugin`,
+`modeling_stt_plugin`, `plugin` and `plugin_stages` (how attention is added to a timm trunk) in place of
+`configuration_stt`, `modeling_stt` and `stages`: fourteen. Segmenter folders add `modeling_stt_seg`,
+captioner folders `modeling_stt_captioner`.
 """
 
 import ast

@@ -18,26 +18,30 @@ from __future__ import annotations
 
 def register() -> None:
     """Register the timm models and the transformers Auto classes (idempotent)."""
-    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
-
     from . import models  # noqa: F401  (its import registers the stt_* models with timm)
     from .hf.configuration_stt import SttConfig, SttVisionConfig
     from .hf.modeling_stt import SttBackbone, SttForImageClassification, SttModel, SttVisionEncoder
 
-    AutoConfig.register(SttConfig.model_type, SttConfig, exist_ok=True)
-    AutoModel.register(SttConfig, SttModel, exist_ok=True)
-    AutoModelForImageClassification.register(SttConfig, SttForImageClassification, exist_ok=True)
-    AutoBackbone.register(SttConfig, SttBackbone, exist_ok=True)
-    AutoConfig.register(SttVisionConfig.model_type, SttVisionConfig, exist_ok=True)
-    AutoModel.register(SttVisionConfig, SttVisionEncoder, exist_ok=True)
+    _register_family(SttConfig, SttModel, SttForImageClassification, SttBackbone,
+                     SttVisionConfig, SttVisionEncoder)
     register_plugin()
+
+
+def _register_family(config, model, classifier, backbone, vision_config, vision_encoder) -> None:
+    """One family's classes with the Auto classes: the trunk's config, and its captioning encoder's."""
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+
+    AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(config, model, exist_ok=True)
+    AutoModelForImageClassification.register(config, classifier, exist_ok=True)
+    AutoBackbone.register(config, backbone, exist_ok=True)
+    AutoConfig.register(vision_config.model_type, vision_config, exist_ok=True)
+    AutoModel.register(vision_config, vision_encoder, exist_ok=True)
 
 
 def register_plugin() -> None:
     """`SttPluginConfig` ("stt_plugin", any timm CNN with attention added) with the Auto classes, and its
     captioning encoder `SttPluginVisionConfig` ("stt_plugin_vision") with AutoConfig and AutoModel."""
-    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
-
     from .hf.configuration_stt_plugin import SttPluginConfig, SttPluginVisionConfig
     from .hf.modeling_stt_plugin import (
         SttPluginBackbone,
@@ -46,12 +50,8 @@ def register_plugin() -> None:
         SttPluginVisionEncoder,
     )
 
-    AutoConfig.register(SttPluginConfig.model_type, SttPluginConfig, exist_ok=True)
-    AutoModel.register(SttPluginConfig, SttPluginModel, exist_ok=True)
-    AutoModelForImageClassification.register(SttPluginConfig, SttPluginForImageClassification, exist_ok=True)
-    AutoBackbone.register(SttPluginConfig, SttPluginBackbone, exist_ok=True)
-    AutoConfig.register(SttPluginVisionConfig.model_type, SttPluginVisionConfig, exist_ok=True)
-    AutoModel.register(SttPluginVisionConfig, SttPluginVisionEncoder, exist_ok=True)
+    _register_family(SttPluginConfig, SttPluginModel, SttPluginForImageClassification, SttPluginBackbone,
+                     SttPluginVisionConfig, SttPluginVisionEncoder)
     from .models.plugin import ON_ADDED
 
     if _on_added not in ON_ADDED:

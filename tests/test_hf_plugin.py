@@ -16,6 +16,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from model_helpers import switched_on
 from PIL import Image
 from transformers import (
     AutoBackbone,
@@ -54,15 +55,6 @@ PX = 32
 # Two model instances with identical weights: float rounding of their outputs differs per CPU
 # (5.8e-10 seen on an AMD EPYC), so weights are compared exactly and outputs to this.
 OUTPUT_ATOL = 1e-6
-
-
-def switched_on(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 def pixels(batch: int = 2) -> torch.Tensor:

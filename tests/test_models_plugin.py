@@ -12,6 +12,7 @@ import json
 import pytest
 import timm
 import torch
+from model_helpers import switched_on
 from safetensors.torch import load_file, save_file
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
@@ -43,16 +44,6 @@ SMALL = dict(reduction=4, min_channels=8)  # STT options for the narrow test mod
 def trunk(name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(name, pretrained_cfg_overlay=dict(input_size=(3, PX, PX)), **kwargs)
-
-
-def switched_on(model: torch.nn.Module) -> torch.nn.Module:
-    """Every BN a real map (the attention modules' zero-init output BN too): the added path counts."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

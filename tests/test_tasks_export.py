@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import hub_fixtures
 import onnx
 import pytest
 import timm
 import torch
+from model_helpers import switched_on
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
 from stt_hf.cli import main as cli_main
@@ -15,18 +18,7 @@ from stt_hf.hf.modeling_stt import SttForImageClassification
 from stt_hf.tasks.export import export_onnx, load_for_export, max_abs_diff
 
 local_hub = hub_fixtures.local_hub
-
-
-def switched_on(model: torch.nn.Module) -> torch.nn.Module:
-    """Every BN a real per-channel map, the blocks' zero-init output BN too: the attention path counts."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+switched_on_with_stats = partial(switched_on, running_stats=True)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def saved_folder(tmp_path_factory):
     torch.manual_seed(0)
     config = SttConfig.from_timm_name("stt_resnet10_s", num_labels=10, attn_placement="stage",
                                       attn_stages=[3, 4])
-    model = switched_on(SttForImageClassification(config)).eval()
+    model = switched_on_with_stats(SttForImageClassification(config)).eval()
     folder = tmp_path_factory.mktemp("saved") / "stt"
     model.save_pretrained(folder)
     return folder
@@ -62,7 +54,7 @@ def test_onnx_of_saved_folder_matches_torch(img_size, saved_folder, tmp_path):
 
 
 def test_onnx_of_module_leaves_it_unfused(tmp_path):
-    model = switched_on(timm.create_model("stt_resnet10_s")).eval()
+    model = switched_on_with_stats(timm.create_model("stt_resnet10_s")).eval()
     path = export_onnx(model, tmp_path / "m.onnx", img_size=32)
     assert [type(m.norm) for _, m in model.attention_modules()] == [torch.nn.BatchNorm2d]
     assert max_abs_diff(model, path, torch.randn(2, 3, 32, 32)) <= 1e-4
@@ -71,7 +63,7 @@ def test_onnx_of_module_leaves_it_unfused(tmp_path):
 @pytest.mark.parametrize("attn_layer", ["self_attn", "axial", "criss_cross"])
 def test_onnx_of_attention_baselines_matches_torch(attn_layer, tmp_path):
     """The dot-product baselines export too (einsum, the criss-cross self mask), fused and not."""
-    model = switched_on(timm.create_model("stt_resnet10_s", attn_layer=attn_layer)).eval()
+    model = switched_on_with_stats(timm.create_model("stt_resnet10_s", attn_layer=attn_layer)).eval()
     for fuse in (False, True):
         path = export_onnx(model, tmp_path / f"{fuse}.onnx", img_size=40, fuse=fuse)
         assert max_abs_diff(model, path, torch.randn(2, 3, 40, 40)) <= 1e-4
@@ -104,7 +96,7 @@ def test_export_onnx_command_hub_id(saved_folder, tmp_path, local_hub):
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
 def test_torch_export_dynamic_batch(fuse):
-    model = switched_on(timm.create_model("stt_resnet10_s", stt_synth="mixture")).eval()
+    model = switched_on_with_stats(timm.create_model("stt_resnet10_s", stt_synth="mixture")).eval()
     if fuse:
         model.fuse_for_inference()
     batch = torch.export.Dim("batch", min=1, max=64)

@@ -15,3 +15,9 @@ def switched_on(model: torch.nn.Module, running_stats: bool = False) -> torch.nn
                     m.running_mean.normal_(0, 0.1)
                     m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """The same state-dict keys holding exactly equal tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

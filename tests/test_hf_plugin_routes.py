@@ -16,6 +16,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from model_helpers import same_weights
 from PIL import Image
 from transformers import (
     AutoModel,
@@ -68,11 +69,6 @@ def switched_on(model: torch.nn.Module) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def tiny_captioner(name: str, tokenizer) -> SttPluginCaptioner:

@@ -12,7 +12,7 @@ import json
 import pytest
 import timm
 import torch
-from model_helpers import switched_on
+from model_helpers import same_weights, switched_on
 from safetensors.torch import load_file, save_file
 
 import stt_hf  # noqa: F401  (registers the stt_* models with timm)
@@ -357,7 +357,6 @@ def test_registered_pretrained_loads_the_trunk_weights_at_identity(name, trunk_n
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tmp_path / "stt.safetensors"), num_classes=1000),
     ).eval()
-    saved = model.state_dict()
-    assert all(torch.equal(saved[k], v) for k, v in again.state_dict().items())
+    assert same_weights(again, model)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=1e-6)
